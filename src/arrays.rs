@@ -1,0 +1,160 @@
+//! Named f32 arrays and their files (.npy, .npz, .safetensors), written atomically.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A plain row-major f32 array: what sliders edit and files hold.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Array {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Array {
+    pub fn zeros(shape: &[usize]) -> Self {
+        Array {
+            shape: shape.to_vec(),
+            data: vec![0.0; shape.iter().product()],
+        }
+    }
+
+    pub fn from_tensor(t: &Tensor) -> candle_core::Result<Self> {
+        Ok(Array {
+            shape: t.dims().to_vec(),
+            data: t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+        })
+    }
+
+    pub fn to_tensor(&self) -> candle_core::Result<Tensor> {
+        Tensor::from_slice(&self.data, self.shape.as_slice(), &Device::Cpu)
+    }
+}
+
+/// Read every array of an `.npy`, `.npz` or `.safetensors` file as f32.
+pub fn read_arrays(path: &Path) -> Result<HashMap<String, Array>> {
+    if !path.exists() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        ));
+    }
+    let ext = extension(path);
+    let bad = |e: candle_core::Error, what: &str| {
+        Error::format(path, what, format!("a valid {what}"), e.to_string())
+    };
+    let tensors: Vec<(String, Tensor)> = match ext.as_str() {
+        "npy" => vec![(
+            "array".to_string(),
+            Tensor::read_npy(path).map_err(|e| bad(e, ".npy file"))?,
+        )],
+        "npz" => Tensor::read_npz(path).map_err(|e| bad(e, ".npz file"))?,
+        "safetensors" => candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| bad(e, "safetensors file"))?
+            .into_iter()
+            .collect(),
+        other => {
+            return Err(Error::unsupported(
+                path,
+                "file extension",
+                format!("'.{other}'"),
+                ".npy, .npz, .safetensors",
+            ))
+        }
+    };
+    let mut out = HashMap::new();
+    for (name, t) in tensors {
+        let a = Array::from_tensor(&t).map_err(|e| bad(e, "f32-convertible array"))?;
+        out.insert(name, a);
+    }
+    Ok(out)
+}
+
+/// Write named arrays atomically as `.npz`, `.npy` (exactly one array) or `.safetensors`.
+pub fn write_arrays(path: &Path, named: &[(&str, &Array)]) -> Result<()> {
+    let ext = extension(path);
+    let tmp = tmp_path(path);
+    let tensors: Vec<(String, Tensor)> = named
+        .iter()
+        .map(|(n, a)| Ok((n.to_string(), a.to_tensor()?)))
+        .collect::<candle_core::Result<_>>()?;
+    let res = match ext.as_str() {
+        "npz" => {
+            let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+            Tensor::write_npz(&refs, &tmp)
+        }
+        "npy" if tensors.len() == 1 => tensors[0].1.write_npy(&tmp),
+        "npy" => {
+            return Err(Error::input(
+                path.display().to_string(),
+                "a .npz or .safetensors file for several arrays",
+                format!("{} arrays for one .npy", tensors.len()),
+            ))
+        }
+        "safetensors" => {
+            let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+            candle_core::safetensors::save(&map, &tmp)
+        }
+        other => {
+            return Err(Error::unsupported(
+                path,
+                "file extension",
+                format!("'.{other}'"),
+                ".npy, .npz, .safetensors",
+            ))
+        }
+    };
+    res.map_err(|e| Error::format(path, "write", "a writable file", e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+pub fn extension(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// A temporary name beside `path` (same directory, so the rename is atomic), keeping the extension
+/// because some writers pick the format from it.
+pub fn tmp_path(path: &Path) -> std::path::PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "out".into());
+    let ext = extension(path);
+    path.with_file_name(format!(".{name}.{}.tmp.{ext}", std::process::id()))
+}
+
+/// Write named arrays as JSON: each name maps to nested lists of its shape. Atomic.
+pub fn write_json(path: &Path, named: &[(String, Array)]) -> Result<()> {
+    fn nest(shape: &[usize], data: &[f32]) -> serde_json::Value {
+        match shape {
+            [] => serde_json::Value::from(data.first().copied().unwrap_or(0.0) as f64),
+            [_] => serde_json::Value::from(data.iter().map(|&x| x as f64).collect::<Vec<_>>()),
+            [n, rest @ ..] => {
+                let step = rest.iter().product::<usize>();
+                serde_json::Value::Array(
+                    (0..*n)
+                        .map(|i| nest(rest, &data[i * step..(i + 1) * step]))
+                        .collect(),
+                )
+            }
+        }
+    }
+    let mut map = serde_json::Map::new();
+    for (name, a) in named {
+        map.insert(name.clone(), nest(&a.shape, &a.data));
+    }
+    let text = serde_json::to_string(&serde_json::Value::Object(map))
+        .map_err(|e| Error::format(path, "json", "serializable arrays", e.to_string()))?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// Write bytes to `path` atomically (temporary file beside it, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

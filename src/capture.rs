@@ -1,0 +1,248 @@
+//! What a prefixed run and its pretrained counterpart show, per layer and head: the raw attention with
+//! the prefix columns, the attention renormalized over the content, the pretrained attention, the
+//! prefix mass `a_i`, and the head outputs needed to check `t_pt = (1 - a) t + sum_k A[i,k] v_k`.
+
+use crate::arrays::Array;
+use crate::error::{Error, Result};
+use crate::model::{LayerRun, LayerSel, Run, Transformer};
+use crate::prefix::Prefix;
+use candle_core::{Tensor, D};
+
+/// One layer's views. Arrays are `[head, query, key]`, float32.
+#[derive(Debug, Clone)]
+pub struct LayerCapture {
+    pub layer: usize,
+    /// `(H, N, P+N)`; `None` without a prefix.
+    pub with_prefix: Option<Array>,
+    /// `(H, N, N)`: `with_prefix[..., P:]` divided by its row sums.
+    pub renormalized: Option<Array>,
+    /// `(H, N, N)`: the pretrained run's content rows over content columns (renormalized over the
+    /// content when the pretrained run has placeholder columns).
+    pub pretrained: Array,
+    /// `(H, N)`: attention each content query puts on the prefix.
+    pub prefix_mass: Option<Array>,
+    /// `(H, N, hd)`: per-head attention output with the prefix.
+    pub z_prefixed: Option<Array>,
+    /// `(H, N, hd)`: the pretrained per-head output over the content, `t_i = sum_j A[i,j] v_j`.
+    pub z_pretrained: Array,
+    /// `(H, P, hd)`: the prefix value vectors each head reads.
+    pub prefix_values: Option<Array>,
+}
+
+impl LayerCapture {
+    /// max |renormalized - pretrained| over heads (or one head), rows and columns.
+    pub fn max_renorm_diff(&self, head: Option<usize>) -> Option<f32> {
+        let r = self.renormalized.as_ref()?;
+        Some(max_abs_diff(r, &self.pretrained, head))
+    }
+
+    /// max |z_pt - ((1 - a) t + sum_k A_pt[i,k] v_k)|: exact (up to rounding) wherever the layer's
+    /// content inputs are the same with and without the prefix, i.e. always in the first layer.
+    pub fn head_output_identity_error(&self, head: Option<usize>) -> Option<f32> {
+        let (wp, zp, pv, mass) = (
+            self.with_prefix.as_ref()?,
+            self.z_prefixed.as_ref()?,
+            self.prefix_values.as_ref()?,
+            self.prefix_mass.as_ref()?,
+        );
+        let (h_n, n, hd) = (zp.shape[0], zp.shape[1], zp.shape[2]);
+        let p = wp.shape[2] - n;
+        let mut worst = 0f32;
+        for h in 0..h_n {
+            if head.is_some_and(|x| x != h) {
+                continue;
+            }
+            for i in 0..n {
+                let a = mass.data[h * n + i];
+                for d in 0..hd {
+                    let t = self.z_pretrained.data[(h * n + i) * hd + d];
+                    let mut pred = (1.0 - a) * t;
+                    for k in 0..p {
+                        pred += wp.data[(h * n + i) * (p + n) + k] * pv.data[(h * p + k) * hd + d];
+                    }
+                    worst = worst.max((zp.data[(h * n + i) * hd + d] - pred).abs());
+                }
+            }
+        }
+        Some(worst)
+    }
+
+    pub fn n_heads(&self) -> usize {
+        self.pretrained.shape[0]
+    }
+}
+
+fn max_abs_diff(a: &Array, b: &Array, head: Option<usize>) -> f32 {
+    let per_head = a.data.len() / a.shape[0].max(1);
+    a.data
+        .iter()
+        .zip(&b.data)
+        .enumerate()
+        .filter(|(i, _)| head.is_none_or(|h| i / per_head == h))
+        .map(|(_, (x, y))| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Everything one prompt + prefix shows.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    pub token_ids: Vec<u32>,
+    /// Prefix length (0 without a prefix).
+    pub p: usize,
+    pub layers: Vec<LayerCapture>,
+    pub logits_last_pretrained: Vec<f32>,
+    pub logits_last_prefixed: Option<Vec<f32>>,
+}
+
+impl Capture {
+    pub fn layer(&self, l: usize) -> Option<&LayerCapture> {
+        self.layers.iter().find(|c| c.layer == l)
+    }
+
+    /// The arrays `prefixscope attention` writes, with their documented names.
+    pub fn named_arrays(&self) -> Vec<(String, Array)> {
+        let mut out = vec![(
+            "token_ids".to_string(),
+            Array {
+                shape: vec![self.token_ids.len()],
+                data: self.token_ids.iter().map(|&x| x as f32).collect(),
+            },
+        )];
+        for c in &self.layers {
+            let l = c.layer;
+            if let (Some(w), Some(r), Some(m)) = (&c.with_prefix, &c.renormalized, &c.prefix_mass) {
+                out.push((format!("with_prefix_L{l}"), w.clone()));
+                out.push((format!("renormalized_L{l}"), r.clone()));
+                out.push((format!("prefix_mass_L{l}"), m.clone()));
+            }
+            out.push((format!("pretrained_L{l}"), c.pretrained.clone()));
+        }
+        let v = |x: &Vec<f32>| Array {
+            shape: vec![x.len()],
+            data: x.clone(),
+        };
+        out.push((
+            "logits_last_pretrained".into(),
+            v(&self.logits_last_pretrained),
+        ));
+        if let Some(x) = &self.logits_last_prefixed {
+            out.push(("logits_last_prefixed".into(), v(x)));
+        }
+        out
+    }
+}
+
+/// Run `ids` with and without `prefix` and build the views for the selected layers.
+pub fn capture(
+    model: &dyn Transformer,
+    ids: &[u32],
+    prefix: Option<&Prefix>,
+    layers: &LayerSel,
+) -> Result<Capture> {
+    check_ids(model, ids, prefix.map_or(0, |p| p.len()))?;
+    let p = prefix.map_or(0, |p| p.len());
+    let pre = model.pretrained(ids, p, layers)?;
+    let with = match prefix {
+        Some(pf) => Some(model.forward(ids, Some(pf), layers)?),
+        None => None,
+    };
+    build(ids, &pre, with.as_ref())
+}
+
+/// Token ids must be in the vocabulary, non-empty, and fit the context with the prefix.
+pub fn check_ids(model: &dyn Transformer, ids: &[u32], p: usize) -> Result<()> {
+    let info = model.info();
+    if ids.is_empty() {
+        return Err(Error::input(
+            "prompt",
+            "at least one token",
+            "an empty prompt",
+        ));
+    }
+    if let Some((i, &bad)) = ids
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= info.vocab_size)
+    {
+        return Err(Error::input(
+            format!("token id at index {i}"),
+            format!("an id below the vocabulary size {}", info.vocab_size),
+            bad.to_string(),
+        ));
+    }
+    if let Some(maxp) = info.max_positions {
+        if p + ids.len() > maxp {
+            return Err(Error::input(
+                "prompt length",
+                format!("prefix + content <= {maxp} positions (the model's context)"),
+                format!("{p} + {} = {}", ids.len(), p + ids.len()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Combine a pretrained run and an optional prefixed run into views.
+pub fn build(ids: &[u32], pre: &Run, with: Option<&Run>) -> Result<Capture> {
+    let mut layers = Vec::new();
+    for lp in &pre.layers {
+        let lw = with.and_then(|w| w.layers.iter().find(|x| x.layer == lp.layer));
+        layers.push(build_layer(lp, pre.p, lw, with.map_or(0, |w| w.p))?);
+    }
+    Ok(Capture {
+        token_ids: ids.to_vec(),
+        p: with.map_or(0, |w| w.p),
+        layers,
+        logits_last_pretrained: pre.logits_last.to_vec1::<f32>()?,
+        logits_last_prefixed: with.map(|w| w.logits_last.to_vec1::<f32>()).transpose()?,
+    })
+}
+
+/// Attention restricted to the content columns, each row divided by its sum.
+pub fn renormalize(pattern: &Tensor, p: usize) -> candle_core::Result<Tensor> {
+    let n = pattern.dim(D::Minus1)? - p;
+    let content = pattern.narrow(D::Minus1, p, n)?;
+    let sums = content.sum_keepdim(D::Minus1)?;
+    content.broadcast_div(&sums)
+}
+
+/// Values `(n_kv, cols, hd)` expanded so that head `h` reads KV head `h / rep`: `(H, cols, hd)`.
+fn values_per_head(values: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
+    let n_kv = values.dim(0)?;
+    crate::model::attention::repeat_kv(values, n_heads / n_kv)
+}
+
+fn build_layer(
+    pre: &LayerRun,
+    p_pre: usize,
+    with: Option<&LayerRun>,
+    p: usize,
+) -> Result<LayerCapture> {
+    let n_heads = pre.pattern.dim(0)?;
+    let n = pre.pattern.dim(1)?;
+    // Pretrained: over the content only. For RoPE models p_pre = 0 and this is the plain matrix.
+    let pretrained = renormalize(&pre.pattern, p_pre)?;
+    let v_pre = values_per_head(&pre.values, n_heads)?.narrow(1, p_pre, n)?;
+    let z_pretrained = pretrained.matmul(&v_pre.contiguous()?)?;
+    let mut lc = LayerCapture {
+        layer: pre.layer,
+        with_prefix: None,
+        renormalized: None,
+        pretrained: Array::from_tensor(&pretrained)?,
+        prefix_mass: None,
+        z_prefixed: None,
+        z_pretrained: Array::from_tensor(&z_pretrained)?,
+        prefix_values: None,
+    };
+    if let Some(w) = with {
+        let mass = w.pattern.narrow(D::Minus1, 0, p)?.sum(D::Minus1)?;
+        let renorm = renormalize(&w.pattern, p)?;
+        let pv = values_per_head(&w.values, n_heads)?.narrow(1, 0, p)?;
+        lc.with_prefix = Some(Array::from_tensor(&w.pattern)?);
+        lc.renormalized = Some(Array::from_tensor(&renorm)?);
+        lc.prefix_mass = Some(Array::from_tensor(&mass)?);
+        lc.z_prefixed = Some(Array::from_tensor(&w.z)?);
+        lc.prefix_values = Some(Array::from_tensor(&pv.contiguous()?)?);
+    }
+    Ok(lc)
+}

@@ -1,0 +1,99 @@
+use prefixscope::capture::capture;
+use prefixscope::error::Error;
+use prefixscope::model::LayerSel;
+use prefixscope::prefix::{Prefix, PrefixKind};
+use prefixscope::{arrays, load};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt text (tokenized by the model's tokenizer; no BOS unless --bos).
+    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    pub text: Option<String>,
+    /// Token ids, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Option<Vec<String>>,
+    /// Prepend the tokenizer's BOS token.
+    #[arg(long)]
+    pub bos: bool,
+    /// Soft prompt, shape (P, d_model).
+    #[arg(long, group = "prefix_kind")]
+    pub soft_prompt: Option<PathBuf>,
+    /// The paper's per-layer prefix, shape (n_layers, P, d_model).
+    #[arg(long, group = "prefix_kind")]
+    pub prefix: Option<PathBuf>,
+    /// Key/value prefix: arrays `keys` and `values`, shape (n_layers, n_kv_heads, P, head_dim).
+    #[arg(long, group = "prefix_kind")]
+    pub prefix_kv: Option<PathBuf>,
+    /// Layers to write: comma-separated indices or `all`.
+    #[arg(long, default_value = "all")]
+    pub layers: String,
+    /// Output file: .npz or .json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn parse_layers(s: &str, n_layers: usize) -> prefixscope::Result<LayerSel> {
+    if s.trim() == "all" {
+        return Ok(LayerSel::All);
+    }
+    let mut v = Vec::new();
+    for part in s.split(',') {
+        let l: usize = part.trim().parse().map_err(|_| {
+            Error::input(
+                "--layers",
+                "comma-separated layer indices or 'all'",
+                format!("'{part}'"),
+            )
+        })?;
+        if l >= n_layers {
+            return Err(Error::input(
+                "--layers",
+                format!("layer indices below {n_layers}"),
+                l.to_string(),
+            ));
+        }
+        v.push(l);
+    }
+    Ok(LayerSel::Only(v))
+}
+
+pub fn parse_ids(raw: &[String]) -> prefixscope::Result<Vec<u32>> {
+    raw.iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim().parse::<u32>().map_err(|_| {
+                Error::input("--ids", "non-negative integer token ids", format!("'{s}'"))
+            })
+        })
+        .collect()
+}
+
+pub fn run(a: Args) -> prefixscope::Result<()> {
+    let loaded = load::load(&a.model)?;
+    let info = loaded.model.info().clone();
+    let ids = match (&a.text, &a.ids) {
+        (Some(t), _) => loaded.tokenizer.encode(t, a.bos)?,
+        (None, Some(raw)) => parse_ids(raw)?,
+        (None, None) => return Err(Error::input("prompt", "--text or --ids", "neither")),
+    };
+    let prefix = match (&a.soft_prompt, &a.prefix, &a.prefix_kv) {
+        (Some(f), _, _) => Some(Prefix::load_for(f, PrefixKind::SoftPrompt, &info)?),
+        (_, Some(f), _) => Some(Prefix::load_for(f, PrefixKind::Hidden, &info)?),
+        (_, _, Some(f)) => Some(Prefix::load_for(f, PrefixKind::KeyValue, &info)?),
+        _ => None,
+    };
+    let layers = parse_layers(&a.layers, info.n_layers)?;
+    let cap = capture(loaded.model.as_ref(), &ids, prefix.as_ref(), &layers)?;
+    let named = cap.named_arrays();
+    match arrays::extension(&a.out).as_str() {
+        "json" => arrays::write_json(&a.out, &named),
+        _ => {
+            let refs: Vec<(&str, &arrays::Array)> =
+                named.iter().map(|(n, a)| (n.as_str(), a)).collect();
+            arrays::write_arrays(&a.out, &refs)
+        }
+    }
+}

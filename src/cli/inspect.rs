@@ -1,0 +1,41 @@
+use prefixscope::load;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint: a Hugging Face folder, a .gguf file, or a prefixscope .safetensors.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> prefixscope::Result<()> {
+    let loaded = load::load(&a.model)?;
+    let info = loaded.model.info();
+    if a.json {
+        let mut v = serde_json::to_value(info).unwrap_or_default();
+        v["tokenizer"] = loaded.tokenizer.describe().into();
+        v["path"] = a.model.display().to_string().into();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        println!("model:        {}", a.model.display());
+        println!("architecture: {} ({})", info.arch, info.source);
+        println!("layers:       {}", info.n_layers);
+        println!(
+            "heads:        {} query, {} key/value, head dim {}",
+            info.n_heads, info.n_kv_heads, info.head_dim
+        );
+        println!("d_model:      {}", info.d_model);
+        println!("vocabulary:   {}", info.vocab_size);
+        match info.max_positions {
+            Some(m) => println!("context:      {m} positions (learned)"),
+            None => println!("context:      unbounded (RoPE)"),
+        }
+        println!("dtype:        {}", info.dtype);
+        println!("tokenizer:    {}", loaded.tokenizer.describe());
+        println!("parameters:   {}", info.n_params);
+    }
+    Ok(())
+}

@@ -1,0 +1,18 @@
+//! prefixscope: what a prefix does to a transformer's attention.
+//!
+//! The maths of Petrov, Torr and Bibi (ICLR 2024) made visible: for one head with a prefix at
+//! positions `0..p` and content after it, `A_pt[i,j] = A[i,j] (1 - a_i)` for content `i, j`, where
+//! `a_i` is the attention query `i` puts on the prefix, and the head output is
+//! `t_pt_i = (1 - a_i) t_i + sum_k A_pt[i,k] v_k(prefix)`.
+//!
+//! This crate holds the maths and the file formats; the GUI and the CLI are thin layers over it.
+
+pub mod arrays;
+pub mod capture;
+pub mod error;
+pub mod load;
+pub mod model;
+pub mod prefix;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,279 @@
+//! GGUF files of architecture `llama`: metadata mapped onto [`LlamaConfig`], every tensor dequantized to
+//! f32, and the query/key row permutation of llama.cpp's converter undone so that GGUF and Hugging Face
+//! checkpoints share one internal layout (rotate-half RoPE).
+
+use super::{LoadControl, Loaded};
+use crate::error::{Error, Result};
+use crate::model::llama::{Llama, LlamaConfig};
+use crate::tokenizer::Tokenizer;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Quantizations we dequantize (candle implements each; listed for the error message).
+const SUPPORTED: &[GgmlDType] = &[
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+pub fn read_content(path: &Path) -> Result<(Content, std::fs::File)> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let content = Content::read(&mut f).map_err(|e| {
+        Error::format(
+            path,
+            "GGUF header",
+            "a complete GGUF file (magic 'GGUF', metadata, tensor table)",
+            e.to_string(),
+        )
+    })?;
+    Ok((content, f))
+}
+
+fn meta<'a>(c: &'a Content, path: &Path, key: &str) -> Result<&'a Value> {
+    c.metadata
+        .get(key)
+        .ok_or_else(|| Error::format(path, format!("metadata '{key}'"), "present", "missing"))
+}
+
+fn meta_usize(c: &Content, path: &Path, key: &str) -> Result<usize> {
+    let v = meta(c, path, key)?;
+    v.to_u32()
+        .map(|x| x as usize)
+        .or_else(|_| v.to_u64().map(|x| x as usize))
+        .or_else(|_| v.to_i32().map(|x| x.max(0) as usize))
+        .map_err(|_| {
+            Error::format(
+                path,
+                format!("metadata '{key}'"),
+                "an integer",
+                format!("{v:?}"),
+            )
+        })
+}
+
+fn meta_f64(c: &Content, path: &Path, key: &str) -> Result<Option<f64>> {
+    match c.metadata.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .to_f32()
+            .map(|x| Some(x as f64))
+            .or_else(|_| v.to_f64().map(Some))
+            .map_err(|_| {
+                Error::format(
+                    path,
+                    format!("metadata '{key}'"),
+                    "a float",
+                    format!("{v:?}"),
+                )
+            }),
+    }
+}
+
+/// The model config as the GGUF metadata states it.
+pub fn config_from_gguf(c: &Content, path: &Path) -> Result<LlamaConfig> {
+    let arch = meta(c, path, "general.architecture")?
+        .to_string()
+        .map_err(|_| {
+            Error::format(
+                path,
+                "metadata 'general.architecture'",
+                "a string",
+                "another type",
+            )
+        })?;
+    if arch != "llama" {
+        return Err(Error::unsupported(
+            path,
+            "architecture",
+            format!("'{arch}'"),
+            "'llama'",
+        ));
+    }
+    let vocab_size = match c.metadata.get("llama.vocab_size") {
+        Some(_) => meta_usize(c, path, "llama.vocab_size")?,
+        None => match c.tensor_infos.get("token_embd.weight") {
+            Some(t) => t.shape.dims()[0],
+            None => return Err(Error::missing(path, "token_embd.weight")),
+        },
+    };
+    let d = meta_usize(c, path, "llama.embedding_length")?;
+    let h = meta_usize(c, path, "llama.attention.head_count")?;
+    let cfg = LlamaConfig {
+        hidden_size: d,
+        intermediate_size: meta_usize(c, path, "llama.feed_forward_length")?,
+        num_hidden_layers: meta_usize(c, path, "llama.block_count")?,
+        num_attention_heads: h,
+        num_key_value_heads: match c.metadata.get("llama.attention.head_count_kv") {
+            Some(_) => Some(meta_usize(c, path, "llama.attention.head_count_kv")?),
+            None => None,
+        },
+        head_dim: match c.metadata.get("llama.attention.key_length") {
+            Some(_) => Some(meta_usize(c, path, "llama.attention.key_length")?),
+            None => None,
+        },
+        vocab_size,
+        rms_norm_eps: meta_f64(c, path, "llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
+        rope_theta: meta_f64(c, path, "llama.rope.freq_base")?.unwrap_or(10_000.0),
+        tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
+    };
+    if let Some(Ok(kind)) = c
+        .metadata
+        .get("llama.rope.scaling.type")
+        .map(|v| v.to_string())
+    {
+        if kind != "none" {
+            return Err(Error::unsupported(
+                path,
+                "RoPE scaling",
+                format!("'{kind}'"),
+                "none",
+            ));
+        }
+    }
+    if let Some(v) = c.metadata.get("llama.rope.dimension_count") {
+        let rd = v.to_u32().unwrap_or(0) as usize;
+        if rd != cfg.head_dim() {
+            return Err(Error::unsupported(
+                path,
+                "partial RoPE (llama.rope.dimension_count)",
+                rd.to_string(),
+                format!("RoPE over the whole head, {}", cfg.head_dim()),
+            ));
+        }
+    }
+    cfg.validate(path)?;
+    Ok(cfg)
+}
+
+/// GGUF tensor name for a Hugging Face name.
+fn gguf_name(hf: &str) -> String {
+    if hf == "model.embed_tokens.weight" {
+        return "token_embd.weight".into();
+    }
+    if hf == "model.norm.weight" {
+        return "output_norm.weight".into();
+    }
+    if hf == "lm_head.weight" {
+        return "output.weight".into();
+    }
+    if let Some(rest) = hf.strip_prefix("model.layers.") {
+        if let Some((i, tail)) = rest.split_once('.') {
+            let t = match tail {
+                "input_layernorm.weight" => "attn_norm.weight",
+                "self_attn.q_proj.weight" => "attn_q.weight",
+                "self_attn.k_proj.weight" => "attn_k.weight",
+                "self_attn.v_proj.weight" => "attn_v.weight",
+                "self_attn.o_proj.weight" => "attn_output.weight",
+                "post_attention_layernorm.weight" => "ffn_norm.weight",
+                "mlp.gate_proj.weight" => "ffn_gate.weight",
+                "mlp.up_proj.weight" => "ffn_up.weight",
+                "mlp.down_proj.weight" => "ffn_down.weight",
+                other => other,
+            };
+            return format!("blk.{i}.{t}");
+        }
+    }
+    hf.to_string()
+}
+
+/// Undo llama.cpp's query/key row permutation inside each head: GGUF row `2j + s` is HF row
+/// `half * s + j`. (Keeping GGUF order would need interleaved RoPE instead; mixing the two gives
+/// plausible text and wrong attention.)
+pub fn unpermute_rows(w: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let hd = rows / n_heads;
+    w.reshape((n_heads, hd / 2, 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))
+}
+
+/// The inverse of [`unpermute_rows`] (HF -> GGUF order), used to write GGUF-ordered keys.
+pub fn permute_rows(w: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    let hd = rows / n_heads;
+    w.reshape((n_heads, 2, hd / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))
+}
+
+/// Read, check and dequantize every tensor the model needs, keyed by Hugging Face name.
+pub fn read_weights(
+    path: &Path,
+    ctl: &LoadControl,
+) -> Result<(LlamaConfig, HashMap<String, Tensor>, Content, String)> {
+    let (content, mut file) = read_content(path)?;
+    let cfg = config_from_gguf(&content, path)?;
+    let wanted = cfg.expected_tensors();
+    let mut dtypes = Vec::new();
+    let mut out = HashMap::new();
+    for (idx, (hf, shape)) in wanted.iter().enumerate() {
+        ctl.step(idx as f32 / wanted.len() as f32)?;
+        let g = gguf_name(hf);
+        let info = content
+            .tensor_infos
+            .get(&g)
+            .ok_or_else(|| Error::missing(path, &g))?;
+        if info.shape.dims() != shape.as_slice() {
+            return Err(Error::shape(path, &g, shape, info.shape.dims()));
+        }
+        if !SUPPORTED.contains(&info.ggml_dtype) {
+            return Err(Error::unsupported(
+                path,
+                format!("quantization of tensor '{g}'"),
+                format!("{:?}", info.ggml_dtype),
+                "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K",
+            ));
+        }
+        let dt = format!("{:?}", info.ggml_dtype);
+        if !dtypes.contains(&dt) {
+            dtypes.push(dt);
+        }
+        let q = info
+            .read(&mut file, content.tensor_data_offset, &Device::Cpu)
+            .map_err(|e| {
+                Error::format(
+                    path,
+                    format!("tensor '{g}'"),
+                    "its full data",
+                    e.to_string(),
+                )
+            })?;
+        let mut w = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+        if hf.ends_with("q_proj.weight") {
+            w = unpermute_rows(&w, cfg.num_attention_heads)?;
+        } else if hf.ends_with("k_proj.weight") {
+            w = unpermute_rows(&w, cfg.n_kv_heads())?;
+        }
+        out.insert(hf.clone(), w);
+    }
+    let dtype = format!("f32 (dequantized from {})", dtypes.join(", "));
+    Ok((cfg, out, content, dtype))
+}
+
+pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
+    let (cfg, weights, content, dtype) = read_weights(path, ctl)?;
+    let tokenizer = Tokenizer::from_gguf(path, &content)?;
+    let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    let model = Llama::load(vb, &cfg, "gguf", &dtype)?;
+    ctl.step(1.0)?;
+    Ok(Loaded {
+        model: Box::new(model),
+        tokenizer,
+        path: path.to_path_buf(),
+    })
+}

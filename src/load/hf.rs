@@ -1,0 +1,168 @@
+//! Hugging Face folders: `config.json`, `model.safetensors` or a sharded
+//! `model.safetensors.index.json`, and `tokenizer.json`. Safetensors are memory-mapped.
+
+use super::{LoadControl, Loaded};
+use crate::error::{Error, Result};
+use crate::model::llama::{Llama, LlamaConfig};
+use crate::tokenizer::Tokenizer;
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// `model_type` values that are LLaMA-style for our purposes.
+const LLAMA_TYPES: &[&str] = &["llama", "mistral", "smollm", "smollm2"];
+
+pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::format(&cfg_path, "JSON", "a valid config.json", e.to_string()))
+}
+
+/// The safetensors files of a folder: `model.safetensors`, or the shards named by the index.
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).map_err(|_| {
+        Error::format(
+            dir,
+            "weights",
+            "model.safetensors or model.safetensors.index.json",
+            "neither",
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&index, "JSON", "a valid safetensors index", e.to_string()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::format(&index, "field 'weight_map'", "an object", "missing"))?;
+    let mut files: Vec<PathBuf> = map
+        .values()
+        .filter_map(|f| f.as_str())
+        .map(|f| dir.join(f))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Memory-map the files, reporting a truncated or corrupt file by name.
+pub fn mmap(files: &[PathBuf]) -> Result<MmapedSafetensors> {
+    for f in files {
+        // Open each alone first so that an error names the file that is broken.
+        // SAFETY: the file is only read, and we do not keep this mapping.
+        unsafe { MmapedSafetensors::new(f) }.map_err(|e| {
+            Error::format(
+                f,
+                "safetensors",
+                "a complete safetensors file",
+                e.to_string(),
+            )
+        })?;
+    }
+    // SAFETY: as above; the mapping lives as long as the returned value.
+    unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
+        Error::format(
+            files.first().map(|p| p.as_path()).unwrap_or(Path::new("")),
+            "safetensors",
+            "readable shards",
+            e.to_string(),
+        )
+    })
+}
+
+pub fn load(dir: &Path, ctl: &LoadControl) -> Result<Loaded> {
+    let cfg_json = read_config(dir)?;
+    let model_type = cfg_json
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    if !LLAMA_TYPES.contains(&model_type) {
+        return Err(Error::unsupported(
+            dir.join("config.json"),
+            "model_type",
+            format!("'{model_type}'"),
+            "llama (LLaMA-style), gpt2",
+        ));
+    }
+    let cfg_path = dir.join("config.json");
+    let cfg: LlamaConfig = serde_json::from_value(cfg_json.clone()).map_err(|e| {
+        Error::format(
+            &cfg_path,
+            "LLaMA config",
+            "the fields of a LLaMA config.json",
+            e.to_string(),
+        )
+    })?;
+    if let Some(s) = cfg_json.get("rope_scaling") {
+        if !s.is_null() {
+            return Err(Error::unsupported(
+                &cfg_path,
+                "rope_scaling",
+                s.to_string(),
+                "null",
+            ));
+        }
+    }
+    cfg.validate(&cfg_path)?;
+    let files = safetensors_files(dir)?;
+    let st = mmap(&files)?;
+    let wanted = cfg.expected_tensors();
+    let mut weights = HashMap::new();
+    for (idx, (name, shape)) in wanted.iter().enumerate() {
+        ctl.step(idx as f32 / wanted.len() as f32)?;
+        let view = match st.get(name) {
+            Ok(v) => v,
+            Err(_) => return Err(Error::missing(files_label(&files), name)),
+        };
+        if view.shape() != shape.as_slice() {
+            return Err(Error::shape(files_label(&files), name, shape, view.shape()));
+        }
+        let t: Tensor = st.load(name, &Device::Cpu).map_err(|e| {
+            Error::format(
+                files_label(&files),
+                format!("tensor '{name}'"),
+                "readable data",
+                e.to_string(),
+            )
+        })?;
+        weights.insert(name.clone(), t.to_dtype(DType::F32)?);
+    }
+    let dtype = format!("f32 (from {})", safetensors_dtype(&st, &wanted[0].0));
+    let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    let model = Llama::load(vb, &cfg, "hf-folder", &dtype)?;
+    let tok_path = dir.join("tokenizer.json");
+    let bos = cfg_json
+        .get("bos_token_id")
+        .and_then(|v| v.as_u64())
+        .map(|x| x as u32);
+    let tokenizer = Tokenizer::from_file(&tok_path, bos)?;
+    ctl.step(1.0)?;
+    Ok(Loaded {
+        model: Box::new(model),
+        tokenizer,
+        path: dir.to_path_buf(),
+    })
+}
+
+fn files_label(files: &[PathBuf]) -> PathBuf {
+    match files {
+        [one] => one.clone(),
+        _ => files
+            .first()
+            .and_then(|f| f.parent())
+            .map(|d| d.to_path_buf())
+            .unwrap_or_default(),
+    }
+}
+
+fn safetensors_dtype(st: &MmapedSafetensors, name: &str) -> String {
+    st.get(name)
+        .map(|v| format!("{:?}", v.dtype()))
+        .unwrap_or_else(|_| "?".into())
+}

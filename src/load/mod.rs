@@ -1,0 +1,75 @@
+//! Open a checkpoint: detect its format from the path, load weights and tokenizer.
+//!
+//! - a directory: a Hugging Face folder (`config.json`, `model.safetensors` or a sharded index,
+//!   `tokenizer.json`), `model_type` `llama` (and friends) or `gpt2`;
+//! - `*.gguf`: a GGUF file of architecture `llama`, dequantized to f32;
+//! - `*.safetensors`: one of our own files (toy GPT or construction), told apart by its metadata key
+//!   `prefixscope.kind`.
+
+pub mod gguf;
+pub mod hf;
+pub mod toy;
+
+use crate::error::{Error, Result};
+use crate::model::Transformer;
+use crate::tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A loaded checkpoint.
+pub struct Loaded {
+    pub model: Box<dyn Transformer>,
+    pub tokenizer: Tokenizer,
+    pub path: PathBuf,
+}
+
+/// Progress reporting and cancellation for long loads (the GUI loads off the UI thread).
+#[derive(Clone, Default)]
+pub struct LoadControl {
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Called with a fraction in 0..=1.
+    pub progress: Option<Arc<dyn Fn(f32) + Send + Sync>>,
+}
+
+impl LoadControl {
+    pub fn step(&self, frac: f32) -> Result<()> {
+        if let Some(p) = &self.progress {
+            p(frac);
+        }
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+}
+
+/// Load whatever `path` holds.
+pub fn load(path: &Path) -> Result<Loaded> {
+    load_with(path, &LoadControl::default())
+}
+
+pub fn load_with(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return hf::load(path, ctl);
+    }
+    match crate::arrays::extension(path).as_str() {
+        "gguf" => gguf::load(path, ctl),
+        "safetensors" => toy::load(path, ctl),
+        other => Err(Error::unsupported(
+            path,
+            "checkpoint format",
+            if other.is_empty() {
+                "a file without extension".to_string()
+            } else {
+                format!("'.{other}'")
+            },
+            "a Hugging Face folder, .gguf, or a prefixscope .safetensors",
+        )),
+    }
+}

@@ -1,0 +1,1 @@
+//! GPT-style family: learned absolute positions, LayerNorm, GELU (tanh) MLP.

@@ -1,0 +1,111 @@
+//! The one interface every architecture family implements: run the content tokens, optionally behind a
+//! prefix, and return every attention matrix of the content queries.
+//!
+//! Layout of one run (see `../shared/reference/conventions.md`): the key columns of every captured
+//! attention row are `[prefix (p) | content (n)]`. With no prefix `p` is 0 for RoPE models; for
+//! learned-position toys the pretrained run keeps the content at its prefixed positions and puts the
+//! placeholder token the model was trained with at positions `0..p` ([`Transformer::pretrained`]).
+
+pub mod attention;
+pub mod gpt;
+pub mod llama;
+
+use crate::error::Result;
+use crate::prefix::Prefix;
+use candle_core::Tensor;
+
+/// Which family a checkpoint belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Arch {
+    /// GPT-style: learned absolute positions, LayerNorm, GELU MLP (the paper's minGPT toys, GPT-2).
+    Gpt,
+    /// LLaMA-style: RoPE, RMSNorm, SwiGLU, grouped-query attention.
+    Llama,
+    /// The paper's Theorem 1/2 constructions.
+    Construction,
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::Gpt => "gpt",
+            Arch::Llama => "llama",
+            Arch::Construction => "construction",
+        })
+    }
+}
+
+/// Sizes a prefix, a view or a CLI check needs to know, the same for every family.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelInfo {
+    pub arch: Arch,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub d_model: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    /// Longest sequence (prefix + content) the model accepts; `None` when unbounded (RoPE).
+    pub max_positions: Option<usize>,
+    pub n_params: usize,
+    /// How the weights are held in memory, e.g. "f32 (dequantized from Q4_1)".
+    pub dtype: String,
+    /// Where the weights came from, e.g. "gguf", "hf-folder", "toy-safetensors".
+    pub source: String,
+}
+
+/// Which layers to capture (all layers always run; only these keep their matrices).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayerSel {
+    All,
+    Only(Vec<usize>),
+}
+
+impl LayerSel {
+    pub fn contains(&self, l: usize) -> bool {
+        match self {
+            LayerSel::All => true,
+            LayerSel::Only(v) => v.contains(&l),
+        }
+    }
+}
+
+/// What one layer of one run leaves behind, for the content query rows only.
+#[derive(Debug, Clone)]
+pub struct LayerRun {
+    pub layer: usize,
+    /// `blocks.{l}.attn.pattern`: `(n_heads, n, p + n)`, columns `[prefix | content]`.
+    pub pattern: Tensor,
+    /// `blocks.{l}.attn.v`: `(n_kv_heads, p + n, head_dim)`, the value vectors of the same columns.
+    pub values: Tensor,
+    /// `blocks.{l}.attn.z`: `(n_heads, n, head_dim)`, the per-head attention output before `W_O`.
+    pub z: Tensor,
+}
+
+/// One forward pass.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Number of key columns before the content (prefix length, or placeholders, or 0).
+    pub p: usize,
+    /// Number of content tokens.
+    pub n: usize,
+    pub layers: Vec<LayerRun>,
+    /// Logits at the final content position, `(vocab,)`.
+    pub logits_last: Tensor,
+}
+
+/// A model that can be run with a prefix. Implemented by every architecture family.
+pub trait Transformer: Send + Sync {
+    fn info(&self) -> &ModelInfo;
+
+    /// Run `ids` (the content) behind `prefix` and capture the selected layers.
+    fn forward(&self, ids: &[u32], prefix: Option<&Prefix>, layers: &LayerSel) -> Result<Run>;
+
+    /// The pretrained run that a prefix of length `p` is compared against: the content with no prefix.
+    /// RoPE models run the content alone at positions `0..n` (scores depend only on `i - j`);
+    /// learned-position models keep the content at `p..p+n` with placeholder tokens before it.
+    fn pretrained(&self, ids: &[u32], p: usize, layers: &LayerSel) -> Result<Run>;
+
+    /// The embedding row of token `id` (to set a soft-prompt vector to a real token).
+    fn token_embedding(&self, id: u32) -> Result<Vec<f32>>;
+}

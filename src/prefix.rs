@@ -1,0 +1,184 @@
+//! The three kinds of prefix the paper and practice use, their files, and their checks against a model.
+//!
+//! - soft prompt: `P` vectors in embedding space at positions `0..P`, shape `(P, d_model)`;
+//! - the paper's prefix-tuning form ("hidden"): per layer, `P` hidden-state vectors that replace the
+//!   attention input at the prefix positions before the pre-attention norm, shape `(n_layers, P, d_model)`;
+//! - key/value prefix (PEFT, HF `past_key_values`): per layer `P` keys and values per KV head, keys
+//!   already rotated, in Hugging Face head-dim order, arrays `keys`/`values` of shape
+//!   `(n_layers, n_kv_heads, P, head_dim)`.
+
+pub use crate::arrays::Array;
+use crate::arrays::{read_arrays, write_arrays};
+use crate::error::{Error, Result};
+use crate::model::ModelInfo;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PrefixKind {
+    SoftPrompt,
+    Hidden,
+    KeyValue,
+}
+
+impl PrefixKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            PrefixKind::SoftPrompt => "soft prompt",
+            PrefixKind::Hidden => "per-layer prefix (paper)",
+            PrefixKind::KeyValue => "key/value prefix",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Prefix {
+    SoftPrompt(Array),
+    Hidden(Array),
+    KeyValue { keys: Array, values: Array },
+}
+
+impl Prefix {
+    pub fn kind(&self) -> PrefixKind {
+        match self {
+            Prefix::SoftPrompt(_) => PrefixKind::SoftPrompt,
+            Prefix::Hidden(_) => PrefixKind::Hidden,
+            Prefix::KeyValue { .. } => PrefixKind::KeyValue,
+        }
+    }
+
+    /// Number of virtual tokens.
+    pub fn len(&self) -> usize {
+        match self {
+            Prefix::SoftPrompt(a) => a.shape.first().copied().unwrap_or(0),
+            Prefix::Hidden(a) => a.shape.get(1).copied().unwrap_or(0),
+            Prefix::KeyValue { keys, .. } => keys.shape.get(2).copied().unwrap_or(0),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A zero prefix of the given kind and length for `info`.
+    pub fn zeros(kind: PrefixKind, p: usize, info: &ModelInfo) -> Self {
+        match kind {
+            PrefixKind::SoftPrompt => Prefix::SoftPrompt(Array::zeros(&[p, info.d_model])),
+            PrefixKind::Hidden => Prefix::Hidden(Array::zeros(&[info.n_layers, p, info.d_model])),
+            PrefixKind::KeyValue => {
+                let s = [info.n_layers, info.n_kv_heads, p, info.head_dim];
+                Prefix::KeyValue {
+                    keys: Array::zeros(&s),
+                    values: Array::zeros(&s),
+                }
+            }
+        }
+    }
+
+    /// Expected shapes of this kind for `info` (for messages and checks).
+    pub fn expected_shape(kind: PrefixKind, p: usize, info: &ModelInfo) -> Vec<usize> {
+        match kind {
+            PrefixKind::SoftPrompt => vec![p, info.d_model],
+            PrefixKind::Hidden => vec![info.n_layers, p, info.d_model],
+            PrefixKind::KeyValue => vec![info.n_layers, info.n_kv_heads, p, info.head_dim],
+        }
+    }
+
+    /// Check that this prefix fits `info`; `source` names the file (or "prefix") in messages.
+    pub fn check(&self, info: &ModelInfo, source: &Path) -> Result<()> {
+        let p = self.len();
+        let arrays: Vec<(&str, &Array)> = match self {
+            Prefix::SoftPrompt(a) => vec![("soft_prompt", a)],
+            Prefix::Hidden(a) => vec![("prefix", a)],
+            Prefix::KeyValue { keys, values } => vec![("keys", keys), ("values", values)],
+        };
+        for (name, a) in arrays {
+            let want = Prefix::expected_shape(self.kind(), p.max(1), info);
+            if a.shape != want {
+                return Err(Error::shape(source, name, want, &a.shape));
+            }
+            if a.data.len() != a.shape.iter().product::<usize>() {
+                return Err(Error::shape(source, name, &a.shape, [a.data.len()]));
+            }
+            if let Some(i) = a.data.iter().position(|x| !x.is_finite()) {
+                return Err(Error::format(
+                    source,
+                    format!("tensor '{name}' element {i}"),
+                    "a finite number",
+                    a.data[i].to_string(),
+                ));
+            }
+        }
+        if p == 0 {
+            return Err(Error::input(
+                format!("{}: prefix length", source.display()),
+                "P >= 1",
+                "0",
+            ));
+        }
+        if let Some(maxp) = info.max_positions {
+            if p >= maxp {
+                return Err(Error::input(
+                    format!("{}: prefix length", source.display()),
+                    format!("P < {maxp} (the model's context)"),
+                    p.to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Load a prefix of `kind` from `.npy`, `.npz` or `.safetensors`.
+    ///
+    /// For `.npz`/`.safetensors` the soft prompt and the paper's prefix are read from the array named
+    /// `soft_prompt`/`prefix` (or the only array); a key/value prefix from `keys` and `values`.
+    pub fn load(path: &Path, kind: PrefixKind) -> Result<Self> {
+        let arrays = read_arrays(path)?;
+        let pick = |names: &[&str]| -> Result<Array> {
+            for n in names {
+                if let Some(a) = arrays.get(*n) {
+                    return Ok(a.clone());
+                }
+            }
+            if arrays.len() == 1 && kind != PrefixKind::KeyValue {
+                return Ok(arrays
+                    .values()
+                    .next()
+                    .cloned()
+                    .unwrap_or_else(|| Array::zeros(&[0])));
+            }
+            let mut found: Vec<&String> = arrays.keys().collect();
+            found.sort();
+            Err(Error::format(
+                path,
+                "prefix arrays",
+                format!("an array named {}", names.join(" or ")),
+                format!("{found:?}"),
+            ))
+        };
+        Ok(match kind {
+            PrefixKind::SoftPrompt => Prefix::SoftPrompt(pick(&["soft_prompt", "prefix"])?),
+            PrefixKind::Hidden => Prefix::Hidden(pick(&["prefix", "hidden"])?),
+            PrefixKind::KeyValue => Prefix::KeyValue {
+                keys: pick(&["keys"])?,
+                values: pick(&["values"])?,
+            },
+        })
+    }
+
+    /// Load and check against the model in one step.
+    pub fn load_for(path: &Path, kind: PrefixKind, info: &ModelInfo) -> Result<Self> {
+        let p = Prefix::load(path, kind)?;
+        p.check(info, path)?;
+        Ok(p)
+    }
+
+    /// Save atomically (write a temporary file beside it, then rename) as `.npz`, `.npy` or `.safetensors`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let named: Vec<(&str, &Array)> = match self {
+            Prefix::SoftPrompt(a) => vec![("soft_prompt", a)],
+            Prefix::Hidden(a) => vec![("prefix", a)],
+            Prefix::KeyValue { keys, values } => vec![("keys", keys), ("values", values)],
+        };
+        write_arrays(path, &named)
+    }
+}
