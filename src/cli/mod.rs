@@ -1,7 +1,9 @@
 //! The command line: one file per subcommand, each a thin layer over the library.
 
 pub mod attention;
+pub mod eval;
 pub mod inspect;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +24,10 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Capture attention with and without a prefix and write it as .npz or .json.
     Attention(attention::Args),
+    /// Train the paper's toy models: pretrain, finetune, prefix, lora.
+    Train(train::Args),
+    /// Accuracy of a toy model, alone or with a prefix, LoRA or fine-tune (the authors' measure).
+    Eval(eval::Args),
 }
 
 /// Run a subcommand; errors come back as the library's error for `main` to print on one line.
@@ -29,5 +35,7 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
     match cmd {
         Command::Inspect(a) => inspect::run(a),
         Command::Attention(a) => attention::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
