@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each a thin layer over the library.
 
 pub mod attention;
+pub mod bench;
 pub mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Capture attention with and without a prefix and write it as .npz or .json.
     Attention(attention::Args),
+    /// Time loading and full forward passes (numbers for the README and issue notes).
+    Bench(bench::Args),
 }
 
 /// Run a subcommand; errors come back as the library's error for `main` to print on one line.
@@ -29,5 +32,6 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
     match cmd {
         Command::Inspect(a) => inspect::run(a),
         Command::Attention(a) => attention::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
