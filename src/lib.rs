@@ -15,5 +15,6 @@ pub mod load;
 pub mod model;
 pub mod prefix;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -2,7 +2,9 @@
 
 pub mod attention;
 pub mod bench;
+pub mod eval;
 pub mod inspect;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,10 @@ pub enum Command {
     Attention(attention::Args),
     /// Time loading and full forward passes (numbers for the README and issue notes).
     Bench(bench::Args),
+    /// Train the paper's toy models: pretrain, finetune, prefix, lora.
+    Train(train::Args),
+    /// Accuracy of a toy model, alone or with a prefix, LoRA or fine-tune (the authors' measure).
+    Eval(eval::Args),
 }
 
 /// Run a subcommand; errors come back as the library's error for `main` to print on one line.
@@ -33,5 +39,7 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Attention(a) => attention::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
     }
 }
