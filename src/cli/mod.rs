@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand, each a thin layer over the library.
 
 pub mod attention;
+pub mod capacity;
+pub mod construct;
 pub mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +24,10 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Capture attention with and without a prefix and write it as .npz or .json.
     Attention(attention::Args),
+    /// Build one of the paper's constructions and the virtual token that makes it write a target.
+    Construct(construct::Args),
+    /// Count distinct outputs: one hard token against many random virtual tokens.
+    Capacity(capacity::Args),
 }
 
 /// Run a subcommand; errors come back as the library's error for `main` to print on one line.
@@ -29,5 +35,7 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
     match cmd {
         Command::Inspect(a) => inspect::run(a),
         Command::Attention(a) => attention::run(a),
+        Command::Construct(a) => construct::run(a),
+        Command::Capacity(a) => capacity::run(a),
     }
 }

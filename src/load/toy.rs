@@ -5,10 +5,14 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 pub fn load(path: &Path, _ctl: &LoadControl) -> Result<Loaded> {
-    Err(Error::unsupported(
-        path,
-        "safetensors kind",
-        "not yet readable",
-        "toy-gpt",
-    ))
+    let kind = crate::model::construction::safetensors_kind(path)?;
+    match kind.as_deref() {
+        Some(crate::model::construction::KIND) => crate::model::construction::open(path),
+        other => Err(Error::unsupported(
+            path,
+            "safetensors kind (metadata 'prefixscope.kind')",
+            format!("{other:?}"),
+            "construction",
+        )),
+    }
 }
