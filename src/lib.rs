@@ -9,6 +9,7 @@
 
 pub mod arrays;
 pub mod capture;
+pub mod construct;
 pub mod error;
 pub mod incremental;
 pub mod load;

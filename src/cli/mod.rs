@@ -2,6 +2,8 @@
 
 pub mod attention;
 pub mod bench;
+pub mod capacity;
+pub mod construct;
 pub mod eval;
 pub mod inspect;
 pub mod train;
@@ -31,6 +33,10 @@ pub enum Command {
     Train(train::Args),
     /// Accuracy of a toy model, alone or with a prefix, LoRA or fine-tune (the authors' measure).
     Eval(eval::Args),
+    /// Build one of the paper's constructions and the virtual token that makes it write a target.
+    Construct(construct::Args),
+    /// Count distinct outputs: one hard token against many random virtual tokens.
+    Capacity(capacity::Args),
 }
 
 /// Run a subcommand; errors come back as the library's error for `main` to print on one line.
@@ -41,5 +47,7 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Construct(a) => construct::run(a),
+        Command::Capacity(a) => capacity::run(a),
     }
 }
