@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each a thin layer over the library.
 
 pub mod attention;
+pub mod gui;
 pub mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -14,6 +15,9 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Options of the window (used when no subcommand is given).
+    #[command(flatten)]
+    pub gui: gui::GuiArgs,
 }
 
 #[derive(Subcommand, Debug)]
