@@ -7,6 +7,7 @@
 //!
 //! This crate holds the maths and the file formats; the GUI and the CLI are thin layers over it.
 
+pub mod app;
 pub mod arrays;
 pub mod capture;
 pub mod construct;

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod capacity;
 pub mod construct;
 pub mod eval;
+pub mod gui;
 pub mod inspect;
 pub mod train;
 
@@ -19,6 +20,9 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Options of the window (used when no subcommand is given).
+    #[command(flatten)]
+    pub gui: gui::GuiArgs,
 }
 
 #[derive(Subcommand, Debug)]
