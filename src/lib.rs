@@ -7,9 +7,12 @@
 //!
 //! This crate holds the maths and the file formats; the GUI and the CLI are thin layers over it.
 
+pub mod app;
 pub mod arrays;
 pub mod capture;
+pub mod construct;
 pub mod error;
+pub mod incremental;
 pub mod load;
 pub mod model;
 pub mod prefix;

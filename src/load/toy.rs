@@ -177,7 +177,12 @@ fn not_a_model(path: &Path, kind: &str) -> Error {
         ),
         k => format!("'{k}'"),
     };
-    Error::unsupported(path, "prefixscope.kind", found, MODEL_KINDS.join(", "))
+    Error::unsupported(
+        path,
+        "prefixscope.kind",
+        found,
+        format!("{}, construction", MODEL_KINDS.join(", ")),
+    )
 }
 
 /// A LoRA file for `cfg`.
@@ -238,6 +243,7 @@ pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
                 path: path.to_path_buf(),
             })
         }
+        crate::model::construction::KIND => crate::model::construction::open(path),
         other => Err(not_a_model(path, other)),
     }
 }
