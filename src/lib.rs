@@ -10,6 +10,7 @@
 pub mod arrays;
 pub mod capture;
 pub mod error;
+pub mod figure;
 pub mod load;
 pub mod model;
 pub mod prefix;
