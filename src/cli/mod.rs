@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod capacity;
 pub mod construct;
+pub mod bench;
 pub mod inspect;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ pub enum Command {
     Construct(construct::Args),
     /// Count distinct outputs: one hard token against many random virtual tokens.
     Capacity(capacity::Args),
+    /// Time loading and full forward passes (numbers for the README and issue notes).
+    Bench(bench::Args),
 }
 
 /// Run a subcommand; errors come back as the library's error for `main` to print on one line.
@@ -37,5 +40,6 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
         Command::Attention(a) => attention::run(a),
         Command::Construct(a) => construct::run(a),
         Command::Capacity(a) => capacity::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

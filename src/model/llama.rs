@@ -96,14 +96,14 @@ impl LlamaConfig {
                 format!("{self:?}"),
             );
         }
-        if kv == 0 || h % kv != 0 {
+        if kv == 0 || !h.is_multiple_of(kv) {
             return bad(
                 "num_key_value_heads",
                 format!("a divisor of num_attention_heads = {h}"),
                 kv.to_string(),
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(
                 "head_dim",
                 "an even number (RoPE rotates pairs)".into(),
