@@ -1070,3 +1070,26 @@ pub fn capacity_model(
         ),
     })
 }
+
+/// The content tokens an attention view of a construction shows: the user's `input` then the
+/// `generated` characters, cut to the positions left after the virtual tokens (the last generated
+/// character was predicted at position N-1 and has no position of its own).
+pub fn content_for_views(
+    model: &Construction,
+    prefix: &Prefix,
+    input: &str,
+    generated: &str,
+) -> Result<Vec<u32>> {
+    let mut ids = encode("input", input)?;
+    ids.extend(encode("generated", generated)?);
+    let room = model.config().n_positions.saturating_sub(prefix.len());
+    ids.truncate(room);
+    if ids.is_empty() {
+        return Err(Error::input(
+            "content",
+            "at least one input or generated character to show",
+            "none",
+        ));
+    }
+    Ok(ids)
+}

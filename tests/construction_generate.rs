@@ -300,3 +300,65 @@ fn capacity_model_on_a_construction() {
     assert!(c.hard_distinct <= 94);
     assert!(c.soft_distinct > c.hard_distinct, "{c:?}");
 }
+
+/// The paper's per-layer form: a hidden-state row replaces the whole attention input, so the virtual
+/// token plus its position, given as a `Prefix::Hidden`, acts exactly like the soft prompt.
+#[test]
+fn hidden_prefix_matches_soft_prompt_plus_position() {
+    let b = construct::build_target("per-layer").unwrap();
+    let Prefix::SoftPrompt(a) = &b.prefix else {
+        panic!()
+    };
+    let mut h = a.clone();
+    h.data[20] += 1.0; // position 0's one-hot, which the model adds to a soft prompt itself
+    h.shape = vec![1, 1, 40];
+    let hidden = Prefix::Hidden(h);
+    let (t1, _) = construct::generate_text(&b.model, &hidden, "", Some(9)).unwrap();
+    assert_eq!(t1, "per-layer");
+    // Without the position the virtual token is not read by head "first": spaces come out.
+    let mut h0 = a.clone();
+    h0.shape = vec![1, 1, 40];
+    let (t0, _) = construct::generate_text(&b.model, &Prefix::Hidden(h0), "", Some(9)).unwrap();
+    assert_ne!(t0, "per-layer");
+    // Non-finite coordinates (a slider gone wrong) are refused by name.
+    let mut bad = a.clone();
+    bad.data[3] = f32::NAN;
+    let e = construct::generate_text(&b.model, &Prefix::SoftPrompt(bad), "", None).unwrap_err();
+    assert!(e.one_line().contains("element 3"), "{}", e.one_line());
+}
+
+/// What the GUI's Construction mode does: build, edit one coordinate of the virtual token, generate,
+/// and capture the attention views of the result.
+#[test]
+fn edit_a_coordinate_then_view() {
+    let mut b = construct::build_target("cat").unwrap();
+    let Prefix::SoftPrompt(a) = &mut b.prefix else {
+        panic!()
+    };
+    // Coordinate 0 holds 'c' = 99 - 32 = 67 as 67/94; set it to 'b'.
+    assert!((a.data[0] - 67.0 / 94.0).abs() < 1e-7);
+    a.data[0] = 66.0 / 94.0;
+    let (text, g) = construct::generate_text(&b.model, &b.prefix, "", Some(3)).unwrap();
+    assert_eq!(text, "bat");
+    // Halfway between two characters the margin collapses to (almost) nothing.
+    let Prefix::SoftPrompt(a) = &mut b.prefix else {
+        panic!()
+    };
+    a.data[1] = (65.5 / 94.0) as f32;
+    let (_, g2) = construct::generate_text(&b.model, &b.prefix, "", Some(3)).unwrap();
+    assert!(
+        g2.margins[1] < 1e-3 && g.margins[1] > 4e-3,
+        "{:?} {:?}",
+        g.margins,
+        g2.margins
+    );
+    let ids = construct::content_for_views(&b.model, &b.prefix, "", &"x".repeat(25)).unwrap();
+    assert_eq!(ids.len(), 19);
+    let cap =
+        prefixscope::capture::capture(&b.model, &ids, Some(&b.prefix), &LayerSel::All).unwrap();
+    let l0 = &cap.layers[0];
+    assert_eq!(l0.with_prefix.as_ref().unwrap().shape, vec![2, 19, 20]);
+    // Head "first" puts (almost) all its attention on the virtual token.
+    let mass = l0.prefix_mass.as_ref().unwrap();
+    assert!(mass.data[19..38].iter().all(|&m| m > 0.999));
+}

@@ -57,14 +57,17 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         let times: Vec<f64> = (0..a.repeats.max(1))
             .map(|_| {
                 let t = Instant::now();
-                model.forward(&ids, None, &LayerSel::All).map(|_| t.elapsed().as_secs_f64())
+                model
+                    .forward(&ids, None, &LayerSel::All)
+                    .map(|_| t.elapsed().as_secs_f64())
             })
             .collect::<prefixscope::Result<_>>()?;
         let med = median(times);
         // Matrix work of one pass: 2 flops per weight per token (the embedding table is a lookup,
         // except one row through the tied head), plus QK^T and AV over the causal half.
         let matmul_params = info.n_params - info.vocab_size * info.d_model;
-        let attn = 4.0 * (info.n_layers * info.n_heads * info.head_dim) as f64 * (n * n) as f64 / 2.0;
+        let attn =
+            4.0 * (info.n_layers * info.n_heads * info.head_dim) as f64 * (n * n) as f64 / 2.0;
         let gflop = (2.0 * matmul_params as f64 * n as f64 + attn) / 1e9;
         forward.insert(n.to_string(), med.into());
         flops.insert(n.to_string(), (gflop / med).into());
@@ -85,7 +88,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         println!("load            {load_s:.3} s");
         println!("peak memory     {:.1} MB", peak as f64 / 1e6);
         for n in a.lengths.iter().map(|n| n.to_string()) {
-            let (Some(t), Some(g)) = (forward.get(&n), flops.get(&n).and_then(|x| x.as_f64())) else {
+            let (Some(t), Some(g)) = (forward.get(&n), flops.get(&n).and_then(|x| x.as_f64()))
+            else {
                 continue;
             };
             println!(

@@ -13,8 +13,8 @@ pub struct Args {
     pub random: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Toy models to count on as well (repeatable). Default: every prefixscope .safetensors in models/
-    /// that is not a construction.
+    /// Toy models to count on as well (repeatable). Default: every toy GPT model file in models/
+    /// (`prefixscope.kind` toy-gpt or toy-finetuned).
     #[arg(long)]
     pub model: Vec<PathBuf>,
     /// Greedy tokens generated after the first content token on a toy model (the paper: 10).
@@ -27,6 +27,9 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The `prefixscope.kind` values of toy model files (prefix and LoRA files are not models by themselves).
+const TOY_MODEL_KINDS: &[&str] = &["toy-gpt", "toy-finetuned"];
+
 fn default_models() -> Vec<PathBuf> {
     let dir = Path::new("models");
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -37,7 +40,7 @@ fn default_models() -> Vec<PathBuf> {
                     prefixscope::model::construction::safetensors_kind(p)
                         .ok()
                         .flatten()
-                        .is_some_and(|k| k != prefixscope::model::construction::KIND)
+                        .is_some_and(|k| TOY_MODEL_KINDS.contains(&k.as_str()))
                 })
                 .collect()
         })

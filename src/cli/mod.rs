@@ -1,9 +1,9 @@
 //! The command line: one file per subcommand, each a thin layer over the library.
 
 pub mod attention;
+pub mod bench;
 pub mod capacity;
 pub mod construct;
-pub mod bench;
 pub mod inspect;
 
 use clap::{Parser, Subcommand};
