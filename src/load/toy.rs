@@ -11,7 +11,7 @@ pub fn load(path: &Path, _ctl: &LoadControl) -> Result<Loaded> {
         other => Err(Error::unsupported(
             path,
             "safetensors kind (metadata 'prefixscope.kind')",
-            format!("{other:?}"),
+            other.map_or("none".to_string(), |k| format!("'{k}'")),
             "construction",
         )),
     }
