@@ -219,7 +219,7 @@ fn damaged_construction_files() {
         ),
         (
             write("nokind.safetensors", None, vec![(META_CONFIG, cfg.clone())]),
-            "safetensors kind",
+            "no 'prefixscope.kind' metadata",
         ),
     ];
     for (path, needle) in &cases {

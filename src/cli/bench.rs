@@ -16,6 +16,9 @@ pub struct Args {
     /// Timed runs per length (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Prompt length for the slider-update latencies.
+    #[arg(long, default_value_t = 128)]
+    pub update_n: usize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -72,6 +75,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         forward.insert(n.to_string(), med.into());
         flops.insert(n.to_string(), (gflop / med).into());
     }
+    let update = update_latencies(model, a.repeats.max(1), a.update_n)?;
     let peak = peak_rss_bytes().unwrap_or(0);
     if a.json {
         let v = serde_json::json!({
@@ -81,6 +85,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             "peak_rss_bytes": peak,
             "full_forward_s": forward,
             "gflops": flops,
+            "update_n": a.update_n,
+            "update_s": update,
         });
         println!("{v}");
     } else {
@@ -100,6 +106,79 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
                 info.n_heads
             );
         }
+        for (k, v) in &update {
+            println!(
+                "update {k:<18} {:.3} ms (median, N={}, P=1)",
+                v.as_f64().unwrap_or(0.0) * 1e3,
+                a.update_n
+            );
+        }
     }
     Ok(())
+}
+
+/// Latency of one slider change through the incremental evaluator (P = 1, one coordinate changed),
+/// viewed at the layers the GUI would show.
+fn update_latencies(
+    model: &dyn prefixscope::model::Transformer,
+    repeats: usize,
+    n: usize,
+) -> prefixscope::Result<serde_json::Map<String, serde_json::Value>> {
+    use prefixscope::incremental::{Edit, Evaluator};
+    use prefixscope::prefix::{Prefix, PrefixKind};
+    let info = model.info().clone();
+    let n = info.max_positions.map_or(n, |m| n.min(m.saturating_sub(1)));
+    let ids = synthetic_ids(n, info.vocab_size);
+    let last = info.n_layers - 1;
+    let mid = info.n_layers / 2;
+    let cases: Vec<(String, PrefixKind, usize, usize)> =
+        if info.arch == prefixscope::model::Arch::Llama {
+            vec![
+                ("soft_L0".into(), PrefixKind::SoftPrompt, 0, 0),
+                (format!("soft_L{mid}"), PrefixKind::SoftPrompt, 0, mid),
+                (format!("soft_L{last}"), PrefixKind::SoftPrompt, 0, last),
+                (format!("paper_prefix_L{mid}"), PrefixKind::Hidden, mid, mid),
+                ("kv_prefix".into(), PrefixKind::KeyValue, mid, mid),
+            ]
+        } else {
+            vec![
+                ("soft_L0".into(), PrefixKind::SoftPrompt, 0, 0),
+                (format!("paper_prefix_L{last}"), PrefixKind::Hidden, 0, last),
+                ("kv_prefix".into(), PrefixKind::KeyValue, 0, last),
+            ]
+        };
+    let mut out = serde_json::Map::new();
+    for (name, kind, edit_layer, view) in cases {
+        let mut prefix = Prefix::zeros(kind, 1, &info);
+        for (i, x) in prefix.values_mut().enumerate() {
+            *x = ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.1;
+        }
+        let mut ev = Evaluator::new(&ids);
+        ev.update(model, Some(&prefix), Edit::All, &[view])?;
+        let edit = if kind == PrefixKind::SoftPrompt {
+            Edit::SoftPrompt
+        } else {
+            Edit::Layer(edit_layer)
+        };
+        let per_layer = match &prefix {
+            Prefix::SoftPrompt(a) => a.data.len(),
+            Prefix::Hidden(a) => a.data.len() / info.n_layers,
+            Prefix::KeyValue { keys, .. } => keys.data.len() / info.n_layers,
+        };
+        let mut times = Vec::new();
+        for r in 0..repeats.max(3) * 4 {
+            // One slider step on one coordinate of the edited layer.
+            if let Some(x) = prefix
+                .values_mut()
+                .nth(edit_layer * per_layer + r % per_layer)
+            {
+                *x += 0.01;
+            }
+            let t = Instant::now();
+            ev.update(model, Some(&prefix), edit, &[view])?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        out.insert(name, median(times).into());
+    }
+    Ok(out)
 }

@@ -109,4 +109,9 @@ pub trait Transformer: Send + Sync {
 
     /// The embedding row of token `id` (to set a soft-prompt vector to a real token).
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>>;
+
+    /// Layer-by-layer access for the incremental evaluator; `None` means "recompute everything".
+    fn stepper(&self) -> Option<&dyn crate::incremental::Stepper> {
+        None
+    }
 }
