@@ -294,7 +294,7 @@ fn soft_prompt_of_an_embedding_row_is_the_hard_token() {
 #[test]
 fn capacity_model_on_a_construction() {
     let model = construct::long(10, 100.0);
-    let c = construct::capacity_model(&model, "long", 200, 5, 0, 3).unwrap();
+    let c = construct::capacity_model(&model, "long", 200, 5, &[0], 1.0, 3).unwrap();
     assert_eq!(c.hard_tried, 94);
     assert_eq!(c.steps, 5);
     assert!(c.hard_distinct <= 94);
