@@ -820,6 +820,13 @@ pub struct Outcome {
 
 /// (a) for `target`, with the notebook's N = 20, T = 50.
 pub fn build_target(target: &str) -> Result<Built> {
+    if target.is_empty() {
+        return Err(Error::input(
+            "target",
+            format!("1 to {UNCONDITIONAL_N} printable ASCII characters"),
+            "an empty string",
+        ));
+    }
     let model = unconditional(UNCONDITIONAL_N, UNCONDITIONAL_T);
     let prefix = unconditional_prefix(&model, target)?;
     Ok(Built {

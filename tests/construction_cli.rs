@@ -58,6 +58,7 @@ fn construct_map_json_all_correct() {
 fn bad_targets_exit_2_with_one_line() {
     let cases: &[(&[&str], &str)] = &[
         (&["construct", "--target", "naïve"], "target character 3"),
+        (&["construct", "--target", ""], "an empty string"),
         (
             &["construct", "--target", "tab\there"],
             "target character 4",
