@@ -4,7 +4,7 @@
 use prefixscope::arrays::Array;
 use std::path::PathBuf;
 
-/// The SmolLM2 GGUF that `scripts/fetch-smollm2.sh` caches. Tests that need it fail (not skip) when it
+/// The SmolLM2 GGUF that `.ci/fetch-smollm2.sh` caches. Tests that need it fail (not skip) when it
 /// is absent, so CI can never pass without checking the real model: `.ci/run` fetches it first.
 pub fn smollm2() -> PathBuf {
     if let Ok(p) = std::env::var("PREFIXSCOPE_SMOLLM2") {
@@ -23,7 +23,7 @@ pub fn smollm2() -> PathBuf {
     let p = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         p.exists(),
-        "{} is missing: run `bash scripts/fetch-smollm2.sh` first",
+        "{} is missing: run `bash .ci/fetch-smollm2.sh` first",
         p.display()
     );
     p
