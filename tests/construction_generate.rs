@@ -362,3 +362,30 @@ fn edit_a_coordinate_then_view() {
     let mass = l0.prefix_mass.as_ref().unwrap();
     assert!(mass.data[19..38].iter().all(|&m| m > 0.999));
 }
+
+/// The GUI's incremental evaluator runs on a construction (full recompute: it has no layer stepper) and
+/// agrees with a plain capture after a slider edit.
+#[test]
+fn incremental_evaluator_on_a_construction() {
+    use prefixscope::incremental::{Edit, Evaluator};
+    let mut b = construct::build_target("slider").unwrap();
+    let ids = construct::content_for_views(&b.model, &b.prefix, "", "slide").unwrap();
+    let mut ev = Evaluator::new(&ids);
+    let c0 = ev
+        .update(&b.model, Some(&b.prefix), Edit::All, &[0])
+        .unwrap();
+    let Prefix::SoftPrompt(a) = &mut b.prefix else {
+        panic!()
+    };
+    a.data[5] = 0.9; // the coordinate the last position (5) reads
+    let c1 = ev
+        .update(&b.model, Some(&b.prefix), Edit::SoftPrompt, &[0])
+        .unwrap();
+    let full =
+        prefixscope::capture::capture(&b.model, &ids, Some(&b.prefix), &LayerSel::All).unwrap();
+    assert_eq!(c1.layers[0].with_prefix, full.layers[0].with_prefix);
+    assert_eq!(c1.logits_last_prefixed, full.logits_last_prefixed);
+    assert_ne!(c0.logits_last_prefixed, c1.logits_last_prefixed);
+    // Layer 0 is the first prefixed layer: renormalized equals pretrained up to rounding.
+    assert!(c1.layers[0].max_renorm_diff(None).unwrap() < 1e-5);
+}
