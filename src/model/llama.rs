@@ -370,6 +370,19 @@ impl Transformer for Llama {
         Some(self)
     }
 
+    fn attn_block_output(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
+        let b = self.blocks.get(layer).ok_or_else(|| {
+            Error::input(
+                "layer",
+                format!("below {}", self.blocks.len()),
+                layer.to_string(),
+            )
+        })?;
+        let (h, n, hd) = z.dims3()?;
+        let zc = z.transpose(0, 1)?.contiguous()?.reshape((n, h * hd))?;
+        Ok(zc.matmul(&b.w_o)?)
+    }
+
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {
         if id as usize >= self.info.vocab_size {
             return Err(Error::input(
