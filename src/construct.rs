@@ -16,6 +16,9 @@
 //!   of up to N0 characters (N0 = 10, N = 20, T = 100); head "back" attends position `p` to `p - N0`.
 //! - (d) [`two_token`]: one virtual token holds a map from two letters to a letter, packed as base-K
 //!   digits, and the model itself unpacks it (see the function's documentation).
+//!
+//! The rest of this page is `src/construct.md`, the design notes for every construction.
+#![doc = include_str!("construct.md")]
 
 use crate::arrays::Array;
 use crate::error::{Error, Result};
