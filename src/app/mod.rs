@@ -25,7 +25,7 @@ use worker::{ComputeRequest, Computed, LoadJob, LoadedModel, Reply, Worker};
 
 /// The bundled default: the toy 1-layer sorter and its trained prefix, relative to the crate root.
 pub const DEFAULT_MODEL: &str = "models/sort-1l1h/ascending.safetensors";
-pub const DEFAULT_PREFIX: &str = "models/sort-1l1h/prefix-descending.npz";
+pub const DEFAULT_PREFIX: &str = "models/sort-1l1h/prefix-descending.safetensors";
 
 /// Where to look for a bundled file: beside the executable (and its parents, for `target/*/`), then
 /// the crate this binary was built from.
