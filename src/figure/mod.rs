@@ -319,7 +319,8 @@ pub fn views_figure(
     );
     if let Some(d) = lc.max_renorm_diff(Some(head)) {
         note.push_str(&format!(
-            " max |renormalized \u{2212} pretrained| = {d:.2e}."
+            " max |renormalized \u{2212} pretrained| = {}.",
+            svg::fmt_measure(d)
         ));
     }
     fig.note = Some(note);
