@@ -67,6 +67,20 @@ impl LayerCapture {
         Some(worst)
     }
 
+    /// `(H, N, N)`: renormalized - pretrained (the difference view; `None` without a prefix).
+    pub fn difference(&self) -> Option<Array> {
+        let r = self.renormalized.as_ref()?;
+        Some(Array {
+            shape: r.shape.clone(),
+            data: r
+                .data
+                .iter()
+                .zip(&self.pretrained.data)
+                .map(|(a, b)| a - b)
+                .collect(),
+        })
+    }
+
     pub fn n_heads(&self) -> usize {
         self.pretrained.shape[0]
     }

@@ -7,13 +7,17 @@
 //!
 //! This crate holds the maths and the file formats; the GUI and the CLI are thin layers over it.
 
+pub mod app;
 pub mod arrays;
 pub mod capture;
+pub mod construct;
 pub mod error;
 pub mod figure;
+pub mod incremental;
 pub mod load;
 pub mod model;
 pub mod prefix;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -18,8 +18,11 @@ fn main() {
             }
         }
         None => {
-            eprintln!("the GUI is not built yet");
-            std::process::exit(2);
+            let opened = args.gui.into_options().and_then(prefixscope::app::run);
+            if let Err(e) = opened {
+                eprintln!("error: {}", e.one_line());
+                std::process::exit(2);
+            }
         }
     }
 }

@@ -1,9 +1,15 @@
 //! The command line: one file per subcommand, each a thin layer over the library.
 
 pub mod attention;
+pub mod bench;
+pub mod capacity;
+pub mod construct;
+pub mod eval;
 pub mod figures;
+pub mod gui;
 pub mod inspect;
 pub mod render;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +22,9 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Options of the window (used when no subcommand is given).
+    #[command(flatten)]
+    pub gui: gui::GuiArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -28,6 +37,16 @@ pub enum Command {
     Render(render::Args),
     /// Regenerate the paper's figures (SVG, PNG, JSON and captions.md) from the shipped models.
     Figures(figures::Args),
+    /// Time loading and full forward passes (numbers for the README and issue notes).
+    Bench(bench::Args),
+    /// Train the paper's toy models: pretrain, finetune, prefix, lora.
+    Train(train::Args),
+    /// Accuracy of a toy model, alone or with a prefix, LoRA or fine-tune (the authors' measure).
+    Eval(eval::Args),
+    /// Build one of the paper's constructions and the virtual token that makes it write a target.
+    Construct(construct::Args),
+    /// Count distinct outputs: one hard token against many random virtual tokens.
+    Capacity(capacity::Args),
 }
 
 /// Run a subcommand; errors come back as the library's error for `main` to print on one line.
@@ -37,5 +56,10 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
         Command::Attention(a) => attention::run(a),
         Command::Render(a) => render::run(a),
         Command::Figures(a) => figures::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Construct(a) => construct::run(a),
+        Command::Capacity(a) => capacity::run(a),
     }
 }

@@ -857,8 +857,11 @@ pub fn bias_figure(files: &FourTaskFiles, dims: Option<(usize, usize)>) -> Resul
 // ---------------------------------------------------------------------------------------------
 // (d) SmolLM2, layer 0
 
-/// The SmolLM2 checkpoint in the cache `scripts/fetch-smollm2.sh` fills, if it is there.
+/// The SmolLM2 checkpoint in the cache `.ci/fetch-smollm2.sh` fills, if it is there.
 pub fn smollm2_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PREFIXSCOPE_SMOLLM2") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
     let cache = std::env::var_os("PREFIXSCOPE_CACHE")
         .map(PathBuf::from)
         .or_else(|| {

@@ -7,6 +7,7 @@
 //! placeholder token the model was trained with at positions `0..p` ([`Transformer::pretrained`]).
 
 pub mod attention;
+pub mod construction;
 pub mod gpt;
 pub mod llama;
 
@@ -120,5 +121,10 @@ pub trait Transformer: Send + Sync {
             format!("architecture {}", self.info().arch),
             "models that implement Transformer::attn_block_output",
         ))
+    }
+
+    /// Layer-by-layer access for the incremental evaluator; `None` means "recompute everything".
+    fn stepper(&self) -> Option<&dyn crate::incremental::Stepper> {
+        None
     }
 }

@@ -1,0 +1,849 @@
+//! The desktop app: an eframe window over the library. Panels (one file each) hold their state apart
+//! from their drawing; the worker thread owns the model and does every computation; this file wires
+//! them together, keeps the session, and never computes anything itself.
+
+pub mod colormap;
+mod colormap_tables;
+pub mod model;
+pub mod overview;
+pub mod prefix_editor;
+pub mod prompt;
+pub mod views;
+pub mod worker;
+
+use crate::model::ModelInfo;
+use crate::prefix::{Prefix, PrefixKind};
+use crate::tokenizer::Tokenizer;
+use model::{ModelAction, ModelPanel, ModelStatus};
+use overview::OverviewPanel;
+use prefix_editor::{EditorRequest, PrefixEditor};
+use prompt::PromptPanel;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use views::{ViewData, ViewsPanel};
+use worker::{ComputeRequest, Computed, LoadJob, LoadedModel, Reply, Worker};
+
+/// The bundled default: the toy 1-layer sorter and its trained prefix, relative to the crate root.
+pub const DEFAULT_MODEL: &str = "models/sort-1l1h/ascending.safetensors";
+pub const DEFAULT_PREFIX: &str = "models/sort-1l1h/prefix-descending.npz";
+
+/// Where to look for a bundled file: beside the executable (and its parents, for `target/*/`), then
+/// the crate this binary was built from.
+pub fn bundled(rel: &str) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(4) {
+            candidates.push(dir.join(rel));
+        }
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel));
+    candidates.into_iter().find(|p| p.exists())
+}
+
+/// Options from the command line (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// Open this checkpoint instead of the session's or the default one.
+    pub model: Option<PathBuf>,
+    /// Start from this prefix file (its kind is taken from `prefix_kind`).
+    pub prefix: Option<PathBuf>,
+    pub prefix_kind: Option<PrefixKind>,
+    pub prompt: Option<String>,
+    /// Where the session and the prefix autosave live (default: eframe's storage directory).
+    pub session_dir: Option<PathBuf>,
+    /// Do not restore the previous session.
+    pub fresh: bool,
+    /// Close the window after this many seconds (for scripts and CI).
+    pub quit_after: Option<f32>,
+    /// Repaint continuously and print frames per second to stderr every second.
+    pub bench_fps: bool,
+    /// Print start-up timings to stderr.
+    pub timings: bool,
+    /// Initial window size in points.
+    pub size: Option<(f32, f32)>,
+}
+
+/// What is saved on exit and at intervals, and restored on start.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Session {
+    pub model_path: Option<PathBuf>,
+    pub prompt: Option<PromptPanel>,
+    pub views: Option<ViewsPanel>,
+    pub models: Option<ModelPanel>,
+    /// The model the autosaved prefix belongs to, and its kind.
+    pub autosave_model: Option<PathBuf>,
+    pub autosave_kind: Option<PrefixKind>,
+    pub editor_token: usize,
+    pub editor_layer: usize,
+}
+
+const SESSION_KEY: &str = "prefixscope-session";
+const AUTOSAVE_PREFIX: &str = "autosave-prefix.npz";
+const SESSION_FILE: &str = "session.json";
+const AUTOSAVE_EVERY: Duration = Duration::from_secs(3);
+
+/// Frame counter for `--bench-fps` and the status bar.
+struct FrameStats {
+    window_start: Instant,
+    frames: u32,
+    updates: u32,
+    ui_time: Duration,
+    last_fps: f32,
+}
+
+pub struct PrefixScopeApp {
+    opts: AppOptions,
+    worker: Worker,
+    pub model_panel: ModelPanel,
+    pub prompt: PromptPanel,
+    pub editor: PrefixEditor,
+    pub views: ViewsPanel,
+    overview: OverviewPanel,
+    /// The current model (what the worker has installed).
+    loaded: Option<LoadedModel>,
+    loading: Option<LoadJob>,
+    /// The result on screen, and the labels of its tokens.
+    shown: Option<Box<Computed>>,
+    shown_labels: Vec<String>,
+    /// Highest request generation sent, and what it asked for.
+    next_gen: u64,
+    last_sent: Option<(u64, Vec<u32>, u64)>,
+    /// The prefix version of the last request.
+    sent_version: u64,
+    compute_error: Option<String>,
+    /// A message when there is no model (e.g. the default model is missing).
+    empty_note: Option<String>,
+    session: Session,
+    last_autosave: Instant,
+    started: Instant,
+    startup_reported: bool,
+    fonts_set: bool,
+    stats: FrameStats,
+}
+
+/// egui's proportional font lacks arrows and many symbols that its monospace font (Hack) has: use Hack
+/// as a fallback so labels and token names do not fall back to tofu.
+pub fn install_fonts(ctx: &egui::Context) {
+    let mut defs = egui::FontDefinitions::default();
+    if defs.font_data.contains_key("Hack") {
+        if let Some(fam) = defs.families.get_mut(&egui::FontFamily::Proportional) {
+            if !fam.iter().any(|f| f == "Hack") {
+                fam.push("Hack".to_owned());
+            }
+        }
+    }
+    ctx.set_fonts(defs);
+}
+
+/// A token label with every character the fonts cannot draw replaced by '?'.
+pub fn displayable(ctx: &egui::Context, s: &str) -> String {
+    let font = egui::FontId::proportional(11.0);
+    ctx.fonts_mut(|f| {
+        s.chars()
+            .map(|c| {
+                if c.is_whitespace() || f.has_glyph(&font, c) {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect()
+    })
+}
+
+impl PrefixScopeApp {
+    /// Build the app; `storage` is eframe's (None in tests). Starts loading a model at once.
+    pub fn new(storage: Option<&dyn eframe::Storage>, opts: AppOptions) -> Self {
+        let mut session = Session::default();
+        if !opts.fresh {
+            let from_eframe = storage.and_then(|s| eframe::get_value::<Session>(s, SESSION_KEY));
+            let from_file = autosave_dir(&opts)
+                .map(|d| d.join(SESSION_FILE))
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .and_then(|s| serde_json::from_str::<Session>(&s).ok());
+            session = from_file.or(from_eframe).unwrap_or_default();
+        }
+        let mut app = PrefixScopeApp {
+            worker: Worker::new(),
+            model_panel: session.models.clone().unwrap_or_default(),
+            prompt: session.prompt.clone().unwrap_or_default(),
+            editor: PrefixEditor::default(),
+            views: session.views.clone().unwrap_or_default(),
+            overview: OverviewPanel::default(),
+            loaded: None,
+            loading: None,
+            shown: None,
+            shown_labels: Vec::new(),
+            next_gen: 1,
+            last_sent: None,
+            sent_version: 0,
+            compute_error: None,
+            empty_note: None,
+            last_autosave: Instant::now(),
+            started: Instant::now(),
+            startup_reported: false,
+            fonts_set: false,
+            stats: FrameStats {
+                window_start: Instant::now(),
+                frames: 0,
+                updates: 0,
+                ui_time: Duration::ZERO,
+                last_fps: 0.0,
+            },
+            session,
+            opts,
+        };
+        app.editor.token = app.session.editor_token;
+        app.editor.layer = app.session.editor_layer;
+        if let Some(text) = app.opts.prompt.clone() {
+            app.prompt.text = text;
+        }
+        let target = app
+            .opts
+            .model
+            .clone()
+            .or_else(|| app.session.model_path.clone().filter(|p| p.exists()))
+            .or_else(|| bundled(DEFAULT_MODEL));
+        match target {
+            Some(p) => app.open_model(p),
+            None => {
+                app.empty_note = Some(format!(
+                    "The default model ({DEFAULT_MODEL}) was not found beside the program or in {}. Open a checkpoint to start.",
+                    env!("CARGO_MANIFEST_DIR")
+                ))
+            }
+        }
+        app
+    }
+
+    /// Start loading a checkpoint (the current model stays until the new one is ready).
+    pub fn open_model(&mut self, path: PathBuf) {
+        if let Some(job) = &self.loading {
+            job.cancel();
+        }
+        self.model_panel.error = None;
+        self.model_panel.path_text = path.display().to_string();
+        self.loading = Some(self.worker.load(path));
+    }
+
+    pub fn is_loading(&self) -> bool {
+        self.loading.is_some()
+    }
+    pub fn model_info(&self) -> Option<&ModelInfo> {
+        self.loaded.as_ref().map(|l| &l.info)
+    }
+    pub fn model_path(&self) -> Option<&Path> {
+        self.loaded.as_ref().map(|l| l.path.as_path())
+    }
+    pub fn load_error(&self) -> Option<&str> {
+        self.model_panel.error.as_deref()
+    }
+    /// The result on screen.
+    pub fn shown(&self) -> Option<&Computed> {
+        self.shown.as_deref()
+    }
+    /// Whether the shown result answers the current prompt and prefix.
+    pub fn is_current(&self) -> bool {
+        match (&self.shown, &self.last_sent) {
+            (Some(s), Some((gen, _, _))) => s.gen == *gen && !self.worker.is_busy(),
+            _ => false,
+        }
+    }
+    pub fn compute_error(&self) -> Option<&str> {
+        self.compute_error.as_deref()
+    }
+
+    fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.loaded.as_ref().map(|l| l.tokenizer.as_ref())
+    }
+
+    fn handle_replies(&mut self, ctx: &egui::Context) {
+        for reply in self.worker.poll() {
+            match reply {
+                Reply::Loaded(m) => {
+                    if self
+                        .loading
+                        .as_ref()
+                        .is_some_and(|j| j.model_gen == m.model_gen)
+                    {
+                        self.loading = None;
+                        self.install(m);
+                    }
+                }
+                Reply::LoadFailed {
+                    model_gen,
+                    path,
+                    message,
+                } => {
+                    if self
+                        .loading
+                        .as_ref()
+                        .is_some_and(|j| j.model_gen == model_gen)
+                    {
+                        self.loading = None;
+                        self.model_panel.error = Some(if message == "cancelled" {
+                            format!("loading {} cancelled", path.display())
+                        } else {
+                            message
+                        });
+                    }
+                }
+                Reply::Computed(c) => {
+                    let current_model = self.loaded.as_ref().map(|l| l.model_gen);
+                    let newer = self
+                        .shown
+                        .as_ref()
+                        .is_none_or(|s| c.gen > s.gen || s.model_gen != c.model_gen);
+                    // Never draw a stale result over a newer one, nor one for a replaced model.
+                    if Some(c.model_gen) == current_model && newer {
+                        self.compute_error = None;
+                        self.shown_labels = self
+                            .tokenizer()
+                            .map(|t| t.labels(&c.capture.token_ids))
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|l| displayable(ctx, l))
+                            .collect();
+                        self.stats.updates += 1;
+                        self.shown = Some(c);
+                    }
+                }
+                Reply::ComputeFailed { gen, message } => {
+                    if self.last_sent.as_ref().is_some_and(|(g, _, _)| *g == gen) {
+                        self.compute_error = Some(message);
+                    }
+                }
+                Reply::Embedding {
+                    model_gen,
+                    token,
+                    result,
+                } => {
+                    if self
+                        .loaded
+                        .as_ref()
+                        .is_some_and(|l| l.model_gen == model_gen)
+                    {
+                        self.editor.embedding_arrived(token, result);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A model finished loading: make it current, keep or replace the prompt and the prefix.
+    fn install(&mut self, m: LoadedModel) {
+        let info = m.info.clone();
+        let tok = m.tokenizer.clone();
+        let path = m.path.clone();
+        if self.opts.timings {
+            eprintln!(
+                "model loaded in {} ms: {}",
+                m.load_time.as_millis(),
+                path.display()
+            );
+        }
+        self.model_panel.push_recent(&path);
+        self.model_panel.path_text = path.display().to_string();
+        self.session.model_path = Some(path.clone());
+        self.loaded = Some(m);
+        self.shown = None;
+        self.last_sent = None;
+        self.empty_note = None;
+        // The prompt: keep it if this tokenizer reads it, else the default for this tokenizer.
+        self.prompt.ids.clear();
+        if self.prompt.text.trim().is_empty() || tok.encode(&self.prompt.text, false).is_err() {
+            self.prompt.text = prompt::default_text(&tok);
+        }
+        self.prompt.tokenize(&tok);
+        self.views.clamp(info.n_layers, info.n_heads);
+        let prefix = self.initial_prefix(&path, &info);
+        self.editor.set_prefix(prefix);
+        self.editor.saved_version = self.editor.version;
+    }
+
+    /// The prefix a freshly loaded model starts with: the command line's file, the autosave of the
+    /// same model, the bundled prefix of the default model, the current prefix if it fits, or zeros.
+    fn initial_prefix(&mut self, path: &Path, info: &ModelInfo) -> Prefix {
+        let kind_hint = self.opts.prefix_kind;
+        if let Some(pf) = self.opts.prefix.take() {
+            match Prefix::load_for(&pf, kind_hint.unwrap_or(PrefixKind::SoftPrompt), info) {
+                Ok(p) => return p,
+                Err(e) => self.editor.message = Some((true, e.one_line())),
+            }
+        }
+        if self.session.autosave_model.as_deref() == Some(path) {
+            if let (Some(dir), Some(kind)) = (autosave_dir(&self.opts), self.session.autosave_kind)
+            {
+                if let Ok(p) = Prefix::load_for(&dir.join(AUTOSAVE_PREFIX), kind, info) {
+                    self.editor.message = Some((false, "restored the autosaved prefix".into()));
+                    return p;
+                }
+            }
+        }
+        if bundled(DEFAULT_MODEL).is_some_and(|d| same_file(&d, path)) {
+            if let Some(pf) = bundled(DEFAULT_PREFIX) {
+                if let Ok(p) = Prefix::load_for(&pf, PrefixKind::Hidden, info) {
+                    return p;
+                }
+            }
+        }
+        if let Some(p) = &self.editor.prefix {
+            if p.check(info, Path::new("prefix")).is_ok() {
+                return p.clone();
+            }
+        }
+        Prefix::zeros(self.editor.kind, self.editor.p.max(1), info)
+    }
+
+    /// Ask the worker for the current prompt and prefix when they changed.
+    fn request_if_changed(&mut self) {
+        let Some(m) = &self.loaded else { return };
+        if self.prompt.ids.is_empty() || self.prompt.error.is_some() {
+            return;
+        }
+        let key = (self.editor.version, self.prompt.ids.clone(), m.model_gen);
+        let same = self
+            .last_sent
+            .as_ref()
+            .is_some_and(|(_, ids, mg)| *ids == key.1 && *mg == key.2)
+            && self.sent_version == key.0;
+        if same {
+            return;
+        }
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        self.worker.compute(ComputeRequest {
+            gen,
+            model_gen: m.model_gen,
+            ids: key.1.clone(),
+            prefix: self.editor.prefix.clone(),
+        });
+        self.sent_version = key.0;
+        self.last_sent = Some((gen, key.1, key.2));
+    }
+
+    fn session_snapshot(&self) -> Session {
+        let mut s = self.session.clone();
+        s.prompt = Some(self.prompt.clone());
+        s.views = Some(self.views.clone());
+        s.models = Some(self.model_panel.clone());
+        s.editor_token = self.editor.token;
+        s.editor_layer = self.editor.layer;
+        s
+    }
+
+    /// Write the prefix (atomically) and the session file beside it.
+    pub fn autosave(&mut self) {
+        let Some(dir) = autosave_dir(&self.opts) else {
+            return;
+        };
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        if let (Some(p), Some(m)) = (&self.editor.prefix, &self.loaded) {
+            if self.editor.saved_version != self.editor.version
+                || self.session.autosave_model.is_none()
+            {
+                match p.save(&dir.join(AUTOSAVE_PREFIX)) {
+                    Ok(()) => {
+                        self.session.autosave_model = Some(m.path.clone());
+                        self.session.autosave_kind = Some(p.kind());
+                        self.editor.saved_version = self.editor.version;
+                    }
+                    Err(e) => tracing::warn!("autosave failed: {}", e.one_line()),
+                }
+            }
+        }
+        if let Ok(text) = serde_json::to_string_pretty(&self.session_snapshot()) {
+            if let Err(e) = crate::arrays::write_atomic(&dir.join(SESSION_FILE), text.as_bytes()) {
+                tracing::warn!("session save failed: {}", e.one_line());
+            }
+        }
+        self.last_autosave = Instant::now();
+    }
+
+    fn handle_input(&mut self, ctx: &egui::Context) {
+        // Files dropped on the window: prefix files go to the editor, anything else is a model.
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        });
+        for p in dropped {
+            let ext = crate::arrays::extension(&p);
+            match (&self.loaded, ext.as_str()) {
+                (Some(m), "npz" | "npy") => {
+                    let info = m.info.clone();
+                    self.editor.load_file(&p, &info);
+                }
+                _ => self.open_model(p),
+            }
+        }
+        // Arrow keys move through layers and heads when no widget has the keyboard.
+        if let Some(info) = self.model_info().cloned() {
+            if ctx.memory(|m| m.focused().is_none()) {
+                let (l, r, u, d) = ctx.input_mut(|i| {
+                    (
+                        i.consume_key(egui::Modifiers::NONE, egui::Key::ArrowLeft),
+                        i.consume_key(egui::Modifiers::NONE, egui::Key::ArrowRight),
+                        i.consume_key(egui::Modifiers::NONE, egui::Key::ArrowUp),
+                        i.consume_key(egui::Modifiers::NONE, egui::Key::ArrowDown),
+                    )
+                });
+                let v = &mut self.views;
+                if l {
+                    v.layer = v.layer.saturating_sub(1);
+                }
+                if r {
+                    v.layer = (v.layer + 1).min(info.n_layers.saturating_sub(1));
+                }
+                if u {
+                    v.head = v.head.saturating_sub(1);
+                }
+                if d {
+                    v.head = (v.head + 1).min(info.n_heads.saturating_sub(1));
+                }
+            }
+            self.editor.shortcuts(ctx);
+        }
+    }
+
+    /// The whole window: what `eframe::App::ui` draws, and what the tests drive.
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        let frame_start = Instant::now();
+        let ctx = ui.ctx().clone();
+        self.worker.set_context(&ctx);
+        if !self.fonts_set {
+            // Fonts change from the next pass on: draw nothing with the old ones.
+            self.fonts_set = true;
+            install_fonts(&ctx);
+            ctx.request_repaint();
+            return;
+        }
+        self.handle_replies(&ctx);
+        self.handle_input(&ctx);
+
+        egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
+        egui::Panel::left("controls")
+            .resizable(true)
+            .default_size(340.0)
+            .size_range(260.0..=600.0)
+            .show(ui, |ui| self.controls_ui(ui));
+        egui::CentralPanel::default().show(ui, |ui| self.central_ui(ui));
+
+        if ctx.input(|i| !i.raw.hovered_files.is_empty()) {
+            let painter = ctx.layer_painter(egui::LayerId::new(
+                egui::Order::Foreground,
+                egui::Id::unique("drop"),
+            ));
+            let rect = ctx.content_rect();
+            painter.rect_filled(rect, 0.0, egui::Color32::from_black_alpha(160));
+            painter.text(
+                rect.center(),
+                egui::Align2::CENTER_CENTER,
+                "drop a checkpoint (or a prefix .npz) to open it",
+                egui::FontId::proportional(22.0),
+                egui::Color32::WHITE,
+            );
+        }
+
+        self.request_if_changed();
+        if self.loading.is_some() || self.worker.is_busy() {
+            // Progress and results arrive from other threads; keep drawing while they work.
+            ctx.request_repaint_after(Duration::from_millis(50));
+        }
+        if self.last_autosave.elapsed() >= AUTOSAVE_EVERY {
+            self.autosave();
+        }
+        self.frame_stats(&ctx, frame_start);
+        if !self.startup_reported && self.shown.is_some() && self.is_current() {
+            self.startup_reported = true;
+            if self.opts.timings {
+                eprintln!(
+                    "startup: all views filled {} ms after start",
+                    self.started.elapsed().as_millis()
+                );
+            }
+        }
+        if let Some(q) = self.opts.quit_after {
+            if self.started.elapsed().as_secs_f32() >= q {
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            } else {
+                ctx.request_repaint_after(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn frame_stats(&mut self, ctx: &egui::Context, frame_start: Instant) {
+        let s = &mut self.stats;
+        s.frames += 1;
+        s.ui_time += frame_start.elapsed();
+        let dt = s.window_start.elapsed();
+        if dt >= Duration::from_secs(1) {
+            s.last_fps = s.frames as f32 / dt.as_secs_f32();
+            if self.opts.bench_fps {
+                eprintln!(
+                    "fps {:.1} (frames {}, mean ui {:.2} ms, view updates {}/s, worker {})",
+                    s.last_fps,
+                    s.frames,
+                    s.ui_time.as_secs_f64() * 1e3 / s.frames.max(1) as f64,
+                    s.updates as f32 / dt.as_secs_f32(),
+                    self.shown
+                        .as_ref()
+                        .map_or(0, |c| c.compute_time.as_millis()),
+                );
+            }
+            s.frames = 0;
+            s.updates = 0;
+            s.ui_time = Duration::ZERO;
+            s.window_start = Instant::now();
+        }
+        if self.opts.bench_fps {
+            ctx.request_repaint();
+        }
+    }
+
+    fn status_ui(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            let worker = if self.worker.is_busy() {
+                "computing"
+            } else {
+                "idle"
+            };
+            ui.label(egui::RichText::new(format!("worker: {worker}")).small());
+            if let Some(c) = &self.shown {
+                ui.label(
+                    egui::RichText::new(format!(
+                        "· last update {} ms · N = {}, P = {}",
+                        c.compute_time.as_millis(),
+                        c.capture.token_ids.len(),
+                        c.capture.p
+                    ))
+                    .small(),
+                );
+            }
+            if self.opts.bench_fps {
+                ui.label(egui::RichText::new(format!("· {:.0} fps", self.stats.last_fps)).small());
+            }
+            if let Some(e) = &self.compute_error {
+                ui.colored_label(ui.visuals().error_fg_color, e);
+            }
+        });
+    }
+
+    fn controls_ui(&mut self, ui: &mut egui::Ui) {
+        ui.add_space(4.0);
+        ui.heading(egui::RichText::new("prefixscope").strong());
+        ui.add_space(4.0);
+        let status = ModelStatus {
+            path: self.loaded.as_ref().map(|l| l.path.as_path()),
+            info: self.loaded.as_ref().map(|l| &l.info),
+            tokenizer: self.loaded.as_ref().map(|l| l.tokenizer.describe()),
+            loading: self.loading.as_ref(),
+        };
+        match self.model_panel.ui(ui, &status) {
+            Some(ModelAction::Open(p)) => self.open_model(p),
+            Some(ModelAction::Cancel) => {
+                if let Some(j) = &self.loading {
+                    j.cancel();
+                }
+            }
+            None => {}
+        }
+        ui.separator();
+        ui.label(egui::RichText::new("Prompt").strong().size(15.0));
+        let tok = self.loaded.as_ref().map(|l| l.tokenizer.clone());
+        if self.prompt.ui(ui, tok.as_deref()) {
+            if let Some(t) = &tok {
+                self.prompt.tokenize(t);
+            }
+        }
+        if self.prompt.labels_raw {
+            let ctx = ui.ctx().clone();
+            self.prompt.labels = self
+                .prompt
+                .labels
+                .iter()
+                .map(|l| displayable(&ctx, l))
+                .collect();
+            self.prompt.labels_raw = false;
+        }
+        ui.separator();
+        // The checks sit at the bottom of this panel; the slider list takes what is left.
+        egui::Panel::bottom("checks").show(ui, |ui| self.checks_ui(ui));
+        ui.label(egui::RichText::new("Prefix").strong().size(15.0));
+        let info = self.loaded.as_ref().map(|l| l.info.clone());
+        if let Some(EditorRequest::Embedding(id)) =
+            self.editor.ui(ui, info.as_ref(), tok.as_deref())
+        {
+            if let Some(m) = &self.loaded {
+                self.worker.embedding(m.model_gen, id);
+            }
+        }
+    }
+
+    fn checks_ui(&mut self, ui: &mut egui::Ui) {
+        ui.add_space(4.0);
+        ui.label(egui::RichText::new("Checks").strong().size(15.0));
+        let Some(c) = &self.shown else {
+            ui.label("—");
+            return;
+        };
+        let good = egui::Color32::from_rgb(110, 200, 120);
+        let warn = ui.visuals().warn_fg_color;
+        let line = |ui: &mut egui::Ui, what: &str, v: Option<f32>, tol: f32| {
+            match v {
+                Some(x) => ui.colored_label(
+                    if x <= tol { good } else { warn },
+                    format!("{what} = {x:.2e}"),
+                ),
+                None => ui.label(format!("{what}: no prefix")),
+            };
+        };
+        line(
+            ui,
+            "layer 0: max |renorm − pretrained|",
+            c.layer0_renorm_diff,
+            1e-5,
+        );
+        line(
+            ui,
+            "layer 0: head-output identity error",
+            c.layer0_identity_error,
+            1e-4,
+        );
+        if let Some(lc) = c.capture.layer(self.views.layer) {
+            if self.views.layer != 0 {
+                line(
+                    ui,
+                    &format!("layer {}: max |renorm − pretrained|", self.views.layer),
+                    lc.max_renorm_diff(None),
+                    f32::INFINITY,
+                );
+            }
+        }
+        ui.add_space(2.0);
+    }
+
+    fn central_ui(&mut self, ui: &mut egui::Ui) {
+        let Some(loaded) = &self.loaded else {
+            ui.add_space(ui.available_height() * 0.3);
+            ui.vertical_centered(|ui| {
+                ui.heading("No model loaded");
+                if let Some(n) = &self.empty_note {
+                    ui.label(n);
+                }
+                if self.loading.is_some() {
+                    ui.spinner();
+                    ui.label("loading…");
+                } else if ui.button("Open a checkpoint…").clicked() {
+                    match rfd::FileDialog::new().add_filter("checkpoints", &["safetensors", "gguf"]).pick_file() {
+                        Some(p) => self.open_model(p),
+                        None => {
+                            self.model_panel.note = Some("No file dialog is available here: type the path in the model path box on the left, or drop the file on the window.".into())
+                        }
+                    }
+                }
+                if let Some(e) = &self.model_panel.error {
+                    ui.colored_label(ui.visuals().error_fg_color, e);
+                }
+            });
+            return;
+        };
+        let (n_layers, n_heads) = (loaded.info.n_layers, loaded.info.n_heads);
+        self.views.clamp(n_layers, n_heads);
+        self.views.controls_ui(ui);
+        ui.add_space(6.0);
+        let Some(shown) = &self.shown else {
+            ui.spinner();
+            return;
+        };
+        let total = ui.available_height();
+        let views_h = (total * 0.64).max(200.0);
+        let width = ui.available_width();
+        ui.allocate_ui(egui::vec2(width, views_h), |ui| {
+            self.views.ui(
+                ui,
+                &ViewData {
+                    computed: shown,
+                    labels: &self.shown_labels,
+                },
+            );
+        });
+        ui.separator();
+        let sel = (self.views.layer, self.views.head);
+        if let Some((l, h)) = self
+            .overview
+            .ui(ui, &shown.overview, sel, self.views.norm.cmap)
+        {
+            self.views.layer = l;
+            self.views.head = h;
+        }
+    }
+}
+
+/// Where the autosave goes: `--session-dir`, else eframe's storage directory for the app.
+fn autosave_dir(opts: &AppOptions) -> Option<PathBuf> {
+    opts.session_dir
+        .clone()
+        .or_else(|| eframe::storage_dir("prefixscope"))
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+impl eframe::App for PrefixScopeApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.show(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, SESSION_KEY, &self.session_snapshot());
+        self.autosave();
+    }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        self.autosave();
+    }
+
+    fn auto_save_interval(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// Open the window (blocks until it closes).
+pub fn run(opts: AppOptions) -> crate::Result<()> {
+    let (w, h) = opts.size.unwrap_or((1280.0, 800.0));
+    let mut native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("prefixscope")
+            .with_app_id("prefixscope")
+            .with_inner_size([w, h])
+            .with_min_inner_size([800.0, 500.0])
+            .with_drag_and_drop(true),
+        renderer: eframe::Renderer::Glow,
+        ..Default::default()
+    };
+    if let Some(dir) = &opts.session_dir {
+        native.persistence_path = Some(dir.join("eframe.ron"));
+    }
+    if opts.size.is_some() || opts.fresh {
+        // An explicit size (screenshots, CI) must not be overridden by a remembered window.
+        native.persist_window = false;
+    }
+    eframe::run_native(
+        "prefixscope",
+        native,
+        Box::new(move |cc| {
+            Ok(Box::new(PrefixScopeApp::new(cc.storage, opts)) as Box<dyn eframe::App>)
+        }),
+    )
+    .map_err(|e| crate::Error::input("window", "a display to open the window on", e.to_string()))
+}

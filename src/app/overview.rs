@@ -1,0 +1,136 @@
+//! The overview: every layer (columns) and head (rows), each cell coloured by that head's
+//! max |renormalized - pretrained| (computed by the worker with `LayerCapture::max_renorm_diff`).
+//! Click a cell to select its layer and head.
+
+use super::colormap::ColorMap;
+use egui::{Color32, Pos2, Rect, Sense, Stroke, Vec2};
+
+#[derive(Default)]
+pub struct OverviewPanel {
+    hover: Option<(usize, usize, Option<f32>)>,
+}
+
+impl OverviewPanel {
+    /// `grid[layer][head]`; returns the clicked (layer, head).
+    pub fn ui(
+        &mut self,
+        ui: &mut egui::Ui,
+        grid: &[Vec<Option<f32>>],
+        selected: (usize, usize),
+        cmap: ColorMap,
+    ) -> Option<(usize, usize)> {
+        let n_layers = grid.len();
+        let n_heads = grid.first().map_or(0, |g| g.len());
+        if n_layers == 0 || n_heads == 0 {
+            return None;
+        }
+        let hi = grid
+            .iter()
+            .flatten()
+            .filter_map(|x| *x)
+            .fold(0f32, f32::max)
+            .max(1e-9);
+        ui.label(
+            egui::RichText::new(format!(
+                "overview: max |renormalized − pretrained| per head (click to select; colour 0 → {hi:.3e})"
+            ))
+            .strong(),
+        );
+        let label_w = 30.0;
+        let avail = ui.available_size();
+        let cell_w = ((avail.x - label_w - 10.0) / n_layers as f32).clamp(4.0, 60.0);
+        let cell_h = ((avail.y - 40.0) / n_heads as f32).clamp(4.0, 30.0);
+        let size = Vec2::new(
+            label_w + cell_w * n_layers as f32,
+            cell_h * n_heads as f32 + 16.0,
+        );
+        let (rect, resp) = ui.allocate_exact_size(size, Sense::click());
+        let painter = ui.painter_at(rect);
+        let origin = Pos2::new(rect.left() + label_w, rect.top());
+        let text_col = ui.visuals().text_color();
+        let font = egui::FontId::proportional(10.0);
+        let mut mesh = egui::Mesh::default();
+        for (l, heads) in grid.iter().enumerate() {
+            for (h, v) in heads.iter().enumerate() {
+                let r = Rect::from_min_size(
+                    origin + Vec2::new(l as f32 * cell_w, h as f32 * cell_h),
+                    Vec2::new(cell_w - 1.0, cell_h - 1.0),
+                );
+                let color = match v {
+                    Some(x) => cmap.sample(x / hi),
+                    None => Color32::from_gray(60),
+                };
+                mesh.add_colored_rect(r, color);
+            }
+        }
+        painter.add(egui::Shape::mesh(mesh));
+        let every_h = (12.0 / cell_h).ceil().max(1.0) as usize;
+        for h in (0..n_heads).step_by(every_h) {
+            painter.text(
+                Pos2::new(
+                    rect.left() + label_w - 3.0,
+                    origin.y + (h as f32 + 0.5) * cell_h,
+                ),
+                egui::Align2::RIGHT_CENTER,
+                format!("h{h}"),
+                font.clone(),
+                text_col,
+            );
+        }
+        let every_l = (16.0 / cell_w).ceil().max(1.0) as usize;
+        for l in (0..n_layers).step_by(every_l) {
+            painter.text(
+                Pos2::new(
+                    origin.x + (l as f32 + 0.5) * cell_w,
+                    origin.y + n_heads as f32 * cell_h + 2.0,
+                ),
+                egui::Align2::CENTER_TOP,
+                l.to_string(),
+                font.clone(),
+                text_col,
+            );
+        }
+        let (sl, sh) = selected;
+        painter.rect_stroke(
+            Rect::from_min_size(
+                origin + Vec2::new(sl as f32 * cell_w, sh as f32 * cell_h),
+                Vec2::new(cell_w - 1.0, cell_h - 1.0),
+            ),
+            0.0,
+            Stroke::new(2.0, Color32::from_rgb(255, 80, 60)),
+            egui::StrokeKind::Outside,
+        );
+        let cell_at = |pos: Pos2| -> Option<(usize, usize)> {
+            let l = ((pos.x - origin.x) / cell_w).floor();
+            let h = ((pos.y - origin.y) / cell_h).floor();
+            (l >= 0.0 && h >= 0.0 && (l as usize) < n_layers && (h as usize) < n_heads)
+                .then_some((l as usize, h as usize))
+        };
+        self.hover = resp
+            .hover_pos()
+            .and_then(cell_at)
+            .map(|(l, h)| (l, h, grid[l][h]));
+        let sel_value = grid.get(sl).and_then(|g| g.get(sh)).copied().flatten();
+        resp.widget_info(|| {
+            egui::WidgetInfo::labeled(
+                egui::Role::Grid,
+                true,
+                format!(
+                    "overview of {n_layers} layers by {n_heads} heads; selected layer {sl} head {sh}, max |renormalized − pretrained| {}",
+                    sel_value.map_or("n/a".into(), |v| format!("{v:.3e}"))
+                ),
+            )
+        });
+        let resp = match self.hover {
+            Some((l, h, v)) => resp.on_hover_text(format!(
+                "layer {l}, head {h}: max |renormalized − pretrained| = {}",
+                v.map_or("n/a (no prefix)".into(), |v| format!("{v:.6e}"))
+            )),
+            None => resp,
+        };
+        if resp.clicked() {
+            return resp.interact_pointer_pos().and_then(cell_at);
+        }
+        None
+    }
+}

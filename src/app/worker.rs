@@ -1,0 +1,376 @@
+//! The compute thread: it owns the loaded model, takes requests tagged with a generation number, runs
+//! only the newest pending one, and answers with the request's tag, so the UI can refuse anything
+//! older than what it already shows. Loads run on a thread of their own (with progress and cancel), so
+//! a slow load never stops the current model from answering, and a failed load leaves it in place.
+
+use crate::capture::{self, Capture};
+use crate::load::{self, LoadControl};
+use crate::model::{LayerSel, ModelInfo, Run, Transformer};
+use crate::prefix::Prefix;
+use crate::tokenizer::Tokenizer;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the UI asks of the compute thread.
+#[derive(Clone)]
+pub struct ComputeRequest {
+    /// Increases with every request the UI sends; replies carry it back.
+    pub gen: u64,
+    /// The model the request was made for (a request for a replaced model is dropped).
+    pub model_gen: u64,
+    pub ids: Vec<u32>,
+    pub prefix: Option<Prefix>,
+}
+
+/// One answered request: the capture plus the per-head summaries the overview and the checks show,
+/// computed here with the library's `LayerCapture` methods so the UI thread only draws.
+pub struct Computed {
+    pub gen: u64,
+    pub model_gen: u64,
+    pub capture: Arc<Capture>,
+    /// `[layer][head]`: max |renormalized - pretrained| (`None` without a prefix).
+    pub overview: Vec<Vec<Option<f32>>>,
+    /// `[layer][head]`: renormalized - pretrained, `(N, N)` per head, for the difference view.
+    pub difference: Vec<Option<crate::arrays::Array>>,
+    /// Layer 0, all heads: max |renormalized - pretrained| (the paper's claim: exactly 0).
+    pub layer0_renorm_diff: Option<f32>,
+    /// Layer 0, all heads: the head-output identity error.
+    pub layer0_identity_error: Option<f32>,
+    pub compute_time: Duration,
+}
+
+/// A model that finished loading.
+pub struct LoadedModel {
+    pub model_gen: u64,
+    pub path: PathBuf,
+    pub info: ModelInfo,
+    pub tokenizer: Arc<Tokenizer>,
+    pub load_time: Duration,
+}
+
+pub enum Reply {
+    Loaded(LoadedModel),
+    /// The library's message; the previous model stays loaded.
+    LoadFailed {
+        model_gen: u64,
+        path: PathBuf,
+        message: String,
+    },
+    Computed(Box<Computed>),
+    ComputeFailed {
+        gen: u64,
+        message: String,
+    },
+    /// A token's embedding row (for "set to a token's embedding").
+    Embedding {
+        model_gen: u64,
+        token: u32,
+        result: std::result::Result<Vec<f32>, String>,
+    },
+}
+
+enum Msg {
+    Install {
+        model_gen: u64,
+        model: Arc<dyn Transformer>,
+    },
+    Compute(ComputeRequest),
+    Embedding {
+        model_gen: u64,
+        token: u32,
+    },
+    Quit,
+}
+
+/// A load in progress: its progress (an f32 in an atomic) and its cancel flag.
+pub struct LoadJob {
+    pub model_gen: u64,
+    pub path: PathBuf,
+    pub started: Instant,
+    progress: Arc<AtomicU32>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl LoadJob {
+    pub fn progress(&self) -> f32 {
+        f32::from_bits(self.progress.load(Ordering::Relaxed))
+    }
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The UI's handle on the compute thread.
+pub struct Worker {
+    tx: Sender<Msg>,
+    rx: Receiver<Reply>,
+    reply_tx: Sender<Reply>,
+    /// The egui context to wake when a reply is ready (set on the first frame).
+    repaint: Arc<Mutex<Option<egui::Context>>>,
+    busy: Arc<AtomicBool>,
+    next_model_gen: u64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Worker {
+    pub fn new() -> Self {
+        let (tx, rx_req) = channel::<Msg>();
+        let (reply_tx, rx) = channel::<Reply>();
+        let repaint = Arc::new(Mutex::new(None::<egui::Context>));
+        let busy = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (reply_tx, repaint, busy) = (reply_tx.clone(), repaint.clone(), busy.clone());
+            std::thread::Builder::new()
+                .name("prefixscope-compute".into())
+                .spawn(move || compute_loop(rx_req, reply_tx, repaint, busy))
+                .ok()
+        };
+        Worker {
+            tx,
+            rx,
+            reply_tx,
+            repaint,
+            busy,
+            next_model_gen: 1,
+            thread,
+        }
+    }
+
+    pub fn set_context(&self, ctx: &egui::Context) {
+        if let Ok(mut g) = self.repaint.lock() {
+            if g.is_none() {
+                *g = Some(ctx.clone());
+            }
+        }
+    }
+
+    /// Whether the compute thread is running a request right now.
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Start loading `path` on its own thread; the model goes to the compute thread when ready.
+    pub fn load(&mut self, path: PathBuf) -> LoadJob {
+        let model_gen = self.next_model_gen;
+        self.next_model_gen += 1;
+        let progress = Arc::new(AtomicU32::new(0f32.to_bits()));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = LoadJob {
+            model_gen,
+            path: path.clone(),
+            started: Instant::now(),
+            progress: progress.clone(),
+            cancel: cancel.clone(),
+        };
+        let (tx, reply_tx, repaint) =
+            (self.tx.clone(), self.reply_tx.clone(), self.repaint.clone());
+        let spawned = std::thread::Builder::new()
+            .name("prefixscope-load".into())
+            .spawn(move || {
+                let t0 = Instant::now();
+                let wake = repaint.clone();
+                let ctl = LoadControl {
+                    cancel: Some(cancel),
+                    progress: Some(Arc::new(move |f: f32| {
+                        progress.store(f.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+                        wake_ui(&wake);
+                    })),
+                };
+                let reply = match load::load_with(&path, &ctl) {
+                    Ok(loaded) => {
+                        let model: Arc<dyn Transformer> = Arc::from(loaded.model);
+                        let info = model.info().clone();
+                        // The model reaches the compute thread before the UI hears of it, so the
+                        // UI's first request for it always finds it installed.
+                        let _ = tx.send(Msg::Install { model_gen, model });
+                        Reply::Loaded(LoadedModel {
+                            model_gen,
+                            path: loaded.path,
+                            info,
+                            tokenizer: Arc::new(loaded.tokenizer),
+                            load_time: t0.elapsed(),
+                        })
+                    }
+                    Err(e) => Reply::LoadFailed {
+                        model_gen,
+                        path: path.clone(),
+                        message: e.one_line(),
+                    },
+                };
+                let _ = reply_tx.send(reply);
+                wake_ui(&repaint);
+            });
+        if let Err(e) = spawned {
+            let _ = self.reply_tx.send(Reply::LoadFailed {
+                model_gen,
+                path: job.path.clone(),
+                message: format!("could not start a loading thread: {e}"),
+            });
+        }
+        job
+    }
+
+    pub fn compute(&self, req: ComputeRequest) {
+        self.busy.store(true, Ordering::Relaxed);
+        let _ = self.tx.send(Msg::Compute(req));
+    }
+
+    pub fn embedding(&self, model_gen: u64, token: u32) {
+        let _ = self.tx.send(Msg::Embedding { model_gen, token });
+    }
+
+    /// Replies that arrived since the last call.
+    pub fn poll(&self) -> Vec<Reply> {
+        let mut out = Vec::new();
+        loop {
+            match self.rx.try_recv() {
+                Ok(r) => out.push(r),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Quit);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn wake_ui(repaint: &Arc<Mutex<Option<egui::Context>>>) {
+    if let Ok(g) = repaint.lock() {
+        if let Some(ctx) = g.as_ref() {
+            ctx.request_repaint();
+        }
+    }
+}
+
+/// The pretrained run depends only on the model, the ids and P: keep the last one, so dragging a
+/// prefix slider costs one forward pass instead of two.
+struct PretrainedCache {
+    key: (u64, Vec<u32>, usize),
+    run: Run,
+}
+
+fn compute_loop(
+    rx: Receiver<Msg>,
+    tx: Sender<Reply>,
+    repaint: Arc<Mutex<Option<egui::Context>>>,
+    busy: Arc<AtomicBool>,
+) {
+    let mut model: Option<(u64, Arc<dyn Transformer>)> = None;
+    let mut cache: Option<PretrainedCache> = None;
+    loop {
+        let Ok(first) = rx.recv() else { return };
+        // Coalesce: take everything pending, apply installs in order, keep only the newest compute.
+        let mut pending = vec![first];
+        while let Ok(m) = rx.try_recv() {
+            pending.push(m);
+        }
+        let mut newest: Option<ComputeRequest> = None;
+        let mut embeds = Vec::new();
+        for m in pending {
+            match m {
+                Msg::Quit => return,
+                Msg::Install {
+                    model_gen,
+                    model: m,
+                } => {
+                    model = Some((model_gen, m));
+                    cache = None;
+                }
+                Msg::Compute(r) => {
+                    if newest.as_ref().is_none_or(|n| r.gen > n.gen) {
+                        newest = Some(r);
+                    }
+                }
+                Msg::Embedding { model_gen, token } => embeds.push((model_gen, token)),
+            }
+        }
+        for (model_gen, token) in embeds {
+            if let Some((g, m)) = &model {
+                if *g == model_gen {
+                    let result = m.token_embedding(token).map_err(|e| e.one_line());
+                    let _ = tx.send(Reply::Embedding {
+                        model_gen,
+                        token,
+                        result,
+                    });
+                }
+            }
+        }
+        if let Some(req) = newest {
+            match &model {
+                Some((g, m)) if *g == req.model_gen => {
+                    let reply = match run_request(m.as_ref(), &req, &mut cache) {
+                        Ok(c) => Reply::Computed(Box::new(c)),
+                        Err(e) => Reply::ComputeFailed {
+                            gen: req.gen,
+                            message: e.one_line(),
+                        },
+                    };
+                    let _ = tx.send(reply);
+                }
+                // A request for a model that is not (or no longer) installed: nothing to answer.
+                _ => {}
+            }
+        }
+        busy.store(false, Ordering::Relaxed);
+        wake_ui(&repaint);
+    }
+}
+
+fn run_request(
+    model: &dyn Transformer,
+    req: &ComputeRequest,
+    cache: &mut Option<PretrainedCache>,
+) -> crate::Result<Computed> {
+    let t0 = Instant::now();
+    let p = req.prefix.as_ref().map_or(0, |x| x.len());
+    capture::check_ids(model, &req.ids, p)?;
+    let key = (req.model_gen, req.ids.clone(), p);
+    if cache.as_ref().is_none_or(|c| c.key != key) {
+        let run = model.pretrained(&req.ids, p, &LayerSel::All)?;
+        *cache = Some(PretrainedCache { key, run });
+    }
+    let pre = &cache.as_ref().expect("filled just above").run;
+    let with = match &req.prefix {
+        Some(pf) => Some(model.forward(&req.ids, Some(pf), &LayerSel::All)?),
+        None => None,
+    };
+    let cap = capture::build(&req.ids, pre, with.as_ref())?;
+    let overview = cap
+        .layers
+        .iter()
+        .map(|lc| {
+            (0..lc.n_heads())
+                .map(|h| lc.max_renorm_diff(Some(h)))
+                .collect()
+        })
+        .collect();
+    let difference = cap.layers.iter().map(|lc| lc.difference()).collect();
+    let l0 = cap.layer(0);
+    Ok(Computed {
+        gen: req.gen,
+        model_gen: req.model_gen,
+        overview,
+        difference,
+        layer0_renorm_diff: l0.and_then(|c| c.max_renorm_diff(None)),
+        layer0_identity_error: l0.and_then(|c| c.head_output_identity_error(None)),
+        capture: Arc::new(cap),
+        compute_time: t0.elapsed(),
+    })
+}
