@@ -140,11 +140,20 @@ pub fn scan_models(dir: &Path) -> Result<Vec<ToyEntry>> {
             }
         }
     }
+    // The folder and its subfolders (one level: models/<family>/<file>).
     if dir.is_dir() {
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         for e in rd.flatten() {
             let p = e.path();
-            if crate::arrays::extension(&p) == "safetensors" {
+            if p.is_dir() {
+                if let Ok(sub) = std::fs::read_dir(&p) {
+                    paths.extend(
+                        sub.flatten()
+                            .map(|e| e.path())
+                            .filter(|q| crate::arrays::extension(q) == "safetensors"),
+                    );
+                }
+            } else if crate::arrays::extension(&p) == "safetensors" {
                 paths.push(p);
             }
         }
@@ -447,10 +456,10 @@ pub fn sorter_figure(files: &SorterFiles) -> Result<Made> {
         let n = ids.len();
         let want = task_answer(task, &input).unwrap_or_default();
         lines.push(format!(
-            "- **{title}**: output `{}` ({} {task}, `{}`); attention on the {} column: mean {:.3} over input rows, mean {:.3} and max {:.3} over output rows.",
+            "- **{title}**: output `{}` ({task} is `{}`: {}); attention on the {} column: mean {:.3} over input rows, mean {:.3} and max {:.3} over output rows.",
             join(&out),
-            if out == want { "correct" } else { "not the" },
             join(&want),
+            if out == want { "correct" } else { "wrong" },
             if pf.is_some() { "prefix" } else { "pad" },
             mean_prefix_mass(head_of(&a, 0), n, p, 0..n_in),
             mean_prefix_mass(head_of(&a, 0), n, p, n_in..n),
@@ -476,6 +485,8 @@ pub fn sorter_figure(files: &SorterFiles) -> Result<Made> {
         }
     }
     let mut fig = Figure::new(panels, 3);
+    // Large enough cells for two-decimal values, as in the notebook's heat maps.
+    fig.cell = Some(26);
     fig.title = Some(format!("1-layer, 1-head sorter on {}", join(&input)));
     fig.note = Some(
         "Raw attention (rows: queries; columns: keys), layer 0, head 0. Dashed lines separate the prefix or pad position, the input and the generated output.".into(),
