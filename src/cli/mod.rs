@@ -33,10 +33,6 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Capture attention with and without a prefix and write it as .npz or .json.
     Attention(attention::Args),
-    /// Draw one head's views (raw, renormalized, pretrained, difference, scaled) as SVG/PNG, or export their data.
-    Render(render::Args),
-    /// Regenerate the paper's figures (SVG, PNG, JSON and captions.md) from the shipped models.
-    Figures(figures::Args),
     /// Time loading and full forward passes (numbers for the README and issue notes).
     Bench(bench::Args),
     /// Train the paper's toy models: pretrain, finetune, prefix, lora.
@@ -47,6 +43,10 @@ pub enum Command {
     Construct(construct::Args),
     /// Count distinct outputs: one hard token against many random virtual tokens.
     Capacity(capacity::Args),
+    /// Draw one head's views (raw, renormalized, pretrained, difference, scaled) as SVG/PNG, or export their data.
+    Render(render::Args),
+    /// Regenerate the paper's figures (SVG, PNG, JSON and captions.md) from the shipped models.
+    Figures(figures::Args),
 }
 
 /// Run a subcommand; errors come back as the library's error for `main` to print on one line.
@@ -54,12 +54,12 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
     match cmd {
         Command::Inspect(a) => inspect::run(a),
         Command::Attention(a) => attention::run(a),
-        Command::Render(a) => render::run(a),
-        Command::Figures(a) => figures::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Construct(a) => construct::run(a),
         Command::Capacity(a) => capacity::run(a),
+        Command::Render(a) => render::run(a),
+        Command::Figures(a) => figures::run(a),
     }
 }

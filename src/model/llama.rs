@@ -366,6 +366,10 @@ impl Transformer for Llama {
         self.run(ids, None, layers)
     }
 
+    fn stepper(&self) -> Option<&dyn Stepper> {
+        Some(self)
+    }
+
     fn attn_block_output(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
         let b = self.blocks.get(layer).ok_or_else(|| {
             Error::input(
@@ -377,10 +381,6 @@ impl Transformer for Llama {
         let (h, n, hd) = z.dims3()?;
         let zc = z.transpose(0, 1)?.contiguous()?.reshape((n, h * hd))?;
         Ok(zc.matmul(&b.w_o)?)
-    }
-
-    fn stepper(&self) -> Option<&dyn Stepper> {
-        Some(self)
     }
 
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {

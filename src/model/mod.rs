@@ -110,6 +110,11 @@ pub trait Transformer: Send + Sync {
     /// The embedding row of token `id` (to set a soft-prompt vector to a real token).
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>>;
 
+    /// Layer-by-layer access for the incremental evaluator; `None` means "recompute everything".
+    fn stepper(&self) -> Option<&dyn crate::incremental::Stepper> {
+        None
+    }
+
     /// The attention block's output (`hook_attn_out`, after the output projection `W_O`/`c_proj` and
     /// its bias) of layer `layer` for per-head outputs `z` `(H, n, head_dim)`: `(n, d_model)`. This is
     /// what the residual stream receives from attention; the paper's bias plot draws it.
@@ -121,10 +126,5 @@ pub trait Transformer: Send + Sync {
             format!("architecture {}", self.info().arch),
             "models that implement Transformer::attn_block_output",
         ))
-    }
-
-    /// Layer-by-layer access for the incremental evaluator; `None` means "recompute everything".
-    fn stepper(&self) -> Option<&dyn crate::incremental::Stepper> {
-        None
     }
 }
