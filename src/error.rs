@@ -48,6 +48,9 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
     #[error("cancelled")]
     Cancelled,
+    /// A broken invariant of ours, reported instead of a panic.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl Error {

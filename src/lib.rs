@@ -10,10 +10,13 @@
 pub mod app;
 pub mod arrays;
 pub mod capture;
+pub mod construct;
 pub mod error;
+pub mod incremental;
 pub mod load;
 pub mod model;
 pub mod prefix;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -59,6 +59,16 @@ impl Prefix {
         self.len() == 0
     }
 
+    /// Every number of the prefix, for whole-vector edits (randomize, scale).
+    pub fn values_mut(&mut self) -> Box<dyn Iterator<Item = &mut f32> + '_> {
+        match self {
+            Prefix::SoftPrompt(a) | Prefix::Hidden(a) => Box::new(a.data.iter_mut()),
+            Prefix::KeyValue { keys, values } => {
+                Box::new(keys.data.iter_mut().chain(values.data.iter_mut()))
+            }
+        }
+    }
+
     /// A zero prefix of the given kind and length for `info`.
     pub fn zeros(kind: PrefixKind, p: usize, info: &ModelInfo) -> Self {
         match kind {

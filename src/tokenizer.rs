@@ -163,6 +163,23 @@ impl Tokenizer {
         }
     }
 
+    /// Write a real tokenizer as `tokenizer.json` (e.g. to export a GGUF's tokenizer to a HF folder).
+    pub fn save_json(&self, path: &Path) -> Result<()> {
+        match self {
+            Tokenizer::Hf { inner, .. } => {
+                let text = inner.to_string(false).map_err(|e| {
+                    Error::format(path, "tokenizer", "a serializable tokenizer", e.to_string())
+                })?;
+                crate::arrays::write_atomic(path, text.as_bytes())
+            }
+            _ => Err(Error::input(
+                path.display().to_string(),
+                "a BPE tokenizer",
+                self.describe(),
+            )),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Tokenizer::Hf { inner, .. } => format!("BPE, {} tokens", inner.get_vocab_size(true)),

@@ -2,7 +2,7 @@
 //! accessibility tree: load a model, move a prefix slider by its label, open a corrupt file, and keep
 //! using the window while a load runs.
 //!
-//! These use SmolLM2 (the GGUF test checkpoint); `.ci/run` fetches it with `scripts/fetch-smollm2.sh`.
+//! These use SmolLM2 (the GGUF test checkpoint); `.ci/run` fetches it with `.ci/fetch-smollm2.sh`.
 //! When the cached file is absent each test prints a notice and returns.
 
 use egui::accesskit::Role;
@@ -26,7 +26,7 @@ fn smollm2() -> Option<PathBuf> {
         Some(p)
     } else {
         eprintln!(
-            "SKIPPED: {} is absent (run scripts/fetch-smollm2.sh; .ci/run does)",
+            "SKIPPED: {} is absent (run .ci/fetch-smollm2.sh; .ci/run does)",
             p.display()
         );
         None

@@ -1,8 +1,13 @@
 //! The command line: one file per subcommand, each a thin layer over the library.
 
 pub mod attention;
+pub mod bench;
+pub mod capacity;
+pub mod construct;
+pub mod eval;
 pub mod gui;
 pub mod inspect;
+pub mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +31,16 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Capture attention with and without a prefix and write it as .npz or .json.
     Attention(attention::Args),
+    /// Time loading and full forward passes (numbers for the README and issue notes).
+    Bench(bench::Args),
+    /// Train the paper's toy models: pretrain, finetune, prefix, lora.
+    Train(train::Args),
+    /// Accuracy of a toy model, alone or with a prefix, LoRA or fine-tune (the authors' measure).
+    Eval(eval::Args),
+    /// Build one of the paper's constructions and the virtual token that makes it write a target.
+    Construct(construct::Args),
+    /// Count distinct outputs: one hard token against many random virtual tokens.
+    Capacity(capacity::Args),
 }
 
 /// Run a subcommand; errors come back as the library's error for `main` to print on one line.
@@ -33,5 +48,10 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
     match cmd {
         Command::Inspect(a) => inspect::run(a),
         Command::Attention(a) => attention::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Construct(a) => construct::run(a),
+        Command::Capacity(a) => capacity::run(a),
     }
 }

@@ -10,7 +10,9 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
+use std::io::{Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Quantizations we dequantize (candle implements each; listed for the error message).
 const SUPPORTED: &[GgmlDType] = &[
@@ -211,65 +213,182 @@ pub fn permute_rows(w: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
         .reshape((rows, cols))
 }
 
-/// Read, check and dequantize every tensor the model needs, keyed by Hugging Face name.
+/// An opened, checked GGUF file: every tensor the model needs is present, of the right shape and a
+/// supported type, and lies inside the file. Tensors are dequantized one at a time on request, so
+/// loading never holds the file's weights twice.
+pub struct GgufFile {
+    path: std::path::PathBuf,
+    content: Content,
+    file: Mutex<std::fs::File>,
+    pub cfg: LlamaConfig,
+    /// The ggml types found, for `inspect`.
+    pub dtypes: Vec<String>,
+    ctl: LoadControl,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path, ctl: &LoadControl) -> Result<Self> {
+        let (content, mut file) = read_content(path)?;
+        let cfg = config_from_gguf(&content, path)?;
+        let file_size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| Error::io(path, e))?;
+        let mut dtypes = Vec::new();
+        for (hf, shape) in cfg.expected_tensors() {
+            let g = gguf_name(&hf);
+            let info = content
+                .tensor_infos
+                .get(&g)
+                .ok_or_else(|| Error::missing(path, &g))?;
+            if info.shape.dims() != shape.as_slice() {
+                return Err(Error::shape(path, &g, &shape, info.shape.dims()));
+            }
+            if !SUPPORTED.contains(&info.ggml_dtype) {
+                return Err(Error::unsupported(
+                    path,
+                    format!("quantization of tensor '{g}'"),
+                    format!("{:?}", info.ggml_dtype),
+                    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K",
+                ));
+            }
+            let bytes = (info.shape.elem_count() / info.ggml_dtype.block_size()
+                * info.ggml_dtype.type_size()) as u64;
+            let end = content.tensor_data_offset + info.offset + bytes;
+            if end > file_size {
+                return Err(Error::format(
+                    path,
+                    format!("tensor '{g}'"),
+                    format!("its full data ({bytes} bytes ending at byte {end})"),
+                    format!("a file of {file_size} bytes (truncated?)"),
+                ));
+            }
+            let dt = format!("{:?}", info.ggml_dtype);
+            if !dtypes.contains(&dt) {
+                dtypes.push(dt);
+            }
+        }
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            content,
+            file: Mutex::new(file),
+            cfg,
+            dtypes,
+            ctl: ctl.clone(),
+            done: Default::default(),
+        })
+    }
+
+    /// Read and dequantize one tensor by its Hugging Face name, query/key rows in HF order.
+    pub fn dequantize(&self, hf: &str) -> Result<Tensor> {
+        let g = gguf_name(hf);
+        let info = self
+            .content
+            .tensor_infos
+            .get(&g)
+            .ok_or_else(|| Error::missing(&self.path, &g))?;
+        let q = {
+            let mut f = self
+                .file
+                .lock()
+                .map_err(|_| Error::Internal("GGUF file lock poisoned"))?;
+            info.read(&mut *f, self.content.tensor_data_offset, &Device::Cpu)
+                .map_err(|e| {
+                    Error::format(
+                        &self.path,
+                        format!("tensor '{g}'"),
+                        "its full data",
+                        e.to_string(),
+                    )
+                })?
+        };
+        let mut w = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+        if hf.ends_with("q_proj.weight") {
+            w = unpermute_rows(&w, self.cfg.num_attention_heads)?;
+        } else if hf.ends_with("k_proj.weight") {
+            w = unpermute_rows(&w, self.cfg.n_kv_heads())?;
+        }
+        let total = self.cfg.expected_tensors().len().max(1);
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.ctl.step(done as f32 / total as f32)?;
+        Ok(w)
+    }
+
+    pub fn dtype_label(&self) -> String {
+        format!("f32 (dequantized from {})", self.dtypes.join(", "))
+    }
+}
+
+/// Lets `Llama::load(vb, cfg)` pull tensors straight from the file, one at a time.
+impl candle_nn::var_builder::SimpleBackend for GgufFile {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, _dev)?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "{}: tensor '{name}' has shape {:?}, expected {:?}",
+                self.path.display(),
+                t.dims(),
+                s.dims()
+            )
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.dequantize(name)
+            .map_err(|e| candle_core::Error::Msg(e.one_line()))?
+            .to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(&gguf_name(name))
+    }
+}
+
+/// Read, check and dequantize every tensor the model needs, keyed by Hugging Face name (for writing
+/// a Hugging Face folder from a GGUF).
 pub fn read_weights(
     path: &Path,
     ctl: &LoadControl,
 ) -> Result<(LlamaConfig, HashMap<String, Tensor>, Content, String)> {
-    let (content, mut file) = read_content(path)?;
-    let cfg = config_from_gguf(&content, path)?;
-    let wanted = cfg.expected_tensors();
-    let mut dtypes = Vec::new();
+    let g = GgufFile::open(path, ctl)?;
     let mut out = HashMap::new();
-    for (idx, (hf, shape)) in wanted.iter().enumerate() {
-        ctl.step(idx as f32 / wanted.len() as f32)?;
-        let g = gguf_name(hf);
-        let info = content
-            .tensor_infos
-            .get(&g)
-            .ok_or_else(|| Error::missing(path, &g))?;
-        if info.shape.dims() != shape.as_slice() {
-            return Err(Error::shape(path, &g, shape, info.shape.dims()));
-        }
-        if !SUPPORTED.contains(&info.ggml_dtype) {
-            return Err(Error::unsupported(
-                path,
-                format!("quantization of tensor '{g}'"),
-                format!("{:?}", info.ggml_dtype),
-                "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K",
-            ));
-        }
-        let dt = format!("{:?}", info.ggml_dtype);
-        if !dtypes.contains(&dt) {
-            dtypes.push(dt);
-        }
-        let q = info
-            .read(&mut file, content.tensor_data_offset, &Device::Cpu)
-            .map_err(|e| {
-                Error::format(
-                    path,
-                    format!("tensor '{g}'"),
-                    "its full data",
-                    e.to_string(),
-                )
-            })?;
-        let mut w = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
-        if hf.ends_with("q_proj.weight") {
-            w = unpermute_rows(&w, cfg.num_attention_heads)?;
-        } else if hf.ends_with("k_proj.weight") {
-            w = unpermute_rows(&w, cfg.n_kv_heads())?;
-        }
-        out.insert(hf.clone(), w);
+    for (hf, _) in g.cfg.expected_tensors() {
+        let w = g.dequantize(&hf)?;
+        out.insert(hf, w);
     }
-    let dtype = format!("f32 (dequantized from {})", dtypes.join(", "));
-    Ok((cfg, out, content, dtype))
+    let dtype = g.dtype_label();
+    Ok((g.cfg, out, g.content, dtype))
 }
 
 pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
-    let (cfg, weights, content, dtype) = read_weights(path, ctl)?;
-    let tokenizer = Tokenizer::from_gguf(path, &content)?;
-    let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-    let model = Llama::load(vb, &cfg, "gguf", &dtype)?;
+    let g = GgufFile::open(path, ctl)?;
+    let tokenizer = Tokenizer::from_gguf(path, &g.content)?;
+    let (cfg, dtype) = (g.cfg.clone(), g.dtype_label());
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(g), DType::F32, Device::Cpu);
+    let model = Llama::load(vb, &cfg, "gguf", &dtype).map_err(|e| {
+        if ctl
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            Error::Cancelled
+        } else {
+            Error::format(path, "weights", "readable tensors", e.to_string())
+        }
+    })?;
     ctl.step(1.0)?;
     Ok(Loaded {
         model: Box::new(model),

@@ -82,6 +82,9 @@ pub fn load(dir: &Path, ctl: &LoadControl) -> Result<Loaded> {
         .get("model_type")
         .and_then(|v| v.as_str())
         .unwrap_or("");
+    if model_type == "gpt2" {
+        return super::hf_gpt2::load(dir, &cfg_json, ctl);
+    }
     if !LLAMA_TYPES.contains(&model_type) {
         return Err(Error::unsupported(
             dir.join("config.json"),

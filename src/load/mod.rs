@@ -8,6 +8,7 @@
 
 pub mod gguf;
 pub mod hf;
+pub mod hf_gpt2;
 pub mod toy;
 
 use crate::error::{Error, Result};

@@ -26,7 +26,12 @@ pub fn attend(
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let mask = causal_mask(t, p, q.device())?;
     let scores = scores.broadcast_add(&mask)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    // The fused softmax has no backward pass; training (tracked tensors) takes the composed one.
+    let probs = if scores.track_op() {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
     let z = probs.matmul(&v.contiguous()?)?;
     Ok((z, probs))
 }

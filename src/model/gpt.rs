@@ -1,1 +1,604 @@
 //! GPT-style family: learned absolute positions, LayerNorm, GELU (tanh) MLP.
+//!
+//! The layout is minGPT's (the paper's toys) and GPT-2's: pre-LN blocks, one fused `c_attn` with
+//! biases, a 4x MLP, a final `ln_f` and an `lm_head` without bias. Weights are held as `nn.Linear`
+//! stores them, `(out, in)`, under minGPT's names (`transformer.h.{i}.attn.c_attn.weight`, ...); the
+//! GPT-2 loader transposes Hugging Face's `Conv1D` weights into that layout.
+//!
+//! One block function serves both the capture forward (one sequence, the [`Transformer`] trait) and the
+//! batched, differentiable training forward ([`Gpt::logits`]), so what is trained is what is shown.
+
+use super::attention::{attend, content_rows};
+use super::{Arch, LayerRun, LayerSel, ModelInfo, Run, Transformer};
+use crate::error::{Error, Result};
+use crate::prefix::Prefix;
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+/// Sizes of a GPT-style model (minGPT's `GPT.get_default_config` fields plus the paper's switch).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct GptConfig {
+    pub vocab_size: usize,
+    /// Block size: the longest sequence (prefix + content) the learned positions cover.
+    pub n_positions: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_embd: usize,
+    /// The paper's 1-layer 4-head toy has no LayerNorm before attention (`skip_layer_norm=True`), so a
+    /// prefix enters `W_K`/`W_V` raw.
+    #[serde(default)]
+    pub skip_attn_layernorm: bool,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    /// `lm_head` shares the token embedding (GPT-2); minGPT keeps a separate one.
+    #[serde(default)]
+    pub tied_head: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+impl GptConfig {
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head.max(1)
+    }
+
+    /// Every tensor the model needs with its shape, in minGPT names and `(out, in)` layout.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let c = self.n_embd;
+        let mut v = vec![
+            (
+                "transformer.wte.weight".to_string(),
+                vec![self.vocab_size, c],
+            ),
+            (
+                "transformer.wpe.weight".to_string(),
+                vec![self.n_positions, c],
+            ),
+        ];
+        for i in 0..self.n_layer {
+            let b = format!("transformer.h.{i}");
+            if !self.skip_attn_layernorm {
+                v.push((format!("{b}.ln_1.weight"), vec![c]));
+                v.push((format!("{b}.ln_1.bias"), vec![c]));
+            }
+            v.push((format!("{b}.attn.c_attn.weight"), vec![3 * c, c]));
+            v.push((format!("{b}.attn.c_attn.bias"), vec![3 * c]));
+            v.push((format!("{b}.attn.c_proj.weight"), vec![c, c]));
+            v.push((format!("{b}.attn.c_proj.bias"), vec![c]));
+            v.push((format!("{b}.ln_2.weight"), vec![c]));
+            v.push((format!("{b}.ln_2.bias"), vec![c]));
+            v.push((format!("{b}.mlp.c_fc.weight"), vec![4 * c, c]));
+            v.push((format!("{b}.mlp.c_fc.bias"), vec![4 * c]));
+            v.push((format!("{b}.mlp.c_proj.weight"), vec![c, 4 * c]));
+            v.push((format!("{b}.mlp.c_proj.bias"), vec![c]));
+        }
+        v.push(("transformer.ln_f.weight".to_string(), vec![c]));
+        v.push(("transformer.ln_f.bias".to_string(), vec![c]));
+        if !self.tied_head {
+            v.push(("lm_head.weight".to_string(), vec![self.vocab_size, c]));
+        }
+        v
+    }
+
+    /// Sizes that must agree before any tensor is read.
+    pub fn validate(&self, file: &std::path::Path) -> Result<()> {
+        if self.n_layer == 0
+            || self.n_head == 0
+            || self.n_embd == 0
+            || self.vocab_size == 0
+            || self.n_positions == 0
+        {
+            return Err(Error::format(
+                file,
+                "GPT config",
+                "non-zero layers, heads, width, vocabulary and positions",
+                format!("{self:?}"),
+            ));
+        }
+        if self.n_embd % self.n_head != 0 {
+            return Err(Error::format(
+                file,
+                "n_embd",
+                format!("a multiple of n_head = {}", self.n_head),
+                self.n_embd.to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// LayerNorm weight and bias.
+#[derive(Clone)]
+struct Ln {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Ln {
+    fn forward(&self, x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+        // The fused kernel has no backward pass; tracked (training) inputs take the composed form.
+        if x.track_op() || self.w.track_op() {
+            candle_nn::ops::layer_norm_slow(x, &self.w, &self.b, eps as f32)
+        } else {
+            candle_nn::ops::layer_norm(&x.contiguous()?, &self.w, &self.b, eps as f32)
+        }
+    }
+}
+
+/// `nn.Linear`: weight `(out, in)` and bias `(out,)`.
+#[derive(Clone)]
+struct Linear {
+    w: Tensor,
+    b: Tensor,
+}
+
+impl Linear {
+    /// `x`: `(rows, in)` -> `(rows, out)`, plus a LoRA update `(x A^T) B^T` when given.
+    fn forward(&self, x: &Tensor, lora: Option<&LoraPair>) -> candle_core::Result<Tensor> {
+        let y = x.matmul(&self.w.t()?)?.broadcast_add(&self.b)?;
+        match lora {
+            Some(l) => y + x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?,
+            None => Ok(y),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Block {
+    /// `None` when the config skips the pre-attention LayerNorm.
+    ln_1: Option<Ln>,
+    c_attn: Linear,
+    c_proj: Linear,
+    ln_2: Ln,
+    c_fc: Linear,
+    mlp_proj: Linear,
+}
+
+/// One LoRA adapter `W + B A` (minLoRA, scaling alpha / rank = 1): `a` `(r, in)`, `b` `(out, r)`.
+#[derive(Clone, Debug)]
+pub struct LoraPair {
+    pub a: Tensor,
+    pub b: Tensor,
+}
+
+/// Rank-r LoRA on the modules the authors' `LoRATrainer` wraps: `attn.c_proj`, `mlp.c_fc` and
+/// `mlp.c_proj` of every layer.
+#[derive(Clone, Debug)]
+pub struct Lora {
+    pub rank: usize,
+    /// Per layer: `(attn.c_proj, mlp.c_fc, mlp.c_proj)`.
+    pub layers: Vec<[LoraPair; 3]>,
+}
+
+impl Lora {
+    /// The module names, in the order of a layer's three pairs.
+    pub const MODULES: [&'static str; 3] = ["attn.c_proj", "mlp.c_fc", "mlp.c_proj"];
+
+    /// Tensor names as stored in a file: `transformer.h.{i}.attn.c_proj.lora_A`, ...
+    pub fn named(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, pairs) in self.layers.iter().enumerate() {
+            for (m, p) in Self::MODULES.iter().zip(pairs) {
+                out.push((format!("transformer.h.{i}.{m}.lora_A"), p.a.clone()));
+                out.push((format!("transformer.h.{i}.{m}.lora_B"), p.b.clone()));
+            }
+        }
+        out
+    }
+
+    /// Expected `(name, shape)` pairs for a model of `cfg`.
+    pub fn expected(cfg: &GptConfig, rank: usize) -> Vec<(String, Vec<usize>)> {
+        let c = cfg.n_embd;
+        let dims = [(c, c), (c, 4 * c), (4 * c, c)]; // (in, out) of each module
+        let mut out = Vec::new();
+        for i in 0..cfg.n_layer {
+            for (m, (din, dout)) in Self::MODULES.iter().zip(dims) {
+                out.push((format!("transformer.h.{i}.{m}.lora_A"), vec![rank, din]));
+                out.push((format!("transformer.h.{i}.{m}.lora_B"), vec![dout, rank]));
+            }
+        }
+        out
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|p| p.a.elem_count() + p.b.elem_count())
+            .sum()
+    }
+}
+
+/// A prefix as tensors (possibly trainable `Var`s), in the shapes of [`Prefix`].
+#[derive(Clone, Debug)]
+pub enum PrefixT {
+    /// `(P, n_embd)` input embeddings at positions `0..P` (position embeddings are added to them).
+    SoftPrompt(Tensor),
+    /// `(n_layer, P, n_embd)`: the paper's per-layer hidden states, replacing the attention input at
+    /// positions `0..P` before `ln_1`.
+    Hidden(Tensor),
+    /// `(n_layer, n_head, P, head_dim)` each.
+    KeyValue { keys: Tensor, values: Tensor },
+}
+
+impl PrefixT {
+    pub fn from_prefix(p: &Prefix) -> candle_core::Result<Self> {
+        Ok(match p {
+            Prefix::SoftPrompt(a) => PrefixT::SoftPrompt(a.to_tensor()?),
+            Prefix::Hidden(a) => PrefixT::Hidden(a.to_tensor()?),
+            Prefix::KeyValue { keys, values } => PrefixT::KeyValue {
+                keys: keys.to_tensor()?,
+                values: values.to_tensor()?,
+            },
+        })
+    }
+
+    pub fn len(&self) -> candle_core::Result<usize> {
+        match self {
+            PrefixT::SoftPrompt(t) => t.dim(0),
+            PrefixT::Hidden(t) => t.dim(1),
+            PrefixT::KeyValue { keys, .. } => keys.dim(2),
+        }
+    }
+
+    pub fn is_empty(&self) -> candle_core::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// Per-layer results of a batched forward kept for capture: `(layer, probs (B, H, T, P+T),
+/// values (B, H, P+T, hd), z (B, H, T, hd))`.
+type Kept = Vec<(usize, Tensor, Tensor, Tensor)>;
+
+#[derive(Clone)]
+pub struct Gpt {
+    cfg: GptConfig,
+    info: ModelInfo,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: Ln,
+    lm_head: Tensor,
+}
+
+impl Gpt {
+    /// Load from a `VarBuilder` with minGPT names and `(out, in)` weights. A `VarBuilder` over a
+    /// `VarMap` creates trainable variables (pretraining, full fine-tuning) with minGPT's init.
+    pub fn load(vb: VarBuilder, cfg: &GptConfig) -> candle_core::Result<Self> {
+        Self::load_with_source(vb, cfg, "toy-safetensors", "f32")
+    }
+
+    pub fn load_with_source(
+        vb: VarBuilder,
+        cfg: &GptConfig,
+        source: &str,
+        dtype: &str,
+    ) -> candle_core::Result<Self> {
+        use candle_nn::Init;
+        let c = cfg.n_embd;
+        let normal = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        // minGPT scales the residual projections' init by 1/sqrt(2 n_layer).
+        let proj_init = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02 / (2.0 * cfg.n_layer as f64).sqrt(),
+        };
+        let mut n_params = 0usize;
+        let mut get = |vb: &VarBuilder, name: &str, shape: &[usize], init: Init| {
+            let w = vb.get_with_hints(shape, name, init)?.to_dtype(DType::F32)?;
+            n_params += w.elem_count();
+            Ok::<Tensor, candle_core::Error>(w)
+        };
+        let ln = |get: &mut dyn FnMut(
+            &VarBuilder,
+            &str,
+            &[usize],
+            Init,
+        ) -> candle_core::Result<Tensor>,
+                  vb: &VarBuilder|
+         -> candle_core::Result<Ln> {
+            Ok(Ln {
+                w: get(vb, "weight", &[c], Init::Const(1.0))?,
+                b: get(vb, "bias", &[c], Init::Const(0.0))?,
+            })
+        };
+        let lin = |get: &mut dyn FnMut(
+            &VarBuilder,
+            &str,
+            &[usize],
+            Init,
+        ) -> candle_core::Result<Tensor>,
+                   vb: &VarBuilder,
+                   din: usize,
+                   dout: usize,
+                   init: Init|
+         -> candle_core::Result<Linear> {
+            Ok(Linear {
+                w: get(vb, "weight", &[dout, din], init)?,
+                b: get(vb, "bias", &[dout], Init::Const(0.0))?,
+            })
+        };
+        let t = vb.pp("transformer");
+        let wte = get(&t, "wte.weight", &[cfg.vocab_size, c], normal)?;
+        let wpe = get(&t, "wpe.weight", &[cfg.n_positions, c], normal)?;
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let b = t.pp(format!("h.{i}"));
+            let ln_1 = if cfg.skip_attn_layernorm {
+                None
+            } else {
+                Some(ln(&mut get, &b.pp("ln_1"))?)
+            };
+            blocks.push(Block {
+                ln_1,
+                c_attn: lin(&mut get, &b.pp("attn.c_attn"), c, 3 * c, normal)?,
+                c_proj: lin(&mut get, &b.pp("attn.c_proj"), c, c, proj_init)?,
+                ln_2: ln(&mut get, &b.pp("ln_2"))?,
+                c_fc: lin(&mut get, &b.pp("mlp.c_fc"), c, 4 * c, normal)?,
+                mlp_proj: lin(&mut get, &b.pp("mlp.c_proj"), 4 * c, c, proj_init)?,
+            });
+        }
+        let ln_f = ln(&mut get, &t.pp("ln_f"))?;
+        let lm_head = if cfg.tied_head {
+            wte.clone()
+        } else {
+            get(&vb, "lm_head.weight", &[cfg.vocab_size, c], normal)?
+        };
+        let info = ModelInfo {
+            arch: Arch::Gpt,
+            n_layers: cfg.n_layer,
+            n_heads: cfg.n_head,
+            n_kv_heads: cfg.n_head,
+            d_model: c,
+            head_dim: cfg.head_dim(),
+            vocab_size: cfg.vocab_size,
+            max_positions: Some(cfg.n_positions),
+            n_params,
+            dtype: dtype.to_string(),
+            source: source.to_string(),
+        };
+        Ok(Gpt {
+            cfg: cfg.clone(),
+            info,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+        })
+    }
+
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    /// `(B, T, C)` -> `(B, H, T, hd)`.
+    fn heads(x: &Tensor, h: usize) -> candle_core::Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        x.reshape((b, t, h, c / h))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// The prefix keys and values of layer `l` for a batch of `b`: `(B, H, P, hd)` each, or `None`.
+    /// The paper's per-layer prefix goes through the frozen `ln_1` and `c_attn` (with biases) and gets
+    /// no position embedding, exactly as minGPT's replaced attention input does.
+    fn prefix_kv(
+        &self,
+        l: usize,
+        blk: &Block,
+        prefix: Option<&PrefixT>,
+        b: usize,
+    ) -> candle_core::Result<Option<(Tensor, Tensor)>> {
+        let (h, c) = (self.cfg.n_head, self.cfg.n_embd);
+        let kv = match prefix {
+            Some(PrefixT::Hidden(all)) => {
+                let s = all.get(l)?; // (P, C)
+                let p = s.dim(0)?;
+                let sn = match &blk.ln_1 {
+                    Some(ln) => ln.forward(&s, self.cfg.layer_norm_eps)?,
+                    None => s,
+                };
+                let qkv = blk.c_attn.forward(&sn, None)?; // (P, 3C)
+                let k = Self::heads(&qkv.narrow(1, c, c)?.reshape((1, p, c))?, h)?;
+                let v = Self::heads(&qkv.narrow(1, 2 * c, c)?.reshape((1, p, c))?, h)?;
+                (k, v)
+            }
+            Some(PrefixT::KeyValue { keys, values }) => {
+                (keys.get(l)?.unsqueeze(0)?, values.get(l)?.unsqueeze(0)?)
+            }
+            _ => return Ok(None),
+        };
+        let (_, _, p, hd) = kv.0.dims4()?;
+        Ok(Some((
+            kv.0.broadcast_as((b, h, p, hd))?.contiguous()?,
+            kv.1.broadcast_as((b, h, p, hd))?.contiguous()?,
+        )))
+    }
+
+    /// The shared block stack. `ids` `(B, T)` sit at positions `pos0..pos0 + T`; a soft prompt is put in
+    /// front of them (so the stream is `P + T` long), the other prefix kinds enter as extra key/value
+    /// columns. Returns the final hidden states `(B, T', C)` and the kept layers.
+    fn run_blocks(
+        &self,
+        ids: &Tensor,
+        prefix: Option<&PrefixT>,
+        lora: Option<&Lora>,
+        keep: Option<&LayerSel>,
+    ) -> candle_core::Result<(Tensor, Kept)> {
+        let (b, t_ids) = ids.dims2()?;
+        let (h, c, hd) = (self.cfg.n_head, self.cfg.n_embd, self.cfg.head_dim());
+        let eps = self.cfg.layer_norm_eps;
+        let p = match prefix {
+            Some(pf) => pf.len()?,
+            None => 0,
+        };
+        let tok = self
+            .wte
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t_ids, c))?;
+        let mut x = match prefix {
+            Some(PrefixT::SoftPrompt(s)) => {
+                let s = s.unsqueeze(0)?.broadcast_as((b, p, c))?;
+                Tensor::cat(&[&s, &tok], 1)?.broadcast_add(&self.wpe.narrow(0, 0, p + t_ids)?)?
+            }
+            Some(_) => tok.broadcast_add(&self.wpe.narrow(0, p, t_ids)?)?,
+            None => tok.broadcast_add(&self.wpe.narrow(0, 0, t_ids)?)?,
+        };
+        let t = x.dim(1)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut kept = Vec::new();
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let lp = lora.and_then(|lo| lo.layers.get(l));
+            let xn = match &blk.ln_1 {
+                Some(ln) => ln.forward(&x, eps)?,
+                None => x.clone(),
+            };
+            let qkv = blk
+                .c_attn
+                .forward(&xn.reshape((b * t, c))?, None)?
+                .reshape((b, t, 3 * c))?;
+            let q = Self::heads(&qkv.narrow(2, 0, c)?, h)?;
+            let k = Self::heads(&qkv.narrow(2, c, c)?, h)?;
+            let v = Self::heads(&qkv.narrow(2, 2 * c, c)?, h)?;
+            let (k, v, p_extra) = match self.prefix_kv(l, blk, prefix, b)? {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?, p),
+                None => (k, v, 0),
+            };
+            let tk = p_extra + t;
+            let (z, probs) = attend(
+                &q.reshape((b * h, t, hd))?,
+                &k.reshape((b * h, tk, hd))?,
+                &v.reshape((b * h, tk, hd))?,
+                p_extra,
+                scale,
+            )?;
+            let z = z.reshape((b, h, t, hd))?;
+            if keep.is_some_and(|s| s.contains(l)) {
+                kept.push((l, probs.reshape((b, h, t, tk))?, v.clone(), z.clone()));
+            }
+            let zc = z.transpose(1, 2)?.reshape((b * t, c))?;
+            let attn = blk.c_proj.forward(&zc, lp.map(|x| &x[0]))?;
+            x = (x + attn.reshape((b, t, c))?)?;
+            let xn = blk.ln_2.forward(&x, eps)?.reshape((b * t, c))?;
+            let hid = blk.c_fc.forward(&xn, lp.map(|x| &x[1]))?.gelu()?;
+            let out = blk.mlp_proj.forward(&hid, lp.map(|x| &x[2]))?;
+            x = (x + out.reshape((b, t, c))?)?;
+        }
+        Ok((x, kept))
+    }
+
+    /// The batched, differentiable training/evaluation forward: logits `(B, last, vocab)` of the last
+    /// `last` positions. With a per-layer or key/value prefix, `ids` are the content only (positions
+    /// `P..P+T`); with none, `ids` include the placeholder tokens the model was trained with.
+    pub fn logits(
+        &self,
+        ids: &Tensor,
+        prefix: Option<&PrefixT>,
+        lora: Option<&Lora>,
+        last: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (x, _) = self.run_blocks(ids, prefix, lora, None)?;
+        let (b, t, c) = x.dims3()?;
+        let x = x.narrow(1, t - last, last)?;
+        let x = self.ln_f.forward(&x, self.cfg.layer_norm_eps)?;
+        x.reshape((b * last, c))?
+            .matmul(&self.lm_head.t()?)?
+            .reshape((b, last, self.cfg.vocab_size))
+    }
+
+    /// One sequence through the shared stack, kept layers turned into [`LayerRun`]s (content rows).
+    fn run_one(
+        &self,
+        ids: &[u32],
+        prefix: Option<&PrefixT>,
+        p_run: usize,
+        sel: &LayerSel,
+    ) -> Result<Run> {
+        let n_all = ids.len();
+        let ids_t = Tensor::from_slice(ids, (1, n_all), &Device::Cpu)?;
+        let (x, kept) = self.run_blocks(&ids_t, prefix, None, Some(sel))?;
+        // Content: the last n rows (the placeholder rows of a pretrained run are not content).
+        let n = n_all - if prefix.is_none() { p_run } else { 0 };
+        let mut layers = Vec::new();
+        for (l, probs, v, z) in kept {
+            layers.push(LayerRun {
+                layer: l,
+                pattern: content_rows(&probs.squeeze(0)?, n)?,
+                values: v.squeeze(0)?.contiguous()?,
+                z: content_rows(&z.squeeze(0)?, n)?,
+            });
+        }
+        let t = x.dim(1)?;
+        let last = self
+            .ln_f
+            .forward(&x.narrow(1, t - 1, 1)?, self.cfg.layer_norm_eps)?
+            .reshape((1, self.cfg.n_embd))?;
+        let logits_last = last.matmul(&self.lm_head.t()?)?.squeeze(0)?;
+        Ok(Run {
+            p: p_run,
+            n,
+            layers,
+            logits_last,
+        })
+    }
+
+    fn check_len(&self, what: &str, total: usize) -> Result<()> {
+        if total > self.cfg.n_positions {
+            return Err(Error::input(
+                what,
+                format!(
+                    "prefix + content <= {} positions (the model's context)",
+                    self.cfg.n_positions
+                ),
+                total.to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Transformer for Gpt {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn forward(&self, ids: &[u32], prefix: Option<&Prefix>, layers: &LayerSel) -> Result<Run> {
+        let p = match prefix {
+            Some(pf) => {
+                pf.check(&self.info, std::path::Path::new("prefix"))?;
+                pf.len()
+            }
+            None => 0,
+        };
+        self.check_len("prompt length", p + ids.len())?;
+        let pt = prefix.map(PrefixT::from_prefix).transpose()?;
+        self.run_one(ids, pt.as_ref(), p, layers)
+    }
+
+    fn pretrained(&self, ids: &[u32], p: usize, layers: &LayerSel) -> Result<Run> {
+        self.check_len("prompt length", p + ids.len())?;
+        // The content stays at p..p+n with the placeholder token (id 0, as in training) before it.
+        let mut all = vec![0u32; p];
+        all.extend_from_slice(ids);
+        self.run_one(&all, None, p, layers)
+    }
+
+    fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {
+        if id as usize >= self.cfg.vocab_size {
+            return Err(Error::input(
+                "token id",
+                format!("below {}", self.cfg.vocab_size),
+                id.to_string(),
+            ));
+        }
+        Ok(self.wte.get(id as usize)?.to_vec1::<f32>()?)
+    }
+}
+
+/// Row-wise argmax of `(B, V)` logits.
+pub fn argmax_rows(logits: &Tensor) -> candle_core::Result<Vec<u32>> {
+    logits.argmax(D::Minus1)?.to_vec1::<u32>()
+}

@@ -3,9 +3,9 @@
 //! Weights are held in Hugging Face layout (query/key rows in rotate-half order), whichever file they
 //! came from: the GGUF loader undoes llama.cpp's row permutation, so one forward serves both.
 
-use super::attention::{attend, content_rows};
-use super::{Arch, LayerRun, LayerSel, ModelInfo, Run, Transformer};
+use super::{Arch, LayerSel, ModelInfo, Run, Transformer};
 use crate::error::{Error, Result};
+use crate::incremental::{ContentKv, Stepper};
 use crate::prefix::Prefix;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -96,14 +96,14 @@ impl LlamaConfig {
                 format!("{self:?}"),
             );
         }
-        if kv == 0 || h % kv != 0 {
+        if kv == 0 || !h.is_multiple_of(kv) {
             return bad(
                 "num_key_value_heads",
                 format!("a divisor of num_attention_heads = {h}"),
                 kv.to_string(),
             );
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(
                 "head_dim",
                 "an even number (RoPE rotates pairs)".into(),
@@ -116,11 +116,9 @@ impl LlamaConfig {
 
 struct Block {
     attn_norm: Tensor,
-    /// `(d, (H + 2 KV) hd)`: q, k, v projections fused and transposed for one matmul.
+    /// `(d, (H + 2 KV) hd)`: q, k, v projections fused and transposed for one matmul. The prefix path
+    /// reads the k and v column blocks of it as views, so no weight is stored twice.
     w_qkv: Tensor,
-    /// Separate (transposed) k and v projections, for computing prefix keys/values from hidden states.
-    w_k: Tensor,
-    w_v: Tensor,
     w_o: Tensor,
     ffn_norm: Tensor,
     /// `(d, 2 ffn)`: gate and up fused and transposed.
@@ -134,7 +132,7 @@ pub struct Llama {
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    /// `(d, vocab)`, transposed.
+    /// `(vocab, d)`: the embedding itself when tied (used through a transposed view, not copied).
     lm_head: Tensor,
     /// RoPE inverse frequencies, `(hd / 2,)`.
     inv_freq: Vec<f32>,
@@ -178,12 +176,10 @@ impl Llama {
             let wd = get(&b, "mlp.down_proj.weight", &[d, ffn])?;
             blocks.push(Block {
                 attn_norm: get(&b, "input_layernorm.weight", &[d])?,
-                w_qkv: t(Tensor::cat(&[&wq, &wk, &wv], 0)?)?,
-                w_k: t(wk)?,
-                w_v: t(wv)?,
+                w_qkv: Tensor::cat(&[&t(wq)?, &t(wk)?, &t(wv)?], 1)?,
                 w_o: t(wo)?,
                 ffn_norm: get(&b, "post_attention_layernorm.weight", &[d])?,
-                w_gate_up: t(Tensor::cat(&[&wg, &wu], 0)?)?,
+                w_gate_up: Tensor::cat(&[&t(wg)?, &t(wu)?], 1)?,
                 w_down: t(wd)?,
             });
         }
@@ -215,7 +211,7 @@ impl Llama {
             embed,
             blocks,
             norm,
-            lm_head: t(lm_head)?,
+            lm_head,
             inv_freq,
         })
     }
@@ -254,81 +250,102 @@ impl Llama {
     }
 
     fn run(&self, ids: &[u32], prefix: Option<&Prefix>, sel: &LayerSel) -> Result<Run> {
-        let dev = Device::Cpu;
-        let (h, kv, hd) = (self.info.n_heads, self.info.n_kv_heads, self.info.head_dim);
-        let eps = self.cfg.rms_norm_eps as f32;
+        crate::incremental::full_run(self, ids, prefix, sel)
+    }
+}
+
+impl Stepper for Llama {
+    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)> {
         let n = ids.len();
-        let ids_t = Tensor::from_slice(ids, n, &dev)?;
+        let ids_t = Tensor::from_slice(ids, n, &Device::Cpu)?;
         let content = self.embed.index_select(&ids_t, 0)?;
         let p = prefix.map_or(0, |x| x.len());
-        // The residual stream holds the soft prompt rows too; the other kinds enter per layer as keys/values.
-        let (mut x, pos0) = match prefix {
+        // The residual stream holds the soft prompt rows too; the other kinds enter per layer as
+        // key/value columns, with the content at positions p..p+n.
+        Ok(match prefix {
             Some(Prefix::SoftPrompt(a)) => (Tensor::cat(&[&a.to_tensor()?, &content], 0)?, 0),
             Some(_) => (content, p),
             None => (content, 0),
-        };
+        })
+    }
+
+    fn layer_content(&self, l: usize, x: &Tensor, pos0: usize) -> Result<ContentKv> {
+        let (h, kv, hd) = (self.info.n_heads, self.info.n_kv_heads, self.info.head_dim);
+        let b = &self.blocks[l];
         let t_len = x.dim(0)?;
         let (cos, sin) = self.rope_tables(pos0, t_len)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut layers = Vec::new();
-        for (l, b) in self.blocks.iter().enumerate() {
-            let xn = candle_nn::ops::rms_norm(&x, &b.attn_norm, eps)?;
-            let qkv = xn.matmul(&b.w_qkv)?;
-            let q = Self::heads(&qkv.narrow(1, 0, h * hd)?, h, hd)?;
-            let k = Self::heads(&qkv.narrow(1, h * hd, kv * hd)?, kv, hd)?;
-            let v = Self::heads(&qkv.narrow(1, (h + kv) * hd, kv * hd)?, kv, hd)?;
-            let q = Self::rope(&q, &cos, &sin)?;
-            let k = Self::rope(&k, &cos, &sin)?;
-            // Prefix keys/values in front of the content's, as extra columns every query sees.
-            let extra: Option<(Tensor, Tensor)> = match prefix {
-                Some(Prefix::Hidden(a)) => {
-                    let s = a.to_tensor()?.get(l)?; // (P, d)
-                    let sn = candle_nn::ops::rms_norm(&s, &b.attn_norm, eps)?;
-                    let pk = Self::heads(&sn.matmul(&b.w_k)?, kv, hd)?;
-                    let pv = Self::heads(&sn.matmul(&b.w_v)?, kv, hd)?;
-                    // The paper's form: prefix keys are rotated at their own positions 0..P.
-                    let (pc, ps) = self.rope_tables(0, p)?;
-                    Some((Self::rope(&pk, &pc, &ps)?, pv))
-                }
-                Some(Prefix::KeyValue { keys, values }) => Some((
-                    keys.to_tensor()?.get(l)?.contiguous()?,
-                    values.to_tensor()?.get(l)?.contiguous()?,
-                )),
-                _ => None,
-            };
-            let (k, v, p_extra) = match extra {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 1)?, Tensor::cat(&[&pv, &v], 1)?, p),
-                None => (k, v, 0),
-            };
-            let (z, probs) = attend(&q, &k, &v, p_extra, scale)?;
-            if sel.contains(l) {
-                layers.push(LayerRun {
-                    layer: l,
-                    pattern: content_rows(&probs, n)?,
-                    values: v.clone(),
-                    z: content_rows(&z, n)?,
-                });
+        let xn = candle_nn::ops::rms_norm(x, &b.attn_norm, self.cfg.rms_norm_eps as f32)?;
+        let qkv = xn.matmul(&b.w_qkv)?;
+        let q = Self::rope(&Self::heads(&qkv.narrow(1, 0, h * hd)?, h, hd)?, &cos, &sin)?;
+        let k = Self::rope(
+            &Self::heads(&qkv.narrow(1, h * hd, kv * hd)?, kv, hd)?,
+            &cos,
+            &sin,
+        )?;
+        let v = Self::heads(&qkv.narrow(1, (h + kv) * hd, kv * hd)?, kv, hd)?;
+        ContentKv::new(q, k, v, 1.0 / (hd as f64).sqrt())
+    }
+
+    fn prefix_kv(&self, l: usize, prefix: Option<&Prefix>) -> Result<Option<(Tensor, Tensor)>> {
+        let (kv, hd) = (self.info.n_kv_heads, self.info.head_dim);
+        let b = &self.blocks[l];
+        Ok(match prefix {
+            Some(Prefix::Hidden(a)) => {
+                let p = a.shape[1];
+                let s = Tensor::from_slice(
+                    &a.data[l * p * a.shape[2]..(l + 1) * p * a.shape[2]],
+                    (p, a.shape[2]),
+                    &Device::Cpu,
+                )?;
+                let sn = candle_nn::ops::rms_norm(&s, &b.attn_norm, self.cfg.rms_norm_eps as f32)?;
+                let h = self.info.n_heads;
+                let pk = Self::heads(&sn.matmul(&b.w_qkv.narrow(1, h * hd, kv * hd)?)?, kv, hd)?;
+                let pv = Self::heads(
+                    &sn.matmul(&b.w_qkv.narrow(1, (h + kv) * hd, kv * hd)?)?,
+                    kv,
+                    hd,
+                )?;
+                // The paper's form: prefix keys are rotated at their own positions 0..P.
+                let (pc, ps) = self.rope_tables(0, p)?;
+                Some((Self::rope(&pk, &pc, &ps)?, pv))
             }
-            let attn = z
-                .transpose(0, 1)?
-                .reshape((t_len, h * hd))?
-                .matmul(&b.w_o)?;
-            x = (x + attn)?;
-            let xn = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-            let gu = xn.matmul(&b.w_gate_up)?;
-            let ffn = gu.dim(1)? / 2;
-            let act = (candle_nn::ops::silu(&gu.narrow(1, 0, ffn)?)? * gu.narrow(1, ffn, ffn)?)?;
-            x = (x + act.matmul(&b.w_down)?)?;
-        }
-        let last = x.narrow(0, t_len - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        let logits_last = last.matmul(&self.lm_head)?.squeeze(0)?;
-        Ok(Run {
-            p,
-            n,
-            layers,
-            logits_last,
+            Some(Prefix::KeyValue { keys, values }) => {
+                let per = keys.shape[1] * keys.shape[2] * keys.shape[3];
+                let shape = (keys.shape[1], keys.shape[2], keys.shape[3]);
+                Some((
+                    Tensor::from_slice(&keys.data[l * per..(l + 1) * per], shape, &Device::Cpu)?,
+                    Tensor::from_slice(&values.data[l * per..(l + 1) * per], shape, &Device::Cpu)?,
+                ))
+            }
+            _ => None,
         })
+    }
+
+    fn layer_finish(&self, l: usize, x: &Tensor, z: &Tensor) -> Result<Tensor> {
+        let b = &self.blocks[l];
+        let eps = self.cfg.rms_norm_eps as f32;
+        let (h, t_len, hd) = z.dims3()?;
+        let attn = z
+            .transpose(0, 1)?
+            .reshape((t_len, h * hd))?
+            .matmul(&b.w_o)?;
+        let x = (x + attn)?;
+        let xn = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+        let gu = xn.matmul(&b.w_gate_up)?;
+        let ffn = gu.dim(1)? / 2;
+        let act = (candle_nn::ops::silu(&gu.narrow(1, 0, ffn)?)? * gu.narrow(1, ffn, ffn)?)?;
+        Ok((x + act.matmul(&b.w_down)?)?)
+    }
+
+    fn logits_last(&self, x: &Tensor) -> Result<Tensor> {
+        let t_len = x.dim(0)?;
+        let last = x.narrow(0, t_len - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, self.cfg.rms_norm_eps as f32)?;
+        Ok(last.matmul(&self.lm_head.t()?)?.squeeze(0)?)
+    }
+
+    fn n_layers(&self) -> usize {
+        self.blocks.len()
     }
 }
 
@@ -347,6 +364,10 @@ impl Transformer for Llama {
     fn pretrained(&self, ids: &[u32], _p: usize, layers: &LayerSel) -> Result<Run> {
         // RoPE scores depend only on i - j: the content alone at 0..n is the pretrained run.
         self.run(ids, None, layers)
+    }
+
+    fn stepper(&self) -> Option<&dyn Stepper> {
+        Some(self)
     }
 
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {

@@ -7,6 +7,7 @@
 //! placeholder token the model was trained with at positions `0..p` ([`Transformer::pretrained`]).
 
 pub mod attention;
+pub mod construction;
 pub mod gpt;
 pub mod llama;
 
@@ -108,4 +109,9 @@ pub trait Transformer: Send + Sync {
 
     /// The embedding row of token `id` (to set a soft-prompt vector to a real token).
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>>;
+
+    /// Layer-by-layer access for the incremental evaluator; `None` means "recompute everything".
+    fn stepper(&self) -> Option<&dyn crate::incremental::Stepper> {
+        None
+    }
 }

@@ -2,7 +2,7 @@
 # Frames per second while a soft-prompt slider is dragged: SmolLM2 (N about 40, P = 1), layer 0, the
 # real window under Xvfb at 1280x800, the d0 slider dragged back and forth by xdotool for 10 s.
 # Prints the app's own per-second counts (--bench-fps): frames, mean UI time, view updates per second.
-# usage: scripts/bench-fps.sh [--bin PATH] [--seconds S]
+# usage: .ci/bench-fps.sh [--bin PATH] [--seconds S]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${PREFIXSCOPE_BIN:-}"; secs=10
@@ -17,7 +17,7 @@ if [ -z "$bin" ]; then
   (cd "$root" && cargo build --quiet --bin prefixscope)
   bin="${CARGO_TARGET_DIR:-$root/target}/debug/prefixscope"
 fi
-model="$(bash "$root/scripts/fetch-smollm2.sh")"
+model="$(bash "$root/.ci/fetch-smollm2.sh")"
 work="$(mktemp -d)"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$work/run}"; mkdir -p "$XDG_RUNTIME_DIR"; chmod 700 "$XDG_RUNTIME_DIR"
 Xvfb -displayfd 3 -screen 0 1280x800x24 -nolisten tcp 3>"$work/display" 2>"$work/xvfb.log" &

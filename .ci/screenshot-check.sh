@@ -3,7 +3,7 @@
 # check that the image is the app (expected size, many distinct colours, not blank) and that the
 # process exits cleanly on its own (--quit-after). Used by .ci/run.
 #
-# usage: scripts/screenshot-check.sh [--model PATH] [--size WxH] [--out FILE.png] [--bin PATH]
+# usage: .ci/screenshot-check.sh [--model PATH] [--size WxH] [--out FILE.png] [--bin PATH]
 # Needs: Xvfb, ImageMagick (import, identify), Mesa GL (libgl1-mesa-dri libegl-mesa0),
 #        libxkbcommon-x11-0. Without --model it opens the bundled default model.
 set -euo pipefail

@@ -1,0 +1,184 @@
+//! `prefixscope bench`: load time, peak memory, and the time of one forward pass that returns every
+//! attention matrix, at several prompt lengths. Medians over repeated runs; numbers, never pass/fail.
+
+use prefixscope::load;
+use prefixscope::model::LayerSel;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt lengths to time.
+    #[arg(long, value_delimiter = ',', default_value = "32,128,512")]
+    pub lengths: Vec<usize>,
+    /// Timed runs per length (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Prompt length for the slider-update latencies.
+    #[arg(long, default_value_t = 128)]
+    pub update_n: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[v.len() / 2]
+}
+
+/// Deterministic token ids spread over the vocabulary (no tokenizer needed).
+pub fn synthetic_ids(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|k| ((k * 7919 + 13) % vocab) as u32).collect()
+}
+
+pub fn run(a: Args) -> prefixscope::Result<()> {
+    let t0 = Instant::now();
+    let loaded = load::load(&a.model)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let model = loaded.model.as_ref();
+    let info = model.info().clone();
+    let mut forward = serde_json::Map::new();
+    let mut flops = serde_json::Map::new();
+    for &n in &a.lengths {
+        let n = info.max_positions.map_or(n, |m| n.min(m));
+        let ids = synthetic_ids(n, info.vocab_size);
+        model.forward(&ids, None, &LayerSel::All)?; // warm-up
+        let times: Vec<f64> = (0..a.repeats.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                model
+                    .forward(&ids, None, &LayerSel::All)
+                    .map(|_| t.elapsed().as_secs_f64())
+            })
+            .collect::<prefixscope::Result<_>>()?;
+        let med = median(times);
+        // Matrix work of one pass: 2 flops per weight per token (the embedding table is a lookup,
+        // except one row through the tied head), plus QK^T and AV over the causal half.
+        let matmul_params = info.n_params - info.vocab_size * info.d_model;
+        let attn =
+            4.0 * (info.n_layers * info.n_heads * info.head_dim) as f64 * (n * n) as f64 / 2.0;
+        let gflop = (2.0 * matmul_params as f64 * n as f64 + attn) / 1e9;
+        forward.insert(n.to_string(), med.into());
+        flops.insert(n.to_string(), (gflop / med).into());
+    }
+    let update = update_latencies(model, a.repeats.max(1), a.update_n)?;
+    let peak = peak_rss_bytes().unwrap_or(0);
+    if a.json {
+        let v = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
+            "load_s": load_s,
+            "peak_rss_bytes": peak,
+            "full_forward_s": forward,
+            "gflops": flops,
+            "update_n": a.update_n,
+            "update_s": update,
+        });
+        println!("{v}");
+    } else {
+        println!("model           {}", a.model.display());
+        println!("load            {load_s:.3} s");
+        println!("peak memory     {:.1} MB", peak as f64 / 1e6);
+        for n in a.lengths.iter().map(|n| n.to_string()) {
+            let (Some(t), Some(g)) = (forward.get(&n), flops.get(&n).and_then(|x| x.as_f64()))
+            else {
+                continue;
+            };
+            println!(
+                "forward N={n:<5} {:.4} s (median of {}), {g:.1} GFLOP/s, all {} x {} attention matrices",
+                t.as_f64().unwrap_or(0.0),
+                a.repeats,
+                info.n_layers,
+                info.n_heads
+            );
+        }
+        for (k, v) in &update {
+            println!(
+                "update {k:<18} {:.3} ms (median, N={}, P=1)",
+                v.as_f64().unwrap_or(0.0) * 1e3,
+                a.update_n
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Latency of one slider change through the incremental evaluator (P = 1, one coordinate changed),
+/// viewed at the layers the GUI would show.
+fn update_latencies(
+    model: &dyn prefixscope::model::Transformer,
+    repeats: usize,
+    n: usize,
+) -> prefixscope::Result<serde_json::Map<String, serde_json::Value>> {
+    use prefixscope::incremental::{Edit, Evaluator};
+    use prefixscope::prefix::{Prefix, PrefixKind};
+    let info = model.info().clone();
+    let n = info.max_positions.map_or(n, |m| n.min(m.saturating_sub(1)));
+    let ids = synthetic_ids(n, info.vocab_size);
+    let last = info.n_layers - 1;
+    let mid = info.n_layers / 2;
+    let cases: Vec<(String, PrefixKind, usize, usize)> =
+        if info.arch == prefixscope::model::Arch::Llama {
+            vec![
+                ("soft_L0".into(), PrefixKind::SoftPrompt, 0, 0),
+                (format!("soft_L{mid}"), PrefixKind::SoftPrompt, 0, mid),
+                (format!("soft_L{last}"), PrefixKind::SoftPrompt, 0, last),
+                (format!("paper_prefix_L{mid}"), PrefixKind::Hidden, mid, mid),
+                ("kv_prefix".into(), PrefixKind::KeyValue, mid, mid),
+            ]
+        } else {
+            vec![
+                ("soft_L0".into(), PrefixKind::SoftPrompt, 0, 0),
+                (format!("paper_prefix_L{last}"), PrefixKind::Hidden, 0, last),
+                ("kv_prefix".into(), PrefixKind::KeyValue, 0, last),
+            ]
+        };
+    let mut out = serde_json::Map::new();
+    for (name, kind, edit_layer, view) in cases {
+        let mut prefix = Prefix::zeros(kind, 1, &info);
+        for (i, x) in prefix.values_mut().enumerate() {
+            *x = ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.1;
+        }
+        let mut ev = Evaluator::new(&ids);
+        ev.update(model, Some(&prefix), Edit::All, &[view])?;
+        let edit = if kind == PrefixKind::SoftPrompt {
+            Edit::SoftPrompt
+        } else {
+            Edit::Layer(edit_layer)
+        };
+        let per_layer = match &prefix {
+            Prefix::SoftPrompt(a) => a.data.len(),
+            Prefix::Hidden(a) => a.data.len() / info.n_layers,
+            Prefix::KeyValue { keys, .. } => keys.data.len() / info.n_layers,
+        };
+        let mut times = Vec::new();
+        for r in 0..repeats.max(3) * 4 {
+            // One slider step on one coordinate of the edited layer.
+            if let Some(x) = prefix
+                .values_mut()
+                .nth(edit_layer * per_layer + r % per_layer)
+            {
+                *x += 0.01;
+            }
+            let t = Instant::now();
+            ev.update(model, Some(&prefix), edit, &[view])?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        out.insert(name, median(times).into());
+    }
+    Ok(out)
+}

@@ -1,0 +1,79 @@
+//! Accuracy as the authors measure it: greedy generation of the 10 output tokens after
+//! `[0]*p + input` (or after the prefix and the input), exact match of the whole output, on
+//! test-split inputs.
+
+use super::data::{self, Split, Task, LENGTH};
+use crate::error::Result;
+use crate::model::gpt::{Gpt, Lora, PrefixT};
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+/// What runs on top of the frozen model.
+#[derive(Clone, Default)]
+pub struct Adapter {
+    pub prefix: Option<PrefixT>,
+    pub lora: Option<Lora>,
+}
+
+/// Greedy outputs for a batch of inputs: `(B, 10)` row-major. `p` is the placeholder count of the
+/// layout (the prefix length when there is a prefix).
+pub fn generate(
+    model: &Gpt,
+    adapter: &Adapter,
+    p: usize,
+    inputs: &[[u32; LENGTH]],
+) -> Result<Vec<[u32; LENGTH]>> {
+    let b = inputs.len();
+    let pad = if adapter.prefix.is_some() { 0 } else { p };
+    let mut rows: Vec<Vec<u32>> = inputs
+        .iter()
+        .map(|inp| {
+            let mut r = vec![0u32; pad];
+            r.extend_from_slice(inp);
+            r
+        })
+        .collect();
+    for _ in 0..LENGTH {
+        let t = rows[0].len();
+        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (b, t), &Device::Cpu)?;
+        let logits = model.logits(&ids, adapter.prefix.as_ref(), adapter.lora.as_ref(), 1)?;
+        let next = crate::model::gpt::argmax_rows(&logits.squeeze(1)?)?;
+        for (r, n) in rows.iter_mut().zip(next) {
+            r.push(n);
+        }
+    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let mut out = [0u32; LENGTH];
+            out.copy_from_slice(&r[r.len() - LENGTH..]);
+            out
+        })
+        .collect())
+}
+
+/// `(correct, samples)` on `samples` test inputs drawn with `seed`.
+pub fn accuracy(
+    model: &Gpt,
+    adapter: &Adapter,
+    p: usize,
+    task: Task,
+    samples: usize,
+    seed: u64,
+) -> Result<(usize, usize)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let ex = data::examples(task, Split::Test, samples, 0, &mut rng);
+    let mut correct = 0;
+    for chunk in ex.chunks(400) {
+        let inputs: Vec<[u32; LENGTH]> = chunk.iter().map(|(i, _)| *i).collect();
+        let got = generate(model, adapter, p, &inputs)?;
+        correct += got
+            .iter()
+            .zip(chunk)
+            .filter(|(g, (_, want))| *g == want)
+            .count();
+    }
+    Ok((correct, samples))
+}

@@ -1,0 +1,129 @@
+//! The incremental evaluator gives the same views as a full recompute (within 1e-6), over random
+//! sequences of prefix edits and viewed layers.
+
+mod common;
+
+use common::*;
+use prefixscope::capture::capture;
+use prefixscope::incremental::{Edit, Evaluator};
+use prefixscope::load::load;
+use prefixscope::model::LayerSel;
+use prefixscope::prefix::{Prefix, PrefixKind};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn incremental_equals_full_recompute_over_random_edits() {
+    let loaded = load(&smollm2()).unwrap();
+    let model = loaded.model.as_ref();
+    let info = model.info().clone();
+    let ids = loaded
+        .tokenizer
+        .encode("Prefixes bias attention: 3 + 4 = 7.", false)
+        .unwrap();
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut ev = Evaluator::new(&ids);
+    let mut checked = 0;
+    for kind in [
+        PrefixKind::Hidden,
+        PrefixKind::KeyValue,
+        PrefixKind::SoftPrompt,
+    ] {
+        let p = 1 + rng.below(3);
+        let mut prefix = Prefix::zeros(kind, p, &info);
+        let scale = if kind == PrefixKind::KeyValue {
+            1.0
+        } else {
+            0.05
+        };
+        for x in prefix.values_mut() {
+            *x = rng.unit() * scale;
+        }
+        let mut edit = Edit::All;
+        for _step in 0..8 {
+            let n_view = 1 + rng.below(3);
+            let mut layers: Vec<usize> = (0..n_view).map(|_| rng.below(info.n_layers)).collect();
+            layers.sort();
+            layers.dedup();
+            let inc = ev.update(model, Some(&prefix), edit, &layers).unwrap();
+            let full =
+                capture(model, &ids, Some(&prefix), &LayerSel::Only(layers.clone())).unwrap();
+            for l in &layers {
+                let a = inc.layer(*l).unwrap();
+                let b = full.layer(*l).unwrap();
+                let d = max_diff(
+                    &a.with_prefix.as_ref().unwrap().data,
+                    &b.with_prefix.as_ref().unwrap().data,
+                );
+                assert!(
+                    d <= 1e-6,
+                    "{kind:?} layer {l} after {edit:?}: with-prefix differs by {d:e}"
+                );
+                let d = max_diff(
+                    &a.renormalized.as_ref().unwrap().data,
+                    &b.renormalized.as_ref().unwrap().data,
+                );
+                assert!(
+                    d <= 1e-6,
+                    "{kind:?} layer {l}: renormalized differs by {d:e}"
+                );
+                assert!(max_diff(&a.pretrained.data, &b.pretrained.data) <= 1e-6);
+                let d = max_diff(
+                    &a.z_prefixed.as_ref().unwrap().data,
+                    &b.z_prefixed.as_ref().unwrap().data,
+                );
+                assert!(
+                    d <= 1e-6,
+                    "{kind:?} layer {l}: head output differs by {d:e}"
+                );
+                checked += 1;
+            }
+            // Next edit: one coordinate of one layer (or of the soft prompt).
+            match &mut prefix {
+                Prefix::SoftPrompt(a) => {
+                    let i = rng.below(a.data.len());
+                    a.data[i] += rng.unit() * 0.5;
+                    edit = Edit::SoftPrompt;
+                }
+                Prefix::Hidden(a) => {
+                    let l = rng.below(info.n_layers);
+                    let per = a.data.len() / info.n_layers;
+                    let i = l * per + rng.below(per);
+                    a.data[i] += rng.unit() * 2.0;
+                    edit = Edit::Layer(l);
+                }
+                Prefix::KeyValue { keys, values } => {
+                    let l = rng.below(info.n_layers);
+                    let per = keys.data.len() / info.n_layers;
+                    let i = l * per + rng.below(per);
+                    keys.data[i] += rng.unit() * 2.0;
+                    values.data[i] -= rng.unit();
+                    edit = Edit::Layer(l);
+                }
+            }
+        }
+    }
+    assert!(checked >= 24);
+}

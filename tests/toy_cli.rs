@@ -1,0 +1,110 @@
+//! `prefixscope eval` refuses what is not a toy model or a prefix that does not fit, with one line
+//! on stderr and exit status 2.
+
+mod toy_common;
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_prefixscope"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn eval_rejects_non_toys_and_misfit_prefixes() {
+    let dir = toy_common::tmp_dir("cli");
+    let model = dir.join("toy.safetensors");
+    let cfg = toy_common::cfg(2, 2, 16, false);
+    toy_common::write_toy(&model, &cfg, 1);
+
+    // A safetensors file that is not one of ours.
+    let plain = dir.join("plain.safetensors");
+    let t =
+        candle_core::Tensor::zeros(4, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("x".to_string(), t)]),
+        &plain,
+    )
+    .unwrap();
+    let (code, _, err) = run(&[
+        "eval",
+        "--model",
+        plain.to_str().unwrap(),
+        "--task",
+        "ascending",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: ")
+            && err.contains("plain.safetensors")
+            && err.contains("prefixscope.kind"),
+        "{err}"
+    );
+
+    // A text file with a model extension.
+    let junk = dir.join("junk.gguf");
+    std::fs::write(&junk, "not a model").unwrap();
+    let (code, _, err) = run(&[
+        "eval",
+        "--model",
+        junk.to_str().unwrap(),
+        "--task",
+        "ascending",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("junk.gguf"), "{err}");
+
+    // A prefix of the wrong width: (2, 1, 8) for a 16-wide model.
+    let pf = dir.join("bad_prefix.npy");
+    let t = candle_core::Tensor::zeros(
+        (2, 1, 8),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    t.write_npy(&pf).unwrap();
+    let (code, _, err) = run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--prefix",
+        pf.to_str().unwrap(),
+        "--task",
+        "add1",
+        "--samples",
+        "10",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("bad_prefix.npy") && err.contains("[2, 1, 16]") && err.contains("[2, 1, 8]"),
+        "{err}"
+    );
+
+    // The same model evaluates fine, and --json prints the documented fields.
+    let (code, out, err) = run(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--task",
+        "add1",
+        "--samples",
+        "20",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["task"], "add1");
+    assert_eq!(v["samples"], 20);
+    let acc = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+}
