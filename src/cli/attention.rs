@@ -9,6 +9,9 @@ use std::path::PathBuf;
 pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
+    /// Keep GGUF weights quantized (QMatMul) instead of dequantizing to f32: less memory, quantized tolerances.
+    #[arg(long)]
+    pub quantized: bool,
     /// Prompt text (tokenized by the model's tokenizer; no BOS unless --bos).
     #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
     pub text: Option<String>,
@@ -101,7 +104,13 @@ pub fn load_prefix(
 }
 
 pub fn run(a: Args) -> prefixscope::Result<()> {
-    let loaded = load::load(&a.model)?;
+    let loaded = load::load_with(
+        &a.model,
+        &load::LoadControl {
+            quantized: a.quantized,
+            ..Default::default()
+        },
+    )?;
     let info = loaded.model.info().clone();
     let ids = prompt_ids(&loaded, &a.text, &a.ids, a.bos)?;
     let prefix = load_prefix(&a.soft_prompt, &a.prefix, &a.prefix_kv, &info)?;
