@@ -218,6 +218,24 @@ impl ConstructionPanel {
             .small()
             .weak(),
         );
+        if let Some(b) = &self.built {
+            let names: Vec<String> = b
+                .model
+                .config()
+                .heads
+                .iter()
+                .enumerate()
+                .map(|(i, h)| format!("head {i} = \"{}\"", h.name))
+                .collect();
+            ui.label(
+                egui::RichText::new(format!(
+                    "Views: {}. \"pos\" attends each position to itself, \"first\" attends every position to the virtual token.",
+                    names.join(", ")
+                ))
+                .small()
+                .weak(),
+            );
+        }
         let coords = self.coordinates().to_vec();
         let gen: Vec<char> = self.generated.chars().collect();
         let mut edits = Vec::new();
@@ -225,11 +243,16 @@ impl ConstructionPanel {
             .id_salt("construction coordinates")
             .auto_shrink([false, true])
             .show(ui, |ui| {
+                // Wide sliders: 94 characters share the range, each needs a few pixels to be reachable.
+                ui.spacing_mut().slider_width = (ui.available_width() - 140.0).max(120.0);
                 for (i, &x) in coords.iter().enumerate() {
                     ui.horizontal(|ui| {
                         let mut v = x;
-                        let resp =
-                            ui.add(egui::Slider::new(&mut v, 0.0..=1.0).text(format!("x{i}")));
+                        let resp = ui.add(
+                            egui::Slider::new(&mut v, 0.0..=1.0)
+                                .text(format!("x{i}"))
+                                .smart_aim(false),
+                        );
                         if resp.changed() {
                             edits.push((i, v));
                         }
