@@ -1,5 +1,7 @@
-//! `prefixscope render` and `prefixscope figures` through the built binary, on whatever models exist
-//! here: SmolLM2 when cached (scripts/fetch-smollm2.sh), the toy models when models/ has them.
+//! `prefixscope render` and `prefixscope figures` through the built binary: SmolLM2 (required, as in
+//! every test that uses it: `.ci/fetch-smollm2.sh` caches it) and the toy models models/ ships.
+
+mod common;
 
 use prefixscope::arrays::{read_arrays, write_arrays, Array};
 use prefixscope::figure::paper;
@@ -31,14 +33,6 @@ fn png_size(path: &Path) -> (u32, u32) {
     let ink = img.pixels().filter(|p| p.0[..3] != [255, 255, 255]).count();
     assert!(ink > 1000, "{} is blank", path.display());
     (img.width(), img.height())
-}
-
-fn smollm2() -> Option<PathBuf> {
-    let p = paper::smollm2_path();
-    if p.is_none() {
-        eprintln!("SmolLM2 not cached (scripts/fetch-smollm2.sh): skipping its part");
-    }
-    p
 }
 
 #[test]
@@ -113,7 +107,7 @@ fn figures_without_models_says_which_are_missing() {
 
 #[test]
 fn render_smollm2_with_a_soft_prompt() {
-    let Some(model) = smollm2() else { return };
+    let model = common::smollm2();
     let dir = tempdir("render");
     // A one-vector soft prompt: the embedding of token 55 ("X" or whatever it is), taken from the
     // model through the library, so the prefix is a real input vector.
@@ -195,17 +189,15 @@ fn figures_regenerates_what_the_models_allow() {
     let all = paper::scan_models(&models).unwrap_or_default();
     let have_sorter = paper::find_sorter(&models, &all).is_ok();
     let have_four = paper::find_four_task(&models, &all).is_ok();
-    let have_smol = smollm2().is_some();
-    if !(have_sorter || have_four || have_smol) {
-        eprintln!("no toy models and no SmolLM2 here: nothing to regenerate");
-        return;
-    }
+    let smol = common::smollm2();
     let dir = tempdir("all");
     let out = dir.join("figs");
     let t = std::time::Instant::now();
     let o = bin()
         .args(["figures", "--models"])
         .arg(&models)
+        .arg("--smollm2")
+        .arg(&smol)
         .arg("--out")
         .arg(&out)
         .output()
@@ -220,9 +212,7 @@ fn figures_regenerates_what_the_models_allow() {
     if have_four {
         expect.extend(["b_four_task_raw", "b_four_task_renormalized", "c_bias"]);
     }
-    if have_smol {
-        expect.push("d_smollm2");
-    }
+    expect.push("d_smollm2");
     let captions = std::fs::read_to_string(out.join("captions.md")).unwrap();
     for name in &expect {
         let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();
@@ -239,18 +229,14 @@ fn figures_regenerates_what_the_models_allow() {
         .unwrap();
         assert!(data.is_object());
     }
-    if have_smol {
-        let d: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("d_smollm2.json")).unwrap())
-                .unwrap();
-        // Layer 0: the paper's identities hold to float precision.
-        assert!(d["max_abs_raw_minus_scaled"].as_f64().unwrap() < 1e-5);
-        assert!(d["max_abs_renormalized_minus_pretrained"].as_f64().unwrap() < 1e-5);
-        let svg = std::fs::read_to_string(out.join("d_smollm2.svg")).unwrap();
-        assert!(
-            svg.contains("TABLE") && svg.contains("Pretrained \u{00d7} (1 \u{2212} prefix mass)")
-        );
-    }
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("d_smollm2.json")).unwrap())
+            .unwrap();
+    // Layer 0: the paper's identities hold to float precision.
+    assert!(d["max_abs_raw_minus_scaled"].as_f64().unwrap() < 1e-5);
+    assert!(d["max_abs_renormalized_minus_pretrained"].as_f64().unwrap() < 1e-5);
+    let svg = std::fs::read_to_string(out.join("d_smollm2.svg")).unwrap();
+    assert!(svg.contains("TABLE") && svg.contains("Pretrained \u{00d7} (1 \u{2212} prefix mass)"));
     if have_four {
         let b: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(out.join("b_four_task_renormalized.json")).unwrap(),

@@ -3,7 +3,7 @@
 
 use prefixscope::arrays::{read_arrays, Array};
 use prefixscope::capture::{Capture, LayerCapture};
-use prefixscope::figure::{export_views, view_heatmap, ExportOptions, View};
+use prefixscope::figure::{export_views, view_heatmap, views_rgba, ExportOptions, View};
 
 /// A capture with a prefix of length 2 over 4 content tokens and 2 heads, built by hand from logits
 /// so that every row is a proper causal softmax; the pretrained attention is the renormalized one
@@ -242,6 +242,37 @@ fn npz_json_csv_npy_read_back_equal() {
         .filter(|n| n.contains(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn clipboard_pixels_are_the_png_pixels() {
+    let cap = capture();
+    let opts = ExportOptions {
+        scale: 1.0,
+        ..ExportOptions::default()
+    };
+    let (w, h, rgba) =
+        views_rgba(&cap, &labels(), 3, 1, &[View::Raw, View::Difference], &opts).unwrap();
+    assert_eq!(rgba.len(), (w * h * 4) as usize);
+    let dir = std::env::temp_dir().join(format!("prefixscope-figure-clip-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = dir.join("f.png");
+    export_views(
+        &cap,
+        &labels(),
+        3,
+        1,
+        &[View::Raw, View::Difference],
+        &png,
+        &opts,
+    )
+    .unwrap();
+    let img = image::open(&png).unwrap().to_rgba8();
+    assert_eq!((img.width(), img.height()), (w, h));
+    assert_eq!(img.as_raw(), &rgba);
+    assert!(rgba.chunks(4).all(|p| p[3] == 255), "opaque");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

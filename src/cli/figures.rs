@@ -15,7 +15,7 @@ pub struct Args {
     /// Folder with the toy models and manifest.json.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
-    /// SmolLM2 GGUF for figure (d); default: the cache scripts/fetch-smollm2.sh fills.
+    /// SmolLM2 GGUF for figure (d); default: the cache .ci/fetch-smollm2.sh fills.
     #[arg(long)]
     pub smollm2: Option<PathBuf>,
     /// Skip figure (d) (SmolLM2).
@@ -143,7 +143,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             None => emit(
                 Err(Error::missing(
                     "SmolLM2 cache",
-                    "SmolLM2-135M-Instruct.Q4_1.gguf (run scripts/fetch-smollm2.sh or pass --smollm2)",
+                    "SmolLM2-135M-Instruct.Q4_1.gguf (run .ci/fetch-smollm2.sh or pass --smollm2)",
                 )),
                 "figure (d), SmolLM2",
                 &mut skipped,

@@ -319,7 +319,8 @@ pub fn views_figure(
     );
     if let Some(d) = lc.max_renorm_diff(Some(head)) {
         note.push_str(&format!(
-            " max |renormalized \u{2212} pretrained| = {d:.2e}."
+            " max |renormalized \u{2212} pretrained| = {}.",
+            svg::fmt_measure(d)
         ));
     }
     fig.note = Some(note);
@@ -393,4 +394,20 @@ pub fn export_views(
             save_figure(&fig, path, opts.scale, opts.overwrite)
         }
     }
+}
+
+/// The figure of some views as straight RGBA pixels `(width, height, bytes)`, for the GUI's
+/// copy-to-clipboard (the same drawing as the SVG and PNG exports; opaque, on white).
+pub fn views_rgba(
+    cap: &Capture,
+    labels: &[String],
+    layer: usize,
+    head: usize,
+    views: &[View],
+    opts: &ExportOptions,
+) -> Result<(u32, u32, Vec<u8>)> {
+    let fig = views_figure(cap, labels, layer, head, views, opts)?;
+    let pix = raster::rasterize(&fig.to_svg(), opts.scale)?;
+    // Painted on an opaque white background: premultiplied equals straight alpha.
+    Ok((pix.width(), pix.height(), pix.data().to_vec()))
 }

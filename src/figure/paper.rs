@@ -140,11 +140,20 @@ pub fn scan_models(dir: &Path) -> Result<Vec<ToyEntry>> {
             }
         }
     }
+    // The folder and its subfolders (one level: models/<family>/<file>).
     if dir.is_dir() {
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         for e in rd.flatten() {
             let p = e.path();
-            if crate::arrays::extension(&p) == "safetensors" {
+            if p.is_dir() {
+                if let Ok(sub) = std::fs::read_dir(&p) {
+                    paths.extend(
+                        sub.flatten()
+                            .map(|e| e.path())
+                            .filter(|q| crate::arrays::extension(q) == "safetensors"),
+                    );
+                }
+            } else if crate::arrays::extension(&p) == "safetensors" {
                 paths.push(p);
             }
         }
@@ -447,10 +456,10 @@ pub fn sorter_figure(files: &SorterFiles) -> Result<Made> {
         let n = ids.len();
         let want = task_answer(task, &input).unwrap_or_default();
         lines.push(format!(
-            "- **{title}**: output `{}` ({} {task}, `{}`); attention on the {} column: mean {:.3} over input rows, mean {:.3} and max {:.3} over output rows.",
+            "- **{title}**: output `{}` ({task} is `{}`: {}); attention on the {} column: mean {:.3} over input rows, mean {:.3} and max {:.3} over output rows.",
             join(&out),
-            if out == want { "correct" } else { "not the" },
             join(&want),
+            if out == want { "correct" } else { "wrong" },
             if pf.is_some() { "prefix" } else { "pad" },
             mean_prefix_mass(head_of(&a, 0), n, p, 0..n_in),
             mean_prefix_mass(head_of(&a, 0), n, p, n_in..n),
@@ -459,20 +468,31 @@ pub fn sorter_figure(files: &SorterFiles) -> Result<Made> {
         mats.push(a);
         panels.push(Panel::Heatmap(h));
     }
-    // The input rows see the same tokens in every run: compare prefix-tuned with pretrained there.
+    // The input rows see the same tokens in every run: compare prefix-tuned with pretrained there,
+    // over the content columns (raw), and after renormalizing both over the content (the theorem:
+    // exactly equal in a one-layer model).
     let n = n_in * 2 - 1;
     let cols = p + n;
-    let diff = (0..n_in)
-        .flat_map(|i| (0..cols).map(move |j| (i, j)))
-        .map(|(i, j)| (mats[2].data[i * cols + j] - mats[0].data[i * cols + j]).abs())
-        .fold(0.0, f32::max);
+    let mut diff = 0f32;
+    let mut renorm_diff = 0f32;
+    for i in 0..n_in {
+        let row = |m: &Array| m.data[i * cols..(i + 1) * cols].to_vec();
+        let (a, b) = (row(&mats[2]), row(&mats[0]));
+        let (sa, sb) = (a[p..].iter().sum::<f32>(), b[p..].iter().sum::<f32>());
+        for j in p..cols {
+            diff = diff.max((a[j] - b[j]).abs());
+            renorm_diff = renorm_diff.max((a[j] / sa - b[j] / sb).abs());
+        }
+    }
     let mut fig = Figure::new(panels, 3);
+    // Large enough cells for two-decimal values, as in the notebook's heat maps.
+    fig.cell = Some(26);
     fig.title = Some(format!("1-layer, 1-head sorter on {}", join(&input)));
     fig.note = Some(
         "Raw attention (rows: queries; columns: keys), layer 0, head 0. Dashed lines separate the prefix or pad position, the input and the generated output.".into(),
     );
     let caption = format!(
-        "**(a) A prefix cannot change the sorter's attention pattern.** The 1-layer, 1-head sorter pretrained on ascending (`{}`), fully fine-tuned on descending (`{}`), and with a descending prefix of length {p} (`{}`), on the input `{}` and each model's own greedy output (the notebook's last generation step: input plus 9 outputs). On the input rows, which see the same tokens in all three runs, the prefix-tuned attention differs from the pretrained one by at most **{diff:.3}**; fine-tuning rewrites the pattern.\n{}\n",
+        "**(a) A prefix cannot change the sorter's attention pattern.** The 1-layer, 1-head sorter pretrained on ascending (`{}`), fully fine-tuned on descending (`{}`), and with a descending prefix of length {p} (`{}`), on the input `{}` and each model's own greedy output (the notebook's last generation step: input plus 9 outputs). On the input rows, which see the same tokens in all three runs, the prefix-tuned attention to the content differs from the pretrained one by at most **{diff:.3}** (the prefix takes a different share than the pad token did), and after renormalizing both over the content by **{renorm_diff:.1e}**: the prefix only rescales the pretrained pattern, while fine-tuning rewrites it.\n{}\n",
         files.pretrained.path.display(),
         files.finetuned.path.display(),
         files.prefix.path.display(),
@@ -489,7 +509,8 @@ pub fn sorter_figure(files: &SorterFiles) -> Result<Made> {
         .collect();
     let data = serde_json::json!({
         "input": input,
-        "max_abs_diff_input_rows_prefixtuned_vs_pretrained": diff,
+        "max_abs_diff_input_rows_content_prefixtuned_vs_pretrained": diff,
+        "max_abs_diff_input_rows_renormalized_prefixtuned_vs_pretrained": renorm_diff,
         "panels": maps_json(&maps),
     });
     Ok(Made {
@@ -847,8 +868,11 @@ pub fn bias_figure(files: &FourTaskFiles, dims: Option<(usize, usize)>) -> Resul
 // ---------------------------------------------------------------------------------------------
 // (d) SmolLM2, layer 0
 
-/// The SmolLM2 checkpoint in the cache `scripts/fetch-smollm2.sh` fills, if it is there.
+/// The SmolLM2 checkpoint in the cache `.ci/fetch-smollm2.sh` fills, if it is there.
 pub fn smollm2_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PREFIXSCOPE_SMOLLM2") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
     let cache = std::env::var_os("PREFIXSCOPE_CACHE")
         .map(PathBuf::from)
         .or_else(|| {

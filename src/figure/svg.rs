@@ -274,6 +274,17 @@ fn clip_label(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// A measured quantity for notes and captions: 3 significant decimals, scientific when tiny.
+pub fn fmt_measure(v: f32) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1e-2 && v.abs() < 1e4 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
 /// A short number for cells, ticks and captions.
 pub fn fmt_num(v: f32, step: f32) -> String {
     if v == 0.0 {
@@ -475,8 +486,29 @@ fn layout(fig: &Figure) -> Layout {
             }),
         }
     }
-    // Grid: column widths and row heights are the maxima of their panels.
+    // Panels on one grid row share their title and axis-label bands, so their matrices line up.
     let n_rows = placed.len().div_ceil(cols);
+    for r in 0..n_rows {
+        let range = r * cols..((r + 1) * cols).min(placed.len());
+        let top = placed[range.clone()]
+            .iter()
+            .filter_map(|p| p.geom.as_ref().map(|g| g.top))
+            .max();
+        let bottom = placed[range.clone()]
+            .iter()
+            .filter_map(|p| p.geom.as_ref().map(|g| g.bottom))
+            .max();
+        if let (Some(top), Some(bottom)) = (top, bottom) {
+            for p in &mut placed[range] {
+                if let Some(g) = p.geom.as_mut() {
+                    p.h += (top - g.top) + (bottom - g.bottom);
+                    g.top = top;
+                    g.bottom = bottom;
+                }
+            }
+        }
+    }
+    // Grid: column widths and row heights are the maxima of their panels.
     let mut col_w = vec![0u32; cols];
     let mut row_h = vec![0u32; n_rows];
     for (i, p) in placed.iter().enumerate() {
@@ -489,11 +521,17 @@ fn layout(fig: &Figure) -> Layout {
     }
     let legend_h = legend_height(fig);
     let note_h = if fig.note.is_some() { 22 } else { 0 };
-    let width = (PAD + col_w.iter().sum::<u32>()).max(
-        fig.title
-            .as_ref()
-            .map_or(0, |t| text_width(t, TITLE_SIZE + 1.0) as u32 + 2 * PAD),
-    );
+    let width = (PAD + col_w.iter().sum::<u32>())
+        .max(
+            fig.title
+                .as_ref()
+                .map_or(0, |t| text_width(t, TITLE_SIZE + 1.0) as u32 + 2 * PAD),
+        )
+        .max(
+            fig.note
+                .as_ref()
+                .map_or(0, |t| text_width(t, 11.0) as u32 + 2 * PAD),
+        );
     let height = PAD + title_h + row_h.iter().sum::<u32>() + legend_h + note_h;
     Layout {
         width,
@@ -750,6 +788,8 @@ fn draw_heatmap(s: &mut String, h: &Heatmap, g: &HeatGeom, x0: u32, y0: u32) {
 fn cell_text(v: f32) -> String {
     // Two decimals like the paper's heat maps, without the leading zero so it fits small cells.
     let t = format!("{v:.2}");
+    // -0.004 prints as "-0.00": a sign on a zero reads as a real negative value.
+    let t = if t == "-0.00" { "0.00".to_string() } else { t };
     let t = t.replace("-0.", "-.");
     if let Some(r) = t.strip_prefix("0.") {
         format!(".{r}")
@@ -967,6 +1007,15 @@ mod tests {
         assert_eq!(t.len(), 3);
         assert_eq!(fmt_num(2e-7, step), "2.0e-7");
         assert_eq!(fmt_num(0.4, 0.2), "0.4");
+    }
+
+    #[test]
+    fn cell_values_have_no_signed_zero() {
+        assert_eq!(cell_text(-0.001), ".00");
+        assert_eq!(cell_text(-0.25), "-.25");
+        assert_eq!(cell_text(1.0), "1.00");
+        assert_eq!(fmt_measure(2.09e-7), "2.09e-7");
+        assert_eq!(fmt_measure(0.805), "0.805");
     }
 
     #[test]
