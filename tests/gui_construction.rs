@@ -74,8 +74,9 @@ fn construction_mode_generates_the_target_and_sliders_drive_it() {
         ..Default::default()
     };
     let mut h = harness(PrefixScopeApp::new(None, opts));
-    h.step();
-    h.step();
+    // Let the default model (when it is shipped) finish loading first: Explore mode is the start.
+    step_until(&mut h, "the start-up load", |a| !a.is_loading());
+    let explored = h.state().model_path().map(|p| p.to_path_buf());
 
     // Enter Construction mode: the construction becomes the window's model.
     h.get_by_label("Construction").click();
@@ -189,5 +190,10 @@ fn construction_mode_generates_the_target_and_sliders_drive_it() {
     h.step();
     assert!(!h.state().construction.active);
     assert!(h.query_by_label("target").is_none());
+    // ...and the model shown before comes back.
+    if let Some(p) = explored {
+        step_until(&mut h, "the previous model", |a| !a.is_loading());
+        assert_eq!(h.state().model_path(), Some(p.as_path()));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
