@@ -180,7 +180,6 @@ impl ConstructionPanel {
                 .inner_margin(egui::Margin::symmetric(4, 2))
                 .corner_radius(3.0);
             frame.show(ui, |ui| {
-                // Spaces made visible at the end, where a trailing pad would otherwise vanish.
                 ui.label(
                     egui::RichText::new(&self.generated)
                         .monospace()
