@@ -4,6 +4,7 @@
 
 pub mod colormap;
 mod colormap_tables;
+pub mod construction;
 pub mod model;
 pub mod overview;
 pub mod prefix_editor;
@@ -109,6 +110,7 @@ pub struct PrefixScopeApp {
     pub prompt: PromptPanel,
     pub editor: PrefixEditor,
     pub views: ViewsPanel,
+    pub construction: construction::ConstructionPanel,
     overview: OverviewPanel,
     /// The current model (what the worker has installed).
     loaded: Option<LoadedModel>,
@@ -182,6 +184,7 @@ impl PrefixScopeApp {
             editor: PrefixEditor::default(),
             views: session.views.clone().unwrap_or_default(),
             overview: OverviewPanel::default(),
+            construction: Default::default(),
             loaded: None,
             loading: None,
             shown: None,
@@ -675,6 +678,12 @@ impl PrefixScopeApp {
         ui.add_space(4.0);
         ui.heading(egui::RichText::new("prefixscope").strong());
         ui.add_space(4.0);
+        self.construction_switch(ui);
+        if self.construction.active {
+            ui.separator();
+            self.construction_ui(ui);
+            return;
+        }
         let status = ModelStatus {
             path: self.loaded.as_ref().map(|l| l.path.as_path()),
             info: self.loaded.as_ref().map(|l| &l.info),
