@@ -40,7 +40,7 @@ pub struct Args {
     /// Default: raw,renormalized,pretrained,difference with a prefix, pretrained without.
     #[arg(long)]
     pub panels: Option<String>,
-    /// Output: .svg or .png for a figure; .csv, .json, .npz or .npy (one panel) for its data.
+    /// Output: .svg, .png or .pdf for a figure; .csv, .json, .npz or .npy (one panel) for its data.
     #[arg(long)]
     pub out: PathBuf,
     /// PNG scale (2 and 4 stay crisp for print).
