@@ -204,7 +204,10 @@ fn pdf_is_one_page_of_the_figure_size_with_embedded_fonts() {
     let bytes = std::fs::read(&p).unwrap();
     assert!(bytes.starts_with(b"%PDF-"));
     let text = String::from_utf8_lossy(&bytes);
-    assert!(text.contains("/Type /Pages") && text.contains("/Count 1"), "one page");
+    assert!(
+        text.contains("/Type /Pages") && text.contains("/Count 1"),
+        "one page"
+    );
     // 96 dpi: the page is the SVG size in px times 72/96, in points.
     let (w, h) = fig.size();
     let mb = format!("/MediaBox [0 0 {} {}]", w as f32 * 0.75, h as f32 * 0.75);
