@@ -25,7 +25,7 @@ use worker::{ComputeRequest, Computed, LoadJob, LoadedModel, Reply, Worker};
 
 /// The bundled default: the toy 1-layer sorter and its trained prefix, relative to the crate root.
 pub const DEFAULT_MODEL: &str = "models/sort-1l1h/ascending.safetensors";
-pub const DEFAULT_PREFIX: &str = "models/sort-1l1h/prefix-descending.npz";
+pub const DEFAULT_PREFIX: &str = "models/sort-1l1h/prefix-descending.safetensors";
 
 /// Where to look for a bundled file: beside the executable (and its parents, for `target/*/`), then
 /// the crate this binary was built from.
@@ -53,7 +53,8 @@ pub struct AppOptions {
     pub session_dir: Option<PathBuf>,
     /// Do not restore the previous session.
     pub fresh: bool,
-    /// Close the window after this many seconds (for scripts and CI).
+    /// Close the window this many seconds after all views are first filled (or after the start when
+    /// there is no model to load); for scripts and CI.
     pub quit_after: Option<f32>,
     /// Repaint continuously and print frames per second to stderr every second.
     pub bench_fps: bool,
@@ -89,6 +90,16 @@ struct FrameStats {
     updates: u32,
     ui_time: Duration,
     last_fps: f32,
+    /// The UI thread's (on-CPU, waiting-for-a-CPU) nanoseconds at the window start (Linux).
+    sched: Option<(u64, u64)>,
+}
+
+/// This thread's time on a CPU and time spent runnable but waiting for one, in ns (Linux schedstat):
+/// tells a slow frame rate caused by the app from one caused by a busy machine.
+fn thread_schedstat() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
 }
 
 pub struct PrefixScopeApp {
@@ -117,6 +128,7 @@ pub struct PrefixScopeApp {
     last_autosave: Instant,
     started: Instant,
     startup_reported: bool,
+    filled_at: Option<Instant>,
     fonts_set: bool,
     stats: FrameStats,
 }
@@ -182,6 +194,7 @@ impl PrefixScopeApp {
             last_autosave: Instant::now(),
             started: Instant::now(),
             startup_reported: false,
+            filled_at: None,
             fonts_set: false,
             stats: FrameStats {
                 window_start: Instant::now(),
@@ -189,6 +202,7 @@ impl PrefixScopeApp {
                 updates: 0,
                 ui_time: Duration::ZERO,
                 last_fps: 0.0,
+                sched: None,
             },
             session,
             opts,
@@ -530,7 +544,7 @@ impl PrefixScopeApp {
         egui::Panel::left("controls")
             .resizable(true)
             .default_size(340.0)
-            .size_range(260.0..=600.0)
+            .size_range(280.0..=520.0)
             .show(ui, |ui| self.controls_ui(ui));
         egui::CentralPanel::default().show(ui, |ui| self.central_ui(ui));
 
@@ -561,6 +575,7 @@ impl PrefixScopeApp {
         self.frame_stats(&ctx, frame_start);
         if !self.startup_reported && self.shown.is_some() && self.is_current() {
             self.startup_reported = true;
+            self.filled_at = Some(Instant::now());
             if self.opts.timings {
                 eprintln!(
                     "startup: all views filled {} ms after start",
@@ -569,7 +584,20 @@ impl PrefixScopeApp {
             }
         }
         if let Some(q) = self.opts.quit_after {
-            if self.started.elapsed().as_secs_f32() >= q {
+            // Counted from the first complete view (or from the start when nothing is loading).
+            let since = match (
+                self.filled_at,
+                self.loading.is_some() || self.loaded.is_some(),
+            ) {
+                (Some(t), _) => t.elapsed(),
+                (None, false) => self.started.elapsed(),
+                // Never wait forever for a load that hangs.
+                (None, true) => self
+                    .started
+                    .elapsed()
+                    .saturating_sub(Duration::from_secs(120)),
+            };
+            if since.as_secs_f32() >= q {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             } else {
                 ctx.request_repaint_after(Duration::from_millis(100));
@@ -585,15 +613,24 @@ impl PrefixScopeApp {
         if dt >= Duration::from_secs(1) {
             s.last_fps = s.frames as f32 / dt.as_secs_f32();
             if self.opts.bench_fps {
+                let now = thread_schedstat();
+                let frames = s.frames.max(1) as f64;
+                let sched = match (now, s.sched) {
+                    (Some((run, wait)), Some((run0, wait0))) => format!(
+                        "; UI thread per frame: {:.1} ms on a CPU, {:.1} ms waiting for one",
+                        run.saturating_sub(run0) as f64 / 1e6 / frames,
+                        wait.saturating_sub(wait0) as f64 / 1e6 / frames
+                    ),
+                    _ => String::new(),
+                };
+                s.sched = now;
                 eprintln!(
-                    "fps {:.1} (frames {}, mean ui {:.2} ms, view updates {}/s, worker {})",
+                    "fps {:.1} (frames {}, ui code {:.2} ms/frame{sched}; view updates {:.1}/s, last compute {} ms)",
                     s.last_fps,
                     s.frames,
-                    s.ui_time.as_secs_f64() * 1e3 / s.frames.max(1) as f64,
+                    s.ui_time.as_secs_f64() * 1e3 / frames,
                     s.updates as f32 / dt.as_secs_f32(),
-                    self.shown
-                        .as_ref()
-                        .map_or(0, |c| c.compute_time.as_millis()),
+                    self.shown.as_ref().map_or(0, |c| c.compute_time.as_millis()),
                 );
             }
             s.frames = 0;
@@ -762,7 +799,7 @@ impl PrefixScopeApp {
             return;
         };
         let total = ui.available_height();
-        let views_h = (total * 0.64).max(200.0);
+        let views_h = (total * 0.68).max(200.0);
         let width = ui.available_width();
         ui.allocate_ui(egui::vec2(width, views_h), |ui| {
             self.views.ui(

@@ -102,7 +102,7 @@ impl ModelPanel {
             let resp = ui.add(
                 egui::TextEdit::singleline(&mut self.path_text)
                     .hint_text("or type / drop a path here")
-                    .desired_width(ui.available_width() - 50.0),
+                    .desired_width((ui.available_width() - 70.0).max(60.0)),
             );
             resp.widget_info(|| {
                 egui::WidgetInfo::labeled(egui::Role::TextInput, true, "model path")
@@ -119,7 +119,7 @@ impl ModelPanel {
             ui.horizontal(|ui| {
                 ui.add(
                     egui::ProgressBar::new(job.progress())
-                        .desired_width(ui.available_width() - 70.0)
+                        .desired_width((ui.available_width() - 80.0).max(60.0))
                         .text(format!(
                             "loading {} ({:.1} s)",
                             job.path

@@ -10,7 +10,7 @@ use crate::prefix::Prefix;
 use crate::tokenizer::Tokenizer;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -176,6 +176,7 @@ impl Worker {
         let spawned = std::thread::Builder::new()
             .name("prefixscope-load".into())
             .spawn(move || {
+                lower_priority();
                 let t0 = Instant::now();
                 let wake = repaint.clone();
                 let ctl = LoadControl {
@@ -231,11 +232,8 @@ impl Worker {
     /// Replies that arrived since the last call.
     pub fn poll(&self) -> Vec<Reply> {
         let mut out = Vec::new();
-        loop {
-            match self.rx.try_recv() {
-                Ok(r) => out.push(r),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-            }
+        while let Ok(r) = self.rx.try_recv() {
+            out.push(r);
         }
         out
     }
@@ -247,6 +245,16 @@ impl Drop for Worker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Run the calling thread (and the threads it starts, e.g. the matmul pool) below the UI thread, so
+/// that on a small machine the window keeps its frame rate while the model computes.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority with who = 0 changes only the calling thread's nice value on Linux.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 
@@ -271,6 +279,7 @@ fn compute_loop(
     repaint: Arc<Mutex<Option<egui::Context>>>,
     busy: Arc<AtomicBool>,
 ) {
+    lower_priority();
     let mut model: Option<(u64, Arc<dyn Transformer>)> = None;
     let mut cache: Option<PretrainedCache> = None;
     loop {
