@@ -25,7 +25,6 @@ pub struct ViewsPanel {
     pub hover: Option<String>,
 }
 
-
 /// Which of the four maps a cell belongs to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Which {
