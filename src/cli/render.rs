@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Checkpoint: a Hugging Face folder, a .gguf file, or a prefixscope toy .safetensors.
     #[arg(long)]
     pub model: PathBuf,
     /// Prompt text (tokenized by the model's tokenizer; no BOS unless --bos).
