@@ -136,11 +136,7 @@ fn shipped_files_match_the_manifest_and_the_papers_results() {
         find("deep-4l4h128/prefix-ascending_add1.safetensors"),
     ) {
         let base = measure(pre, Task::AscendingAdd1, 200);
-        assert!(
-            e.accuracy > base + 0.2,
-            "ascending_add1 prefix {} vs pretrained {base}",
-            e.accuracy
-        );
+        assert!(e.accuracy > base + 0.2, "ascending_add1 prefix {} vs pretrained {base}", e.accuracy);
     }
     if let Some(e) = find("deep-4l4h128/prefix-double_hist.safetensors") {
         assert!(e.accuracy <= 0.05, "double_hist prefix {}", e.accuracy);

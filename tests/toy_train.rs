@@ -34,13 +34,7 @@ fn opts(out: &Path, task: Task, steps: usize, lr: f64, p: usize, wd: f64) -> Loo
 }
 
 /// Mean loss over held-out batches (a seed the training never uses).
-fn held_out_loss(
-    m: &Gpt,
-    prefix: Option<&PrefixT>,
-    lora: Option<&Lora>,
-    task: Task,
-    p: usize,
-) -> f32 {
+fn held_out_loss(m: &Gpt, prefix: Option<&PrefixT>, lora: Option<&Lora>, task: Task, p: usize) -> f32 {
     let s = Schedule {
         steps: 0,
         batch: 64,
@@ -82,11 +76,9 @@ fn every_kind_of_training_lowers_the_loss_and_resumes() {
     let fresh = train::pretrain::init(&cfg, 5).unwrap();
     let fresh_model = toy::gpt_from(&base, &fresh, &cfg).unwrap();
     let before = held_out_loss(&fresh_model, None, None, Task::Ascending, 1);
-    let o =
-        train::pretrain::run(&cfg, &opts(&base, Task::Ascending, 20, 3e-3, 1, 0.1), false).unwrap();
+    let o = train::pretrain::run(&cfg, &opts(&base, Task::Ascending, 20, 3e-3, 1, 0.1), false).unwrap();
     assert_eq!(o.steps_done, 20);
-    let o =
-        train::pretrain::run(&cfg, &opts(&base, Task::Ascending, 60, 3e-3, 1, 0.1), true).unwrap();
+    let o = train::pretrain::run(&cfg, &opts(&base, Task::Ascending, 60, 3e-3, 1, 0.1), true).unwrap();
     assert_eq!(o.steps_done, 60);
     let (m, f) = toy::load_gpt(&base).unwrap();
     assert_eq!(f.get(toy::STEPS), Some("60"));
@@ -107,16 +99,9 @@ fn every_kind_of_training_lowers_the_loss_and_resumes() {
     // Prefix-tuning (p = 1) on the frozen base: the weights in the base file do not change.
     let pf = dir.join("prefix.safetensors");
     let base_bytes = std::fs::read(&base).unwrap();
-    train::prefix::run(
-        &base,
-        &opts(&pf, Task::Descending, 40, 3e-2, 1, 0.01),
-        1.0,
-        false,
-    )
-    .unwrap();
+    train::prefix::run(&base, &opts(&pf, Task::Descending, 40, 3e-2, 1, 0.01), 1.0, false).unwrap();
     assert_eq!(std::fs::read(&base).unwrap(), base_bytes);
-    let loaded =
-        prefixscope::prefix::Prefix::load(&pf, prefixscope::prefix::PrefixKind::Hidden).unwrap();
+    let loaded = prefixscope::prefix::Prefix::load(&pf, prefixscope::prefix::PrefixKind::Hidden).unwrap();
     assert_eq!(loaded.len(), 1);
     let init = {
         use rand::SeedableRng;
@@ -130,13 +115,7 @@ fn every_kind_of_training_lowers_the_loss_and_resumes() {
 
     // Rank-1 LoRA: starts exactly at the base (B = 0) and lowers the loss.
     let lo = dir.join("lora.safetensors");
-    train::lora::run(
-        &base,
-        &opts(&lo, Task::Descending, 30, 1e-2, 0, 0.01),
-        1,
-        false,
-    )
-    .unwrap();
+    train::lora::run(&base, &opts(&lo, Task::Descending, 30, 1e-2, 0, 0.01), 1, false).unwrap();
     let lora = toy::load_lora(&lo, &cfg).unwrap();
     assert_eq!(lora.n_params(), (32 + 32) + (32 + 128) + (128 + 32));
     let a_lo = held_out_loss(&m, None, Some(&lora), Task::Descending, 1);

@@ -19,6 +19,7 @@ pub struct PromptPanel {
     pub error: Option<String>,
 }
 
+
 /// A default prompt for the model's tokenizer: digits for the toys, a sentence for real tokenizers.
 pub fn default_text(tok: &Tokenizer) -> String {
     match tok {

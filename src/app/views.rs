@@ -25,6 +25,7 @@ pub struct ViewsPanel {
     pub hover: Option<String>,
 }
 
+
 /// Which of the four maps a cell belongs to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Which {
