@@ -25,6 +25,7 @@ impl OverviewPanel {
         &mut self,
         ui: &mut egui::Ui,
         grid: &[Vec<Option<f32>>],
+        fresh: bool,
         selected: (usize, usize),
         cmap: ColorMap,
     ) -> Option<(usize, usize)> {
@@ -41,8 +42,9 @@ impl OverviewPanel {
             .max(1e-9);
         ui.label(
             egui::RichText::new(format!(
-                "overview: max |renormalized − pretrained| per head (click to select; log colour {:.0e} → {hi:.2e})",
-                hi * FLOOR
+                "overview: max |renormalized − pretrained| per head (click to select; log colour {:.0e} → {hi:.2e}){}",
+                hi * FLOOR,
+                if fresh { "" } else { " · updating…" }
             ))
             .strong(),
         );

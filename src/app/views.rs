@@ -25,7 +25,6 @@ pub struct ViewsPanel {
     pub hover: Option<String>,
 }
 
-
 /// Which of the four maps a cell belongs to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Which {
@@ -133,15 +132,15 @@ impl ViewsPanel {
         let diff = data
             .computed
             .difference
-            .get(self.layer)
-            .and_then(|d| d.as_ref());
-        let diff_max = data
-            .computed
-            .overview
-            .get(self.layer)
-            .and_then(|l| l.get(h).copied().flatten())
+            .iter()
+            .find(|(l, _)| *l == self.layer)
+            .and_then(|(_, d)| d.as_ref());
+        let diff_max = lc
+            .max_renorm_diff(Some(h))
             .unwrap_or(0.0)
-            .max(1e-9);
+            // Below 1e-6 a difference is float rounding: keep such maps near white instead of
+            // stretching noise over the whole colour range.
+            .max(1e-6);
 
         // Sizes: four maps side by side (the raw one P columns wider) plus the row labels, the mass bar
         // and the gaps; cells square, no larger than fits the height we were given.
@@ -167,7 +166,7 @@ impl ViewsPanel {
         let bg = ui.visuals().panel_fill;
         let top = block.top() + title_h;
         // Every k-th label when the cells are smaller than the text.
-        let every = ((LABEL_PX + 1.0) / cell).ceil().max(1.0) as usize;
+        let every = ((LABEL_PX - 1.0) / cell).ceil().max(1.0) as usize;
 
         // Row labels (query tokens), once, left of the first map.
         for r in (0..n).step_by(every) {
