@@ -16,6 +16,9 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long the pointer must rest before the all-layer answer starts.
+const QUIET_BEFORE_FULL: Duration = Duration::from_millis(200);
+
 /// What the UI asks of the compute thread.
 #[derive(Clone)]
 pub struct ComputeRequest {
@@ -397,9 +400,15 @@ fn compute_loop(
                     let quick_is_all = quick.len() == n_layers;
                     let ok = answer(m.as_ref(), &req, &mut cache, &quick, quick_is_all, &tx);
                     wake_ui(&repaint);
-                    // The full answer only when nothing newer waits: a drag keeps getting quick ones.
+                    // The full answer only after a quiet moment with nothing newer: a drag keeps
+                    // getting quick answers, and the overview catches up when the pointer rests.
                     while let Ok(m) = rx.try_recv() {
                         backlog.push_back(m);
+                    }
+                    if backlog.is_empty() && !quick_is_all {
+                        if let Ok(m) = rx.recv_timeout(QUIET_BEFORE_FULL) {
+                            backlog.push_back(m);
+                        }
                     }
                     if ok && backlog.is_empty() && !quick_is_all {
                         let all: Vec<usize> = (0..n_layers).collect();
