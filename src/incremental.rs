@@ -10,7 +10,7 @@
 
 use crate::capture::{self, Capture};
 use crate::error::{Error, Result};
-use crate::model::attention::{causal_mask, content_rows, repeat_kv};
+use crate::model::attention::{causal_softmax, content_rows, repeat_kv};
 use crate::model::{LayerRun, LayerSel, Run, Transformer};
 use crate::prefix::{Prefix, PrefixKind};
 use candle_core::{Tensor, D};
@@ -51,10 +51,10 @@ pub fn attend_cached(
     c: &ContentKv,
     extra: Option<&(Tensor, Tensor)>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (h, t, _) = c.q.dims3()?;
+    let h = c.q.dim(0)?;
     let n_rep = h / c.k.dim(0)?;
     let content_scores = (c.q.matmul(&repeat_kv(&c.k, n_rep)?.t()?)? * c.scale)?;
-    let content_scores = content_scores.broadcast_add(&causal_mask(t, 0, c.q.device())?)?;
+    let p = extra.map_or(Ok(0), |(pk, _)| pk.dim(1))?;
     let (scores, values) = match extra {
         Some((pk, pv)) => {
             let prefix_scores = (c.q.matmul(&repeat_kv(pk, n_rep)?.t()?)? * c.scale)?;
@@ -65,7 +65,7 @@ pub fn attend_cached(
         }
         None => (content_scores, c.v.clone()),
     };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = causal_softmax(&scores, p)?;
     let z = probs.matmul(&repeat_kv(&values, n_rep)?.contiguous()?)?;
     Ok((z, probs, values))
 }

@@ -4,6 +4,7 @@
 
 pub mod colormap;
 mod colormap_tables;
+pub mod construction;
 pub mod model;
 pub mod overview;
 pub mod prefix_editor;
@@ -26,8 +27,8 @@ use worker::{ComputeRequest, Computed, LoadJob, LoadedModel, Reply, Worker};
 /// The bundled default: the toy 1-layer sorter pretrained on `ascending` and its trained `descending`
 /// prefix (the paper's per-layer form). Found through `models/manifest.json` (the pretrained
 /// `ascending` entry with "1l1h" in its name, and the prefix whose base it is), else by these names.
-pub const DEFAULT_MODEL: &str = "models/sorter-1l1h96-ascending.safetensors";
-pub const DEFAULT_PREFIX: &str = "models/sorter-1l1h96-prefix-descending.safetensors";
+pub const DEFAULT_MODEL: &str = "models/sort-1l1h/ascending.safetensors";
+pub const DEFAULT_PREFIX: &str = "models/sort-1l1h/prefix-descending.safetensors";
 
 /// Folders that may hold the bundled `models/`: beside the executable (and its parents, for
 /// `target/*/`), then the crate this binary was built from.
@@ -154,6 +155,7 @@ pub struct PrefixScopeApp {
     pub prompt: PromptPanel,
     pub editor: PrefixEditor,
     pub views: ViewsPanel,
+    pub construction: construction::ConstructionPanel,
     overview: OverviewPanel,
     /// The current model (what the worker has installed).
     loaded: Option<LoadedModel>,
@@ -229,6 +231,7 @@ impl PrefixScopeApp {
             editor: PrefixEditor::default(),
             views: session.views.clone().unwrap_or_default(),
             overview: OverviewPanel::default(),
+            construction: Default::default(),
             loaded: None,
             loading: None,
             shown: None,
@@ -729,6 +732,12 @@ impl PrefixScopeApp {
         ui.add_space(4.0);
         ui.heading(egui::RichText::new("prefixscope").strong());
         ui.add_space(4.0);
+        self.construction_switch(ui);
+        if self.construction.active {
+            ui.separator();
+            self.construction_ui(ui);
+            return;
+        }
         let status = ModelStatus {
             path: self.loaded.as_ref().map(|l| l.path.as_path()),
             info: self.loaded.as_ref().map(|l| &l.info),

@@ -197,6 +197,7 @@ impl Worker {
                         progress.store(f.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
                         wake_ui(&wake);
                     })),
+                    ..Default::default()
                 };
                 let reply = match load::load_with(&path, &ctl) {
                     Ok(loaded) => {

@@ -314,6 +314,70 @@ impl GgufFile {
         Ok(w)
     }
 
+    /// One weight kept quantized, by Hugging Face name; query/key rows reordered to HF order in the
+    /// raw blocks (a row is a whole number of blocks, so whole rows move).
+    pub fn quantized(&self, hf: &str) -> Result<candle_core::quantized::QTensor> {
+        let g = gguf_name(hf);
+        let info = self
+            .content
+            .tensor_infos
+            .get(&g)
+            .ok_or_else(|| Error::missing(&self.path, &g))?;
+        let q = {
+            let mut f = self
+                .file
+                .lock()
+                .map_err(|_| Error::Internal("GGUF file lock poisoned"))?;
+            info.read(&mut *f, self.content.tensor_data_offset, &Device::Cpu)
+                .map_err(|e| {
+                    Error::format(
+                        &self.path,
+                        format!("tensor '{g}'"),
+                        "its full data",
+                        e.to_string(),
+                    )
+                })?
+        };
+        let heads = if hf.ends_with("q_proj.weight") {
+            Some(self.cfg.num_attention_heads)
+        } else if hf.ends_with("k_proj.weight") {
+            Some(self.cfg.n_kv_heads())
+        } else {
+            None
+        };
+        let q = match heads {
+            None => q,
+            Some(n_heads) => {
+                let dims = q.shape().dims().to_vec();
+                let (rows, cols) = (dims[0], dims[1]);
+                let row_bytes = cols / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+                let data = q.data()?;
+                let hd = rows / n_heads;
+                let mut out = vec![0u8; data.len()];
+                for head in 0..n_heads {
+                    for r in 0..hd {
+                        // GGUF row 2j + s holds HF row half * s + j.
+                        let (j, s) = (r / 2, r % 2);
+                        let hf_row = head * hd + s * (hd / 2) + j;
+                        let src = (head * hd + r) * row_bytes;
+                        out[hf_row * row_bytes..(hf_row + 1) * row_bytes]
+                            .copy_from_slice(&data[src..src + row_bytes]);
+                    }
+                }
+                candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    info.ggml_dtype,
+                    &out,
+                    dims,
+                    &Device::Cpu,
+                )?
+            }
+        };
+        let total = self.cfg.expected_tensors().len().max(1);
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.ctl.step(done as f32 / total as f32)?;
+        Ok(q)
+    }
+
     pub fn dtype_label(&self) -> String {
         format!("f32 (dequantized from {})", self.dtypes.join(", "))
     }
@@ -376,6 +440,25 @@ pub fn read_weights(
 pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
     let g = GgufFile::open(path, ctl)?;
     let tokenizer = Tokenizer::from_gguf(path, &g.content)?;
+    if ctl.quantized {
+        let dtype = format!(
+            "quantized ({}, QMatMul; norms and embedding lookup f32)",
+            g.dtypes.join(", ")
+        );
+        let model = Llama::load_quantized(
+            &g.cfg,
+            |n| g.quantized(n),
+            |n| g.dequantize(n),
+            "gguf",
+            &dtype,
+        )?;
+        ctl.step(1.0)?;
+        return Ok(Loaded {
+            model: Box::new(model),
+            tokenizer,
+            path: path.to_path_buf(),
+        });
+    }
     let (cfg, dtype) = (g.cfg.clone(), g.dtype_label());
     let vb = candle_nn::VarBuilder::from_backend(Box::new(g), DType::F32, Device::Cpu);
     let model = Llama::load(vb, &cfg, "gguf", &dtype).map_err(|e| {
