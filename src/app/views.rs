@@ -184,6 +184,7 @@ impl ViewsPanel {
 
         let mut x = block.left() + row_label_w;
         let mut hovered: Option<(Which, usize, usize)> = None;
+        let mut hovered_resp: Option<egui::Response> = None;
         let maps: [(Which, &str, usize); 4] = [
             (Which::Raw, "raw, with prefix", n + p),
             (Which::Renorm, "renormalized over content", n),
@@ -294,6 +295,7 @@ impl ViewsPanel {
                 let r = ((pos.y - rect.top()) / cell).floor() as usize;
                 if r < n && c < cols {
                     hovered = Some((which, r, c));
+                    hovered_resp = Some(resp.clone());
                     painter.rect_stroke(
                         Rect::from_min_size(
                             Pos2::new(rect.left() + c as f32 * cell, top + r as f32 * cell),
@@ -399,6 +401,10 @@ impl ViewsPanel {
                 if let Some(d) = diff {
                     s += &format!(" · difference {:+.3e}", at(d, h, r, j));
                 }
+            }
+            // A tooltip at the pointer, and the same line under the maps.
+            if let Some(r) = hovered_resp {
+                r.on_hover_text_at_pointer(s.replace(" · ", "\n").replace(": ", ":\n"));
             }
             self.hover = Some(s);
         }
