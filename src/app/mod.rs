@@ -633,6 +633,16 @@ impl PrefixScopeApp {
         if !self.startup_reported && self.shown.is_some() && self.is_current() {
             self.startup_reported = true;
             self.filled_at = Some(Instant::now());
+            if let (true, Some((i, r, w))) = (self.opts.bench_fps, self.editor.first_slider) {
+                // For scripts that drag it: the slider's track in window pixels.
+                let ppp = ctx.pixels_per_point();
+                eprintln!(
+                    "bench: slider d{i} track x {:.0}..{:.0} y {:.0}",
+                    r.left() * ppp,
+                    (r.left() + w) * ppp,
+                    r.center().y * ppp
+                );
+            }
             if self.opts.timings {
                 eprintln!(
                     "startup: all views filled {} ms after start",
