@@ -222,6 +222,8 @@ fn figures_regenerates_what_the_models_allow() {
         let written = raster::load_png(&png).unwrap();
         assert_eq!(fresh.data(), written.data(), "{name}: SVG and PNG differ");
         png_size(&png);
+        let pdf = std::fs::read(out.join(format!("{name}.pdf"))).unwrap();
+        assert!(pdf.starts_with(b"%PDF-"), "{name}.pdf");
         assert!(captions.contains(&format!("## {name}")), "{name} caption");
         let data: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(out.join(format!("{name}.json"))).unwrap(),

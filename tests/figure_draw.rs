@@ -191,8 +191,28 @@ fn existing_files_are_not_replaced_without_overwrite() {
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "keep me");
     save_figure(&sample_figure(), &p, 1.0, true).unwrap();
     assert!(std::fs::read_to_string(&p).unwrap().starts_with("<svg"));
-    let pdf = save_figure(&sample_figure(), &dir.join("fig.pdf"), 1.0, false).unwrap_err();
-    assert!(pdf.one_line().contains("'.pdf'"), "{}", pdf.one_line());
+    let bad = save_figure(&sample_figure(), &dir.join("fig.gif"), 1.0, false).unwrap_err();
+    assert!(bad.one_line().contains("'.gif'"), "{}", bad.one_line());
+}
+
+#[test]
+fn pdf_is_one_page_of_the_figure_size_with_embedded_fonts() {
+    let dir = tempdir();
+    let fig = sample_figure();
+    let p = dir.join("fig.pdf");
+    save_figure(&fig, &p, 1.0, false).unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    assert!(bytes.starts_with(b"%PDF-"));
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("/Type /Pages") && text.contains("/Count 1"),
+        "one page"
+    );
+    // 96 dpi: the page is the SVG size in px times 72/96, in points.
+    let (w, h) = fig.size();
+    let mb = format!("/MediaBox [0 0 {} {}]", w as f32 * 0.75, h as f32 * 0.75);
+    assert!(text.contains(&mb), "{mb} not in the PDF");
+    assert!(text.contains("/FontFile2"), "a TrueType font is embedded");
 }
 
 #[test]

@@ -198,3 +198,51 @@ fn missing_models_are_named() {
         e.one_line()
     );
 }
+
+#[test]
+fn gpt_attention_block_output_is_c_proj_with_its_bias() {
+    use prefixscope::model::{LayerSel, Transformer};
+    let dir = toy_common::tmp_dir("figure-toys-cproj");
+    let cfg = toy_common::cfg(2, 4, 32, false);
+    let path = dir.join("m.safetensors");
+    toy::write(
+        &path,
+        &toy_common::random_tensors(&cfg, 7),
+        &meta("toy-gpt", "random", None, &cfg),
+    )
+    .unwrap();
+    let loaded = prefixscope::load::load(&path).unwrap();
+    let model: &dyn Transformer = loaded.model.as_ref();
+    let run = model
+        .pretrained(&[3, 1, 4, 1, 5], 1, &LayerSel::All)
+        .unwrap();
+    let w = prefixscope::arrays::read_arrays(&path).unwrap();
+    for l in 0..2 {
+        let z = &run.layers[l].z; // (H, n, hd)
+        let out = model.attn_block_output(l, z).unwrap(); // (n, d)
+        let got = prefixscope::arrays::Array::from_tensor(&out).unwrap();
+        let zc = prefixscope::arrays::Array::from_tensor(z).unwrap();
+        let wt = &w[&format!("transformer.h.{l}.attn.c_proj.weight")]; // (out, in)
+        let b = &w[&format!("transformer.h.{l}.attn.c_proj.bias")];
+        let (h, n, hd) = (zc.shape[0], zc.shape[1], zc.shape[2]);
+        let d = h * hd;
+        assert_eq!(got.shape, vec![n, d]);
+        for i in 0..n {
+            for o in 0..d {
+                // Heads concatenated in order: input feature k = head * hd + e.
+                let mut want = b.data[o];
+                for hh in 0..h {
+                    for e in 0..hd {
+                        want += wt.data[o * d + hh * hd + e] * zc.data[(hh * n + i) * hd + e];
+                    }
+                }
+                let g = got.data[i * d + o];
+                assert!(
+                    (g - want).abs() < 1e-4,
+                    "layer {l} row {i} out {o}: {g} vs {want}"
+                );
+            }
+        }
+    }
+    assert!(model.attn_block_output(2, &run.layers[0].z).is_err());
+}

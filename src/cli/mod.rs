@@ -43,9 +43,9 @@ pub enum Command {
     Construct(construct::Args),
     /// Count distinct outputs: one hard token against many random virtual tokens.
     Capacity(capacity::Args),
-    /// Draw one head's views (raw, renormalized, pretrained, difference, scaled) as SVG/PNG, or export their data.
+    /// Draw one head's views (raw, renormalized, pretrained, difference, scaled) as SVG/PNG/PDF, or export their data.
     Render(render::Args),
-    /// Regenerate the paper's figures (SVG, PNG, JSON and captions.md) from the shipped models.
+    /// Regenerate the paper's figures (SVG, PNG, PDF, JSON and captions.md) from the shipped models.
     Figures(figures::Args),
 }
 

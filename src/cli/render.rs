@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Checkpoint: a Hugging Face folder, a .gguf file, or a prefixscope toy .safetensors.
     #[arg(long)]
     pub model: PathBuf,
     /// Prompt text (tokenized by the model's tokenizer; no BOS unless --bos).
@@ -40,7 +41,7 @@ pub struct Args {
     /// Default: raw,renormalized,pretrained,difference with a prefix, pretrained without.
     #[arg(long)]
     pub panels: Option<String>,
-    /// Output: .svg or .png for a figure; .csv, .json, .npz or .npy (one panel) for its data.
+    /// Output: .svg, .png or .pdf for a figure; .csv, .json, .npz or .npy (one panel) for its data.
     #[arg(long)]
     pub out: PathBuf,
     /// PNG scale (2 and 4 stay crisp for print).

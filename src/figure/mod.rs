@@ -2,13 +2,14 @@
 //! `prefixscope figures`.
 //!
 //! - [`svg`] draws a [`svg::Figure`] (heat-map or scatter panels) as SVG text;
-//! - [`raster`] rasterizes that same SVG to PNG with resvg;
+//! - [`raster`] rasterizes that same SVG to PNG with resvg, [`pdf`] converts it with svg2pdf;
 //! - [`data`] writes the matrices and token lists behind a figure as CSV, NPY/NPZ or JSON.
 //!
 //! Every file is written atomically and an existing file is only replaced when the caller says so.
 
 pub mod data;
 pub mod paper;
+pub mod pdf;
 pub mod raster;
 pub mod svg;
 
@@ -347,24 +348,25 @@ pub fn ensure_writable(path: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-/// Write a figure as `.svg` or `.png` (by extension), atomically.
+/// Write a figure as `.svg`, `.png` or `.pdf` (by extension), atomically.
 pub fn save_figure(fig: &Figure, path: &Path, scale: f32, overwrite: bool) -> Result<()> {
     ensure_writable(path, overwrite)?;
     let svg = fig.to_svg();
     match extension(path).as_str() {
         "svg" => write_atomic(path, svg.as_bytes()),
         "png" => write_atomic(path, &raster::png_bytes(&svg, scale)?),
+        "pdf" => write_atomic(path, &pdf::pdf_bytes(&svg)?),
         other => Err(Error::unsupported(
             path,
             "figure format",
             format!("'.{other}'"),
-            ".svg, .png (for PDF, convert the SVG, e.g. rsvg-convert -f pdf)",
+            ".svg, .png, .pdf",
         )),
     }
 }
 
 /// The GUI's Export: the chosen views of one head to `path`, whose extension picks the output:
-/// a figure (`.svg`, `.png`) or the data behind it (`.csv`, `.npz`, `.npy` for one view, `.json`).
+/// a figure (`.svg`, `.png`, `.pdf`) or the data behind it (`.csv`, `.npz`, `.npy` for one view, `.json`).
 pub fn export_views(
     cap: &Capture,
     labels: &[String],

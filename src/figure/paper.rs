@@ -491,8 +491,14 @@ pub fn sorter_figure(files: &SorterFiles) -> Result<Made> {
     fig.note = Some(
         "Raw attention (rows: queries; columns: keys), layer 0, head 0. Dashed lines separate the prefix or pad position, the input and the generated output.".into(),
     );
+    // The headline states what the numbers show, not what the paper expects.
+    let headline = if renorm_diff < 1e-4 {
+        "A prefix only rescales the sorter's attention pattern."
+    } else {
+        "The prefix changes the sorter's attention pattern beyond rescaling."
+    };
     let caption = format!(
-        "**(a) A prefix cannot change the sorter's attention pattern.** The 1-layer, 1-head sorter pretrained on ascending (`{}`), fully fine-tuned on descending (`{}`), and with a descending prefix of length {p} (`{}`), on the input `{}` and each model's own greedy output (the notebook's last generation step: input plus 9 outputs). On the input rows, which see the same tokens in all three runs, the prefix-tuned attention to the content differs from the pretrained one by at most **{diff:.3}** (the prefix takes a different share than the pad token did), and after renormalizing both over the content by **{renorm_diff:.1e}**: the prefix only rescales the pretrained pattern, while fine-tuning rewrites it.\n{}\n",
+        "**(a) {headline}** The 1-layer, 1-head sorter pretrained on ascending (`{}`), fully fine-tuned on descending (`{}`), and with a descending prefix of length {p} (`{}`), on the input `{}` and each model's own greedy output (the notebook's last generation step: input plus 9 outputs). On the input rows, which see the same tokens in all three runs, the prefix-tuned attention to the content differs from the pretrained one by at most **{diff:.3}** (the prefix takes a different share than the pad token did), and after renormalizing both over the content by **{renorm_diff:.1e}**: the prefix only rescales the pretrained pattern, while fine-tuning rewrites it.\n{}\n",
         files.pretrained.path.display(),
         files.finetuned.path.display(),
         files.prefix.path.display(),
@@ -654,11 +660,21 @@ pub fn four_task_figures(files: &FourTaskFiles) -> Result<Vec<Made>> {
         join(&input),
         lines.join("\n")
     );
+    let elicited = lines.iter().filter(|l| l.contains("(correct")).count();
+    let raw_headline = format!(
+        "{elicited} of {} task prefixes elicit their task from the same model.",
+        prefixes.len()
+    );
+    let renorm_headline = if worst_renorm < 1e-4 {
+        "Over the content, a prefix changes nothing."
+    } else {
+        "Over the content, the prefixed attention differs from the pretrained one."
+    };
     let cap_raw = format!(
-        "**(b, raw) Each task prefix elicits its task while the heads keep their patterns.** Raw attention of every head, the prefix column included. {common}"
+        "**(b, raw) {raw_headline}** Raw attention of every head, the prefix column included. {common}"
     );
     let cap_ren = format!(
-        "**(b, renormalized) Over the content, a prefix changes nothing.** The same runs with the prefix column removed and each row renormalized over the content. In this one-layer model the renormalized attention equals the pretrained attention on the same tokens exactly (worst difference over all prefixes and heads {worst_renorm:.1e}); panels differ only where the outputs, and so the tokens, differ. {common}"
+        "**(b, renormalized) {renorm_headline}** The same runs with the prefix column removed and each row renormalized over the content, against the pretrained attention on the same tokens: worst difference over all prefixes and heads {worst_renorm:.1e} (the paper: exactly equal in a one-layer model); panels differ only where the outputs, and so the tokens, differ. {common}"
     );
     let collect = |fig: &Figure| -> Vec<Heatmap> {
         fig.panels
@@ -768,6 +784,7 @@ pub fn bias_figure(files: &FourTaskFiles, dims: Option<(usize, usize)>) -> Resul
     let mut segments = Vec::new();
     let mut lines = Vec::new();
     let mut shifts_json = Vec::new();
+    let mut cosines = Vec::new();
     for (k, (task, pf)) in prefixes.iter().enumerate() {
         let col = TASK_COLORS[k % TASK_COLORS.len()];
         let mut pts = Vec::new();
@@ -791,6 +808,7 @@ pub fn bias_figure(files: &FourTaskFiles, dims: Option<(usize, usize)>) -> Resul
             })
             .collect();
         let mean_cos = cos.iter().sum::<f32>() / cos.len() as f32;
+        cosines.push(mean_cos);
         let min_cos = cos.iter().copied().fold(f32::INFINITY, f32::min);
         let mean_len = shifts.iter().map(|s| norm(s)).sum::<f32>() / shifts.len() as f32;
         lines.push(format!(
@@ -838,16 +856,27 @@ pub fn bias_figure(files: &FourTaskFiles, dims: Option<(usize, usize)>) -> Resul
         y_range: Some(yr),
     };
     let mut fig = Figure::new(vec![Panel::Scatter(lpanel), Panel::Scatter(rpanel)], 2);
-    fig.title = Some("A prefix biases the attention output in a fixed direction".into());
+    fig.title = Some("Attention block output without and with each task prefix".into());
     fig.note = Some(
         "Attention block output (after c_proj) at the last input position, layer 0, for 20 sampled inputs (seed 1428); lines join each input's point without and with a prefix.".into());
+    let one_direction = cosines.iter().all(|&c| c > 0.9);
     let caption = format!(
-        "**(c) A prefix adds a bias to the attention block's output.** The four-task model (`{}`): the attention block output (after the output projection `c_proj`, with its bias) at the last input position, the one that predicts the first output, for 20 inputs from the paper's generator (seed 1428), without a prefix (hollow) and with each task prefix (filled), on residual dimensions {d1} and {d2}{}; lines join each input's two points. The shift is close to one direction per prefix:\n{}\n",
+        "**(c) {}** The four-task model (`{}`): the attention block output (after the output projection `c_proj`, with its bias) at the last input position, the one that predicts the first output, for 20 inputs from the paper's generator (seed 1428), without a prefix (hollow) and with each task prefix (filled), on residual dimensions {d1} and {d2}{}; lines join each input's two points. {}\n{}\n",
+        if one_direction {
+            "A prefix adds a bias in one direction to the attention block's output."
+        } else {
+            "A prefix shifts the attention block's output."
+        },
         files.model.path.display(),
         if (d1, d2) == PAPER_BIAS_DIMS {
             " (the dimensions of the authors' saved plot)"
         } else {
             ""
+        },
+        if one_direction {
+            "Every prefix's shifts point close to one direction (mean cosine with their mean above 0.9):"
+        } else {
+            "How close each prefix's shifts are to one direction:"
         },
         lines.join("\n")
     );
@@ -969,7 +998,12 @@ pub fn smollm2_figure(path: &Path, head: Option<usize>) -> Result<Made> {
         "max |raw content \u{2212} scaled pretrained| = {scaled_diff:.1e}; max |renormalized \u{2212} pretrained| = {renorm_diff:.1e}; mean prefix mass {mean_mass:.2}."
     ));
     let caption = format!(
-        "**(d) In layer 0 a prefix only scales the pretrained attention down.** SmolLM2-135M-Instruct (`{}`), layer 0, head {head} (0-based; the head with the most attention on the prefix), on the DART sentence of the paper's LLaMA figure ({n} tokens) with a one-token prefix in place of its dummy first token: a soft prompt equal to the embedding of \"X\" (no trained prefix ships for SmolLM2). Top left: the raw attention with the prefix column; top right: the pretrained attention (no prefix) scaled down by one minus the prefix mass; bottom: the attention renormalized over the content against the pretrained attention. Max |raw content columns \u{2212} scaled pretrained| = **{scaled_diff:.2e}** (the paper reports 4.88e-04 for LLaMA-7B in fp16); max |renormalized \u{2212} pretrained| = **{renorm_diff:.2e}**; head-output identity error max |t_pt \u{2212} ((1 \u{2212} a) t + a v_prefix)| = {ident:.2e}; mean prefix mass over the content rows {mean_mass:.3}.\n",
+        "**(d) {}** SmolLM2-135M-Instruct (`{}`), layer 0, head {head} (0-based; the head with the most attention on the prefix), on the DART sentence of the paper's LLaMA figure ({n} tokens) with a one-token prefix in place of its dummy first token: a soft prompt equal to the embedding of \"X\" (no trained prefix ships for SmolLM2). Top left: the raw attention with the prefix column; top right: the pretrained attention (no prefix) scaled down by one minus the prefix mass; bottom: the attention renormalized over the content against the pretrained attention. Max |raw content columns \u{2212} scaled pretrained| = **{scaled_diff:.2e}** (the paper reports 4.88e-04 for LLaMA-7B in fp16); max |renormalized \u{2212} pretrained| = **{renorm_diff:.2e}**; head-output identity error max |t_pt \u{2212} ((1 \u{2212} a) t + a v_prefix)| = {ident:.2e}; mean prefix mass over the content rows {mean_mass:.3}.\n",
+        if scaled_diff < 1e-4 && renorm_diff < 1e-4 {
+            "In layer 0 a prefix only scales the pretrained attention down."
+        } else {
+            "In layer 0 the prefixed attention is not the scaled pretrained attention."
+        },
         path.display()
     );
     let maps: Vec<&Heatmap> = fig

@@ -747,16 +747,12 @@ fn draw_heatmap(s: &mut String, h: &Heatmap, g: &HeatGeom, x0: u32, y0: u32) {
         }
     }
     // Axis titles.
-    let col_block = if g.rotate_cols {
-        g.bottom - AXIS_TITLE as u32 - 8
-    } else {
-        ls as u32 + 6
-    };
+    // At the foot of the label band, which panels of one grid row share: the axis titles line up.
     let _ = writeln!(
         s,
         r##"<text x="{}" y="{}" font-size="{AXIS_TITLE}" fill="#333" text-anchor="middle">{}</text>"##,
         mx + nc * c / 2,
-        ly + col_block + AXIS_TITLE as u32,
+        my + nr * c + g.bottom - 6,
         esc(&h.x_label)
     );
     let ax = x0 + AXIS_TITLE as u32;
