@@ -25,15 +25,18 @@ xvfb=$!; app=""
 trap '[ -n "$app" ] && kill $app 2>/dev/null; kill $xvfb 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do [ -s "$work/display" ] && break; sleep 0.1; done
 export DISPLAY=":$(cat "$work/display")"
-prompt="The quick brown fox jumps over the lazy dog, and then it runs back home to sleep under the old oak tree by the river, where the water is cold and clear."
+prompt="The quick brown fox jumps over the lazy dog, and then it runs back home to sleep under the old oak tree by the river, where the water is cold and clear and the birds sing all day."
 "$bin" --model "$model" --prompt "$prompt" --fresh --session-dir "$work/s" --size 1280x800 \
   --bench-fps --timings 2>"$work/err" &
 app=$!
 for _ in $(seq 600); do grep -q "startup: all views filled" "$work/err" && break; sleep 0.1; done
 grep -h "model loaded\|startup:" "$work/err"
 sleep 2
-# The d0 slider of the 1280x800 layout (first row of the dimension list).
-x0=20; x1=100; y=600
+# The first dimension's slider, where the app says it drew it.
+read -r x0 x1 y < <(sed -n 's/^bench: slider d[0-9]* track x \([0-9-]*\)\.\.\([0-9-]*\) y \([0-9-]*\)$/\1 \2 \3/p' "$work/err" | head -n 1)
+[ -n "${y:-}" ] || { echo "bench-fps: the app did not report its slider" >&2; cat "$work/err" >&2; exit 1; }
+x0=$((x0 + 4)); x1=$((x1 - 4))
+echo "dragging the slider between x = $x0 and $x1 at y = $y"
 start_line=$(wc -l < "$work/err")
 xdotool mousemove $x0 $y mousedown 1
 end=$(( $(date +%s) + secs ))
@@ -44,7 +47,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
 done
 xdotool mouseup 1
 sleep 1
-echo "while dragging d0 (N tokens and P in the status bar of the screenshot):"
+echo "while dragging (SmolLM2, N = 41 tokens, P = 1 soft prompt, layer 0):"
 tail -n +"$((start_line + 1))" "$work/err" | grep "^fps" | head -n "$secs"
 import -window root "$work/during.png" 2>/dev/null && cp "$work/during.png" /tmp/bench-fps-last.png || true
 kill $app; wait $app 2>/dev/null || true; app=""

@@ -68,7 +68,9 @@ if [ -z "$filled" ]; then
   exit 1
 fi
 grep -h "model loaded\|startup:" "$work/app.err" || true
-sleep 1.5   # let a few frames settle after the first fill
+# Park the pointer on the status bar so no tooltip covers the views, let a few frames settle.
+command -v xdotool >/dev/null && xdotool mousemove "$((w - 5))" "$((h - 5))" || true
+sleep 1.5
 import -window root "$out"
 
 # The process must close by itself and exit 0.

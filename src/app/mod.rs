@@ -24,21 +24,66 @@ use std::time::{Duration, Instant};
 use views::{ViewData, ViewsPanel};
 use worker::{ComputeRequest, Computed, LoadJob, LoadedModel, Reply, Worker};
 
-/// The bundled default: the toy 1-layer sorter and its trained prefix, relative to the crate root.
+/// The bundled default: the toy 1-layer sorter pretrained on `ascending` and its trained `descending`
+/// prefix (the paper's per-layer form). Found through `models/manifest.json` (the pretrained
+/// `ascending` entry with "1l1h" in its name, and the prefix whose base it is), else by these names.
 pub const DEFAULT_MODEL: &str = "models/sort-1l1h/ascending.safetensors";
 pub const DEFAULT_PREFIX: &str = "models/sort-1l1h/prefix-descending.safetensors";
 
-/// Where to look for a bundled file: beside the executable (and its parents, for `target/*/`), then
-/// the crate this binary was built from.
-pub fn bundled(rel: &str) -> Option<PathBuf> {
-    let mut candidates = Vec::new();
+/// Folders that may hold the bundled `models/`: beside the executable (and its parents, for
+/// `target/*/`), then the crate this binary was built from.
+fn model_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1).take(4) {
-            candidates.push(dir.join(rel));
+            dirs.push(dir.join("models"));
         }
     }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel));
-    candidates.into_iter().find(|p| p.exists())
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    dirs
+}
+
+/// The default model and its prefix, if bundled.
+pub fn default_model() -> Option<(PathBuf, Option<PathBuf>)> {
+    for dir in model_dirs() {
+        if let Some(found) = from_manifest(&dir) {
+            return Some(found);
+        }
+        let base = dir.parent().unwrap_or(&dir);
+        let model = base.join(DEFAULT_MODEL);
+        if model.exists() {
+            let prefix = base.join(DEFAULT_PREFIX);
+            return Some((model, prefix.exists().then_some(prefix)));
+        }
+    }
+    None
+}
+
+fn from_manifest(dir: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let entries = json.as_array().or_else(|| json.get("models")?.as_array())?;
+    let field =
+        |e: &serde_json::Value, k: &str| e.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let model = entries.iter().find_map(|e| {
+        let file = field(e, "file")?;
+        (field(e, "role").as_deref() == Some("pretrained")
+            && field(e, "task").as_deref() == Some("ascending")
+            && file.contains("1l1h"))
+        .then_some(file)
+    })?;
+    let prefix = entries.iter().find_map(|e| {
+        (field(e, "role").as_deref() == Some("prefix")
+            && field(e, "base").as_deref() == Some(model.as_str()))
+        .then(|| field(e, "file"))
+        .flatten()
+    });
+    let model_path = dir.join(&model);
+    if !model_path.exists() {
+        return None;
+    }
+    let prefix_path = prefix.map(|p| dir.join(p)).filter(|p| p.exists());
+    Some((model_path, prefix_path))
 }
 
 /// Options from the command line (all optional).
@@ -123,6 +168,8 @@ pub struct PrefixScopeApp {
     last_sent: Option<(u64, Vec<u32>, u64)>,
     /// The prefix version of the last request.
     sent_version: u64,
+    /// The view layer of the last request.
+    sent_layer: Option<usize>,
     compute_error: Option<String>,
     /// A message when there is no model (e.g. the default model is missing).
     empty_note: Option<String>,
@@ -192,6 +239,7 @@ impl PrefixScopeApp {
             next_gen: 1,
             last_sent: None,
             sent_version: 0,
+            sent_layer: None,
             compute_error: None,
             empty_note: None,
             last_autosave: Instant::now(),
@@ -220,12 +268,12 @@ impl PrefixScopeApp {
             .model
             .clone()
             .or_else(|| app.session.model_path.clone().filter(|p| p.exists()))
-            .or_else(|| bundled(DEFAULT_MODEL));
+            .or_else(|| default_model().map(|(m, _)| m));
         match target {
             Some(p) => app.open_model(p),
             None => {
                 app.empty_note = Some(format!(
-                    "The default model ({DEFAULT_MODEL}) was not found beside the program or in {}. Open a checkpoint to start.",
+                    "The default model (the toy sorter, {DEFAULT_MODEL}) was not found beside the program or in {}. Open a checkpoint to start.",
                     env!("CARGO_MANIFEST_DIR")
                 ))
             }
@@ -262,7 +310,7 @@ impl PrefixScopeApp {
     /// Whether the shown result answers the current prompt and prefix.
     pub fn is_current(&self) -> bool {
         match (&self.shown, &self.last_sent) {
-            (Some(s), Some((gen, _, _))) => s.gen == *gen && !self.worker.is_busy(),
+            (Some(s), Some((gen, _, _))) => s.gen == *gen && s.full && !self.worker.is_busy(),
             _ => false,
         }
     }
@@ -307,10 +355,10 @@ impl PrefixScopeApp {
                 }
                 Reply::Computed(c) => {
                     let current_model = self.loaded.as_ref().map(|l| l.model_gen);
-                    let newer = self
-                        .shown
-                        .as_ref()
-                        .is_none_or(|s| c.gen > s.gen || s.model_gen != c.model_gen);
+                    // Ordered by request, and for one request the full answer after the quick one.
+                    let newer = self.shown.as_ref().is_none_or(|s| {
+                        (c.gen, c.full) > (s.gen, s.full) || s.model_gen != c.model_gen
+                    });
                     // Never draw a stale result over a newer one, nor one for a replaced model.
                     if Some(c.model_gen) == current_model && newer {
                         self.compute_error = None;
@@ -397,8 +445,8 @@ impl PrefixScopeApp {
                 }
             }
         }
-        if bundled(DEFAULT_MODEL).is_some_and(|d| same_file(&d, path)) {
-            if let Some(pf) = bundled(DEFAULT_PREFIX) {
+        if let Some((d, Some(pf))) = default_model() {
+            if same_file(&d, path) {
                 if let Ok(p) = Prefix::load_for(&pf, PrefixKind::Hidden, info) {
                     return p;
                 }
@@ -424,9 +472,14 @@ impl PrefixScopeApp {
             .as_ref()
             .is_some_and(|(_, ids, mg)| *ids == key.1 && *mg == key.2)
             && self.sent_version == key.0;
-        if same {
+        // A layer the answer on screen lacks (the quick answers hold layer 0 and the viewed one).
+        let layer_missing = self.shown.as_ref().is_some_and(|s| {
+            s.capture.layer(self.views.layer).is_none() && self.sent_layer != Some(self.views.layer)
+        });
+        if same && !layer_missing {
             return;
         }
+        self.sent_layer = Some(self.views.layer);
         let gen = self.next_gen;
         self.next_gen += 1;
         self.worker.compute(ComputeRequest {
@@ -434,6 +487,7 @@ impl PrefixScopeApp {
             model_gen: m.model_gen,
             ids: key.1.clone(),
             prefix: self.editor.prefix.clone(),
+            view_layer: self.views.layer,
         });
         self.sent_version = key.0;
         self.last_sent = Some((gen, key.1, key.2));
@@ -579,6 +633,16 @@ impl PrefixScopeApp {
         if !self.startup_reported && self.shown.is_some() && self.is_current() {
             self.startup_reported = true;
             self.filled_at = Some(Instant::now());
+            if let (true, Some((i, r, w))) = (self.opts.bench_fps, self.editor.first_slider) {
+                // For scripts that drag it: the slider's track in window pixels.
+                let ppp = ctx.pixels_per_point();
+                eprintln!(
+                    "bench: slider d{i} track x {:.0}..{:.0} y {:.0}",
+                    r.left() * ppp,
+                    (r.left() + w) * ppp,
+                    r.center().y * ppp
+                );
+            }
             if self.opts.timings {
                 eprintln!(
                     "startup: all views filled {} ms after start",
@@ -821,10 +885,13 @@ impl PrefixScopeApp {
         });
         ui.separator();
         let sel = (self.views.layer, self.views.head);
-        if let Some((l, h)) = self
-            .overview
-            .ui(ui, &shown.overview, sel, self.views.norm.cmap)
-        {
+        if let Some((l, h)) = self.overview.ui(
+            ui,
+            &shown.overview,
+            shown.overview_fresh,
+            sel,
+            self.views.norm.cmap,
+        ) {
             self.views.layer = l;
             self.views.head = h;
         }

@@ -73,18 +73,20 @@ impl ModelPanel {
         }
         ui.horizontal(|ui| {
             if ui.button("Open file…").clicked() {
+                let t0 = std::time::Instant::now();
                 match rfd::FileDialog::new()
                     .add_filter("checkpoints", &["safetensors", "gguf"])
                     .pick_file()
                 {
                     Some(p) => action = Some(ModelAction::Open(p)),
-                    None => self.note_no_dialog(),
+                    None => self.note_no_dialog(t0),
                 }
             }
             if ui.button("Open folder…").clicked() {
+                let t0 = std::time::Instant::now();
                 match rfd::FileDialog::new().pick_folder() {
                     Some(p) => action = Some(ModelAction::Open(p)),
-                    None => self.note_no_dialog(),
+                    None => self.note_no_dialog(t0),
                 }
             }
             if !self.recent.is_empty() {
@@ -139,7 +141,12 @@ impl ModelPanel {
         action
     }
 
-    fn note_no_dialog(&mut self) {
+    /// rfd answers None at once when there is no dialog to show (no desktop portal); a None after a
+    /// while is the user cancelling, which needs no note.
+    fn note_no_dialog(&mut self, asked: std::time::Instant) {
+        if asked.elapsed() > std::time::Duration::from_millis(500) {
+            return;
+        }
         self.note = Some(
             "No file dialog is available here (no desktop portal): type the path in the box, or drop the file on the window."
                 .into(),

@@ -25,6 +25,7 @@ impl OverviewPanel {
         &mut self,
         ui: &mut egui::Ui,
         grid: &[Vec<Option<f32>>],
+        fresh: bool,
         selected: (usize, usize),
         cmap: ColorMap,
     ) -> Option<(usize, usize)> {
@@ -38,11 +39,14 @@ impl OverviewPanel {
             .flatten()
             .filter_map(|x| *x)
             .fold(0f32, f32::max)
-            .max(1e-9);
+            // Rounding-level differences (layer 0) must not take the top colour when nothing larger
+            // is on the grid: the scale spans at least 1e-7 .. 1e-3.
+            .max(1e-3);
         ui.label(
             egui::RichText::new(format!(
-                "overview: max |renormalized − pretrained| per head (click to select; log colour {:.0e} → {hi:.2e})",
-                hi * FLOOR
+                "overview: max |renormalized − pretrained| per head (click to select; log colour {:.0e} → {hi:.2e}){}",
+                hi * FLOOR,
+                if fresh { "" } else { " · updating…" }
             ))
             .strong(),
         );

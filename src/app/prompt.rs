@@ -23,8 +23,10 @@ pub struct PromptPanel {
 pub fn default_text(tok: &Tokenizer) -> String {
     match tok {
         Tokenizer::Digits { vocab } => {
+            // Ten numbers from 0..7 and the first nine of their ascending sort: the sorter's task as
+            // the paper lays it out (20 positions with one prefix position in front).
             let v = (*vocab).clamp(2, 10) as u32;
-            [3u32, 1, 4, 1, 5, 7, 2, 6, 5, 3]
+            [3u32, 1, 4, 1, 5, 7, 2, 6, 5, 3, 1, 1, 2, 3, 3, 4, 5, 5, 6]
                 .iter()
                 .map(|d| (d % v).to_string())
                 .collect::<Vec<_>>()

@@ -132,15 +132,15 @@ impl ViewsPanel {
         let diff = data
             .computed
             .difference
-            .get(self.layer)
-            .and_then(|d| d.as_ref());
-        let diff_max = data
-            .computed
-            .overview
-            .get(self.layer)
-            .and_then(|l| l.get(h).copied().flatten())
+            .iter()
+            .find(|(l, _)| *l == self.layer)
+            .and_then(|(_, d)| d.as_ref());
+        let diff_max = lc
+            .max_renorm_diff(Some(h))
             .unwrap_or(0.0)
-            .max(1e-9);
+            // Below 1e-6 a difference is float rounding: keep such maps near white instead of
+            // stretching noise over the whole colour range.
+            .max(1e-6);
 
         // Sizes: four maps side by side (the raw one P columns wider) plus the row labels, the mass bar
         // and the gaps; cells square, no larger than fits the height we were given.
@@ -166,7 +166,7 @@ impl ViewsPanel {
         let bg = ui.visuals().panel_fill;
         let top = block.top() + title_h;
         // Every k-th label when the cells are smaller than the text.
-        let every = ((LABEL_PX + 1.0) / cell).ceil().max(1.0) as usize;
+        let every = ((LABEL_PX - 1.0) / cell).ceil().max(1.0) as usize;
 
         // Row labels (query tokens), once, left of the first map.
         for r in (0..n).step_by(every) {
@@ -184,6 +184,7 @@ impl ViewsPanel {
 
         let mut x = block.left() + row_label_w;
         let mut hovered: Option<(Which, usize, usize)> = None;
+        let mut hovered_resp: Option<egui::Response> = None;
         let maps: [(Which, &str, usize); 4] = [
             (Which::Raw, "raw, with prefix", n + p),
             (Which::Renorm, "renormalized over content", n),
@@ -294,6 +295,7 @@ impl ViewsPanel {
                 let r = ((pos.y - rect.top()) / cell).floor() as usize;
                 if r < n && c < cols {
                     hovered = Some((which, r, c));
+                    hovered_resp = Some(resp.clone());
                     painter.rect_stroke(
                         Rect::from_min_size(
                             Pos2::new(rect.left() + c as f32 * cell, top + r as f32 * cell),
@@ -399,6 +401,10 @@ impl ViewsPanel {
                 if let Some(d) = diff {
                     s += &format!(" · difference {:+.3e}", at(d, h, r, j));
                 }
+            }
+            // A tooltip at the pointer, and the same line under the maps.
+            if let Some(r) = hovered_resp {
+                r.on_hover_text_at_pointer(s.replace(" · ", "\n").replace(": ", ":\n"));
             }
             self.hover = Some(s);
         }
