@@ -90,6 +90,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         let v = serde_json::json!({
             "model": a.model.display().to_string(),
             "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
+            "matmul": prefixscope::model::blas::backend(),
             "load_s": load_s,
             "peak_rss_bytes": peak,
             "full_forward_s": forward,
@@ -101,6 +102,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     } else {
         println!("model           {}", a.model.display());
         println!("load            {load_s:.3} s");
+        println!("matmul          {}", prefixscope::model::blas::backend());
         println!("peak memory     {:.1} MB", peak as f64 / 1e6);
         for n in a.lengths.iter().map(|n| n.to_string()) {
             let (Some(t), Some(g)) = (forward.get(&n), flops.get(&n).and_then(|x| x.as_f64()))

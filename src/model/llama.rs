@@ -125,7 +125,7 @@ pub enum Linear {
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Linear::Dense(w) => x.matmul(w),
+            Linear::Dense(w) => super::blas::matmul(x, w),
             Linear::Quant(q) => q.forward(x),
         }
     }
@@ -164,7 +164,7 @@ impl Block {
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         match &self.qkv {
             Qkv::Fused(w) => {
-                let qkv = xn.matmul(w)?;
+                let qkv = super::blas::matmul(xn, w)?;
                 Ok((
                     qkv.narrow(1, 0, h * hd)?,
                     qkv.narrow(1, h * hd, kv * hd)?,
@@ -195,7 +195,7 @@ impl Block {
     fn mlp(&self, xn: &Tensor) -> candle_core::Result<Tensor> {
         let (gate, up) = match &self.gate_up {
             GateUp::Fused(w) => {
-                let gu = xn.matmul(w)?;
+                let gu = super::blas::matmul(xn, w)?;
                 let ffn = gu.dim(1)? / 2;
                 (gu.narrow(1, 0, ffn)?, gu.narrow(1, ffn, ffn)?)
             }

@@ -7,6 +7,7 @@
 //! placeholder token the model was trained with at positions `0..p` ([`Transformer::pretrained`]).
 
 pub mod attention;
+pub mod blas;
 pub mod construction;
 pub mod gpt;
 pub mod llama;
