@@ -279,8 +279,8 @@ impl GgufFile {
         })
     }
 
-    /// Read and dequantize one tensor by its Hugging Face name, query/key rows in HF order.
-    pub fn dequantize(&self, hf: &str) -> Result<Tensor> {
+    /// The raw (possibly quantized) tensor stored for a Hugging Face name, and the progress tick.
+    fn read_raw(&self, hf: &str) -> Result<(candle_core::quantized::QTensor, GgmlDType)> {
         let g = gguf_name(hf);
         let info = self
             .content
@@ -302,55 +302,43 @@ impl GgufFile {
                     )
                 })?
         };
-        let mut w = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
-        if hf.ends_with("q_proj.weight") {
-            w = unpermute_rows(&w, self.cfg.num_attention_heads)?;
-        } else if hf.ends_with("k_proj.weight") {
-            w = unpermute_rows(&w, self.cfg.n_kv_heads())?;
-        }
         let total = self.cfg.expected_tensors().len().max(1);
         let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         self.ctl.step(done as f32 / total as f32)?;
-        Ok(w)
+        Ok((q, info.ggml_dtype))
     }
 
-    /// One weight kept quantized, by Hugging Face name; query/key rows reordered to HF order in the
-    /// raw blocks (a row is a whole number of blocks, so whole rows move).
-    pub fn quantized(&self, hf: &str) -> Result<candle_core::quantized::QTensor> {
-        let g = gguf_name(hf);
-        let info = self
-            .content
-            .tensor_infos
-            .get(&g)
-            .ok_or_else(|| Error::missing(&self.path, &g))?;
-        let q = {
-            let mut f = self
-                .file
-                .lock()
-                .map_err(|_| Error::Internal("GGUF file lock poisoned"))?;
-            info.read(&mut *f, self.content.tensor_data_offset, &Device::Cpu)
-                .map_err(|e| {
-                    Error::format(
-                        &self.path,
-                        format!("tensor '{g}'"),
-                        "its full data",
-                        e.to_string(),
-                    )
-                })?
-        };
-        let heads = if hf.ends_with("q_proj.weight") {
+    /// Heads whose rows llama.cpp's converter permuted, for a query or key projection.
+    fn permuted_heads(&self, hf: &str) -> Option<usize> {
+        if hf.ends_with("q_proj.weight") {
             Some(self.cfg.num_attention_heads)
         } else if hf.ends_with("k_proj.weight") {
             Some(self.cfg.n_kv_heads())
         } else {
             None
-        };
-        let q = match heads {
+        }
+    }
+
+    /// Read and dequantize one tensor by its Hugging Face name, query/key rows in HF order.
+    pub fn dequantize(&self, hf: &str) -> Result<Tensor> {
+        let (q, _) = self.read_raw(hf)?;
+        let w = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+        Ok(match self.permuted_heads(hf) {
+            Some(n_heads) => unpermute_rows(&w, n_heads)?,
+            None => w,
+        })
+    }
+
+    /// One weight kept quantized, by Hugging Face name; query/key rows reordered to HF order in the
+    /// raw blocks (a row is a whole number of blocks, so whole rows move).
+    pub fn quantized(&self, hf: &str) -> Result<candle_core::quantized::QTensor> {
+        let (q, ggml_dtype) = self.read_raw(hf)?;
+        Ok(match self.permuted_heads(hf) {
             None => q,
             Some(n_heads) => {
                 let dims = q.shape().dims().to_vec();
                 let (rows, cols) = (dims[0], dims[1]);
-                let row_bytes = cols / info.ggml_dtype.block_size() * info.ggml_dtype.type_size();
+                let row_bytes = cols / ggml_dtype.block_size() * ggml_dtype.type_size();
                 let data = q.data()?;
                 let hd = rows / n_heads;
                 let mut out = vec![0u8; data.len()];
@@ -365,17 +353,13 @@ impl GgufFile {
                     }
                 }
                 candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    info.ggml_dtype,
+                    ggml_dtype,
                     &out,
                     dims,
                     &Device::Cpu,
                 )?
             }
-        };
-        let total = self.cfg.expected_tensors().len().max(1);
-        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        self.ctl.step(done as f32 / total as f32)?;
-        Ok(q)
+        })
     }
 
     pub fn dtype_label(&self) -> String {
