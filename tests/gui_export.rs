@@ -226,4 +226,27 @@ fn export_figure_and_data_from_the_app_and_refuse_to_overwrite() {
     h.step();
     let (err, m) = message(h.state());
     assert!(!err && m.starts_with("copied a "), "{m}");
+    let img = h
+        .output()
+        .platform_output
+        .commands
+        .iter()
+        .find_map(|c| match c {
+            egui::OutputCommand::CopyImage(img) => Some(img.clone()),
+            _ => None,
+        })
+        .expect("a CopyImage command");
+    assert!(
+        m.contains(&format!("{}\u{d7}{}", img.size[0], img.size[1])),
+        "{m} vs {:?}",
+        img.size
+    );
+    // The default 2x scale of a four-panel figure: wide, and not blank.
+    assert!(img.size[0] > 800 && img.size[1] > 200, "{:?}", img.size);
+    let first = img.pixels[0];
+    let distinct = img.pixels.iter().filter(|&&p| p != first).count();
+    assert!(
+        distinct > img.pixels.len() / 10,
+        "the copied image is nearly blank"
+    );
 }

@@ -83,12 +83,13 @@ impl ExportPanel {
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, data: &ExportData<'_>) {
-        ui.horizontal(|ui| {
+        // Wrapped: the row is wider than a narrow central panel.
+        ui.horizontal_wrapped(|ui| {
             ui.label(egui::RichText::new("Export").strong());
             let resp = ui.add(
                 egui::TextEdit::singleline(&mut self.path_text)
                     .hint_text("output path (.svg .png .pdf / .csv .json .npz .npy)")
-                    .desired_width((ui.available_width() - 560.0).clamp(140.0, 420.0)),
+                    .desired_width((ui.available_width() - 600.0).clamp(140.0, 360.0)),
             );
             resp.widget_info(|| {
                 egui::WidgetInfo::labeled(egui::Role::TextInput, true, "export path")
