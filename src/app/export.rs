@@ -88,8 +88,8 @@ impl ExportPanel {
             ui.label(egui::RichText::new("Export").strong());
             let resp = ui.add(
                 egui::TextEdit::singleline(&mut self.path_text)
-                    .hint_text("output path (.svg .png .pdf / .csv .json .npz .npy)")
-                    .desired_width((ui.available_width() - 600.0).clamp(140.0, 360.0)),
+                    .hint_text("path: .svg .png .pdf .csv .json .npz")
+                    .desired_width((ui.available_width() - 670.0).clamp(140.0, 360.0)),
             );
             resp.widget_info(|| {
                 egui::WidgetInfo::labeled(egui::Role::TextInput, true, "export path")
