@@ -5,6 +5,7 @@
 pub mod colormap;
 mod colormap_tables;
 pub mod construction;
+pub mod export;
 pub mod model;
 pub mod overview;
 pub mod prefix_editor;
@@ -156,6 +157,7 @@ pub struct PrefixScopeApp {
     pub editor: PrefixEditor,
     pub views: ViewsPanel,
     pub construction: construction::ConstructionPanel,
+    pub export: export::ExportPanel,
     overview: OverviewPanel,
     /// The current model (what the worker has installed).
     loaded: Option<LoadedModel>,
@@ -232,6 +234,7 @@ impl PrefixScopeApp {
             views: session.views.clone().unwrap_or_default(),
             overview: OverviewPanel::default(),
             construction: Default::default(),
+            export: Default::default(),
             loaded: None,
             loading: None,
             shown: None,
@@ -883,6 +886,15 @@ impl PrefixScopeApp {
                 },
             );
         });
+        self.export.ui(
+            ui,
+            &export::ExportData {
+                capture: &shown.capture,
+                labels: &self.shown_labels,
+                layer: self.views.layer,
+                head: self.views.head,
+            },
+        );
         ui.separator();
         let sel = (self.views.layer, self.views.head);
         if let Some((l, h)) = self.overview.ui(
