@@ -97,7 +97,7 @@ impl GptConfig {
                 format!("{self:?}"),
             ));
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::format(
                 file,
                 "n_embd",
@@ -248,6 +248,10 @@ impl PrefixT {
     }
 }
 
+/// The weight getter `load` threads through its helpers: `(vb, name, shape, init) -> tensor`.
+type Getter<'a> =
+    dyn FnMut(&VarBuilder, &str, &[usize], candle_nn::Init) -> candle_core::Result<Tensor> + 'a;
+
 /// Per-layer results of a batched forward kept for capture: `(layer, probs (B, H, T, P+T),
 /// values (B, H, P+T, hd), z (B, H, T, hd))`.
 type Kept = Vec<(usize, Tensor, Tensor, Tensor)>;
@@ -293,25 +297,13 @@ impl Gpt {
             n_params += w.elem_count();
             Ok::<Tensor, candle_core::Error>(w)
         };
-        let ln = |get: &mut dyn FnMut(
-            &VarBuilder,
-            &str,
-            &[usize],
-            Init,
-        ) -> candle_core::Result<Tensor>,
-                  vb: &VarBuilder|
-         -> candle_core::Result<Ln> {
+        let ln = |get: &mut Getter, vb: &VarBuilder| -> candle_core::Result<Ln> {
             Ok(Ln {
                 w: get(vb, "weight", &[c], Init::Const(1.0))?,
                 b: get(vb, "bias", &[c], Init::Const(0.0))?,
             })
         };
-        let lin = |get: &mut dyn FnMut(
-            &VarBuilder,
-            &str,
-            &[usize],
-            Init,
-        ) -> candle_core::Result<Tensor>,
+        let lin = |get: &mut Getter,
                    vb: &VarBuilder,
                    din: usize,
                    dout: usize,

@@ -125,7 +125,7 @@ pub fn input_hash(inp: &[u32; LENGTH]) -> u64 {
 }
 
 pub fn split_of(inp: &[u32; LENGTH]) -> Split {
-    if input_hash(inp) % 4 == 0 {
+    if input_hash(inp).is_multiple_of(4) {
         Split::Test
     } else {
         Split::Train

@@ -217,7 +217,7 @@ pub fn drive(
         pb.set_position(step as u64);
         pb.set_message(format!("loss {last_loss:.4}  {rate:.1} steps/s"));
         let mut stop = false;
-        if opts.eval_every > 0 && step % opts.eval_every == 0 {
+        if opts.eval_every > 0 && step.is_multiple_of(opts.eval_every) {
             let a = quick_eval(step)?;
             acc = Some(a);
             log(
