@@ -226,26 +226,54 @@ fn values_per_head(values: &Tensor, n_heads: usize) -> candle_core::Result<Tenso
     crate::model::attention::repeat_kv(values, n_heads / n_kv)
 }
 
+/// The pretrained side of one layer's views: it depends only on the model, the prompt and the
+/// placeholder count, so the incremental evaluator keeps it while a prefix is edited.
+#[derive(Debug, Clone)]
+pub struct PretrainedViews {
+    pub layer: usize,
+    pub pretrained: Array,
+    pub z_pretrained: Array,
+}
+
+/// Pretrained attention over the content (for RoPE models `p_pre = 0` and this is the plain matrix)
+/// and the pretrained head output `t_i = sum_j A[i,j] v_j`.
+pub fn pretrained_views(pre: &LayerRun, p_pre: usize) -> Result<PretrainedViews> {
+    let n_heads = pre.pattern.dim(0)?;
+    let n = pre.pattern.dim(1)?;
+    let pretrained = renormalize(&pre.pattern, p_pre)?;
+    let v_pre = values_per_head(&pre.values, n_heads)?.narrow(1, p_pre, n)?;
+    let z_pretrained = pretrained.matmul(&v_pre.contiguous()?)?;
+    Ok(PretrainedViews {
+        layer: pre.layer,
+        pretrained: Array::from_tensor(&pretrained)?,
+        z_pretrained: Array::from_tensor(&z_pretrained)?,
+    })
+}
+
 fn build_layer(
     pre: &LayerRun,
     p_pre: usize,
     with: Option<&LayerRun>,
     p: usize,
 ) -> Result<LayerCapture> {
-    let n_heads = pre.pattern.dim(0)?;
-    let n = pre.pattern.dim(1)?;
-    // Pretrained: over the content only. For RoPE models p_pre = 0 and this is the plain matrix.
-    let pretrained = renormalize(&pre.pattern, p_pre)?;
-    let v_pre = values_per_head(&pre.values, n_heads)?.narrow(1, p_pre, n)?;
-    let z_pretrained = pretrained.matmul(&v_pre.contiguous()?)?;
+    layer_views(pretrained_views(pre, p_pre)?, with, p)
+}
+
+/// One layer's views from its pretrained side and (optionally) the prefixed run of that layer.
+pub fn layer_views(
+    pre: PretrainedViews,
+    with: Option<&LayerRun>,
+    p: usize,
+) -> Result<LayerCapture> {
+    let n_heads = pre.pretrained.shape[0];
     let mut lc = LayerCapture {
         layer: pre.layer,
         with_prefix: None,
         renormalized: None,
-        pretrained: Array::from_tensor(&pretrained)?,
+        pretrained: pre.pretrained,
         prefix_mass: None,
         z_prefixed: None,
-        z_pretrained: Array::from_tensor(&z_pretrained)?,
+        z_pretrained: pre.z_pretrained,
         prefix_values: None,
     };
     if let Some(w) = with {

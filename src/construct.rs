@@ -16,6 +16,9 @@
 //!   of up to N0 characters (N0 = 10, N = 20, T = 100); head "back" attends position `p` to `p - N0`.
 //! - (d) [`two_token`]: one virtual token holds a map from two letters to a letter, packed as base-K
 //!   digits, and the model itself unpacks it (see the function's documentation).
+//!
+//! The rest of this page is `src/construct.md`, the design notes for every construction.
+#![doc = include_str!("construct.md")]
 
 use crate::arrays::Array;
 use crate::error::{Error, Result};
@@ -820,6 +823,13 @@ pub struct Outcome {
 
 /// (a) for `target`, with the notebook's N = 20, T = 50.
 pub fn build_target(target: &str) -> Result<Built> {
+    if target.is_empty() {
+        return Err(Error::input(
+            "target",
+            format!("1 to {UNCONDITIONAL_N} printable ASCII characters"),
+            "an empty string",
+        ));
+    }
     let model = unconditional(UNCONDITIONAL_N, UNCONDITIONAL_T);
     let prefix = unconditional_prefix(&model, target)?;
     Ok(Built {
@@ -973,19 +983,29 @@ pub fn capacity_construction(n_random: usize, seed: u64) -> Result<Capacity> {
 }
 
 /// On any model: a one-vector soft prompt set to each token's embedding row (a hard token) against
-/// `n_random` random vectors with the embedding rows' per-coordinate mean and spread; each is
-/// followed by the token `first` and `steps` greedy tokens.
+/// `n_random` random vectors with the embedding rows' per-coordinate mean and `spread` times their
+/// standard deviation; each is
+/// followed by the content `prompt` and `steps` greedy tokens (fewer if the context is shorter).
 pub fn capacity_model(
     model: &dyn Transformer,
     name: &str,
     n_random: usize,
     steps: usize,
-    first: u32,
+    prompt: &[u32],
+    spread: f64,
     seed: u64,
 ) -> Result<Capacity> {
     let info = model.info().clone();
+    if prompt.is_empty() {
+        return Err(Error::input(
+            "prompt",
+            "at least one content token after the virtual token",
+            "none",
+        ));
+    }
+    // The last generated token needs no position of its own: 1 + prompt + steps - 1 positions.
     let steps = match info.max_positions {
-        Some(m) => steps.min(m.saturating_sub(1)),
+        Some(m) => steps.min(m.saturating_sub(prompt.len())),
         None => steps,
     };
     if steps == 0 {
@@ -1000,7 +1020,7 @@ pub fn capacity_model(
         .map(|v| model.token_embedding(v))
         .collect::<Result<_>>()?;
     let run = |prefix: &Prefix| -> Result<Vec<u32>> {
-        let mut ids = vec![first];
+        let mut ids = prompt.to_vec();
         let mut out = vec![];
         let none = LayerSel::Only(vec![]);
         for _ in 0..steps {
@@ -1048,7 +1068,7 @@ pub fn capacity_model(
                 // Box-Muller: a standard normal from two uniforms.
                 let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random::<f64>());
                 let zn = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                (mean[c] + sd[c] * zn) as f32
+                (mean[c] + spread * sd[c] * zn) as f32
             })
             .collect();
         soft.insert(run(&Prefix::SoftPrompt(Array {
@@ -1066,7 +1086,31 @@ pub fn capacity_model(
         soft_distinct: soft.len(),
         protocol: format!(
             "a one-vector soft prompt: each token's embedding row (hard) or a Gaussian vector with the \
-             rows' per-coordinate mean and spread (soft); then token {first} and {steps} greedy tokens"
+             rows' per-coordinate mean and {spread} x their spread (soft); then content {prompt:?} and \
+             {steps} greedy tokens"
         ),
     })
+}
+
+/// The content tokens an attention view of a construction shows: the user's `input` then the
+/// `generated` characters, cut to the positions left after the virtual tokens (the last generated
+/// character was predicted at position N-1 and has no position of its own).
+pub fn content_for_views(
+    model: &Construction,
+    prefix: &Prefix,
+    input: &str,
+    generated: &str,
+) -> Result<Vec<u32>> {
+    let mut ids = encode("input", input)?;
+    ids.extend(encode("generated", generated)?);
+    let room = model.config().n_positions.saturating_sub(prefix.len());
+    ids.truncate(room);
+    if ids.is_empty() {
+        return Err(Error::input(
+            "content",
+            "at least one input or generated character to show",
+            "none",
+        ));
+    }
+    Ok(ids)
 }

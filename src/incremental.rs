@@ -8,12 +8,12 @@
 //! pretrained run is computed once per prompt. [`full_run`] uses the same pieces, so the incremental
 //! and the full results come from one code path.
 
-use crate::capture::{self, Capture};
+use crate::capture::{self, Capture, PretrainedViews};
 use crate::error::{Error, Result};
-use crate::model::attention::{causal_mask, content_rows, repeat_kv};
+use crate::model::attention::{causal_softmax_stats, content_rows, repeat_kv};
 use crate::model::{LayerRun, LayerSel, Run, Transformer};
 use crate::prefix::{Prefix, PrefixKind};
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 /// One layer's content queries (rotated), keys (rotated) and values: `(H, T, hd)`, `(KV, T, hd)`.
 #[derive(Debug, Clone)]
@@ -22,12 +22,84 @@ pub struct ContentKv {
     pub k: Tensor,
     pub v: Tensor,
     pub scale: f64,
+    /// The content-only attention of these queries, made on first use (see [`attend_split`]).
+    content_attn: std::sync::OnceLock<ContentAttn>,
+}
+
+/// What the paper's identity needs from a layer whose inputs a prefix edit cannot change: the
+/// attention over the content alone (the pretrained pattern of this layer's inputs) and its per-row
+/// log-sum-exp.
+#[derive(Debug, Clone)]
+struct ContentAttn {
+    /// `(H, T, T)` row-major, causal.
+    renorm: Vec<f32>,
+    /// `(H * T)`: each content row's max score and its softmax denominator relative to that max,
+    /// kept apart (and in f64) so that combining with prefix scores loses no precision when
+    /// scores are large.
+    max: Vec<f64>,
+    sum: Vec<f64>,
 }
 
 impl ContentKv {
     pub fn new(q: Tensor, k: Tensor, v: Tensor, scale: f64) -> Result<Self> {
-        Ok(ContentKv { q, k, v, scale })
+        Ok(ContentKv {
+            q,
+            k,
+            v,
+            scale,
+            content_attn: std::sync::OnceLock::new(),
+        })
     }
+
+    fn content_attn(&self) -> Result<&ContentAttn> {
+        if let Some(c) = self.content_attn.get() {
+            return Ok(c);
+        }
+        let h = self.q.dim(0)?;
+        let n_rep = h / self.k.dim(0)?;
+        let scores = (self.q.matmul(&repeat_kv(&self.k, n_rep)?.t()?)? * self.scale)?;
+        let (renorm, max, sum) = causal_softmax_stats(&scores, 0)?;
+        let c = ContentAttn {
+            renorm,
+            max: max.into_iter().map(f64::from).collect(),
+            sum: sum.into_iter().map(f64::from).collect(),
+        };
+        Ok(self.content_attn.get_or_init(|| c))
+    }
+}
+
+/// Attention over `[prefix | content]` from the cached content attention, by the paper's identity:
+/// with `a_i` the prefix mass, the content part is `(1 - a_i)` times the content-only pattern. A
+/// prefix edit then needs only the `T x P` prefix scores, not new `T x T` scores and softmax. The head
+/// output is taken as `probs @ values` like the full path, so that both agree to rounding of the
+/// probabilities (the property test checks 1e-6).
+pub fn attend_split(c: &ContentKv, pk: &Tensor, pv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let ca = c.content_attn()?;
+    let (h, t, _) = c.q.dims3()?;
+    let p = pk.dim(1)?;
+    let n_rep = h / c.k.dim(0)?;
+    let sp = (c.q.matmul(&repeat_kv(pk, n_rep)?.t()?)? * c.scale)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut probs = vec![0f32; h * t * (p + t)];
+    for r in 0..h * t {
+        let s = &sp[r * p..(r + 1) * p];
+        let m = s.iter().map(|&x| x as f64).fold(ca.max[r], f64::max);
+        let content = (ca.max[r] - m).exp() * ca.sum[r];
+        let z: f64 = content + s.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>();
+        let row = &mut probs[r * (p + t)..(r + 1) * (p + t)];
+        for k in 0..p {
+            row[k] = ((s[k] as f64 - m).exp() / z) as f32;
+        }
+        let frac = content / z; // 1 - a_i
+        for (dst, &src) in row[p..].iter_mut().zip(&ca.renorm[r * t..(r + 1) * t]) {
+            *dst = (frac * src as f64) as f32;
+        }
+    }
+    let probs = Tensor::from_vec(probs, (h, t, p + t), c.q.device())?;
+    let values = Tensor::cat(&[pv, &c.v], 1)?;
+    let z = probs.matmul(&repeat_kv(&values, n_rep)?.contiguous()?)?;
+    Ok((z, probs, values))
 }
 
 /// Layer-by-layer access to a model, in the order a forward pass uses it.
@@ -47,27 +119,25 @@ pub trait Stepper: Send + Sync {
 
 /// Attention of the cached content queries over `[prefix | content]` keys.
 /// Returns `(z (H, T, hd), probs (H, T, P + T), values (KV, P + T, hd))`.
+///
+/// Both the full and the incremental path come through here, so they agree exactly: the content
+/// part of the softmax is computed once per layer input ([`ContentKv`] keeps it), and a prefix only
+/// adds its `T x P` scores (see [`attend_split`]).
 pub fn attend_cached(
     c: &ContentKv,
     extra: Option<&(Tensor, Tensor)>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (h, t, _) = c.q.dims3()?;
-    let n_rep = h / c.k.dim(0)?;
-    let content_scores = (c.q.matmul(&repeat_kv(&c.k, n_rep)?.t()?)? * c.scale)?;
-    let content_scores = content_scores.broadcast_add(&causal_mask(t, 0, c.q.device())?)?;
-    let (scores, values) = match extra {
-        Some((pk, pv)) => {
-            let prefix_scores = (c.q.matmul(&repeat_kv(pk, n_rep)?.t()?)? * c.scale)?;
-            (
-                Tensor::cat(&[&prefix_scores, &content_scores], D::Minus1)?,
-                Tensor::cat(&[pv, &c.v], 1)?,
-            )
+    match extra {
+        Some((pk, pv)) => attend_split(c, pk, pv),
+        None => {
+            let ca = c.content_attn()?;
+            let (h, t, _) = c.q.dims3()?;
+            let n_rep = h / c.k.dim(0)?;
+            let probs = Tensor::from_slice(&ca.renorm, (h, t, t), c.q.device())?;
+            let z = probs.matmul(&repeat_kv(&c.v, n_rep)?.contiguous()?)?;
+            Ok((z, probs, c.v.clone()))
         }
-        None => (content_scores, c.v.clone()),
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-    let z = probs.matmul(&repeat_kv(&values, n_rep)?.contiguous()?)?;
-    Ok((z, probs, values))
+    }
 }
 
 /// One full forward pass through a [`Stepper`].
@@ -118,6 +188,9 @@ pub struct Evaluator {
     ids: Vec<u32>,
     /// Pretrained runs, all layers, keyed by the placeholder count they were made for.
     pretrained: Vec<(usize, Run)>,
+    /// The pretrained side of the views, per (placeholder count, layer), made on first view.
+    pretrained_views: Vec<(usize, PretrainedViews)>,
+    logits_pretrained: Vec<(usize, Vec<f32>)>,
     prefix: Option<Prefix>,
     inputs: Vec<Option<Tensor>>,
     content: Vec<Option<ContentKv>>,
@@ -131,6 +204,8 @@ impl Evaluator {
         Evaluator {
             ids: ids.to_vec(),
             pretrained: Vec::new(),
+            pretrained_views: Vec::new(),
+            logits_pretrained: Vec::new(),
             prefix: None,
             inputs: Vec::new(),
             content: Vec::new(),
@@ -237,7 +312,11 @@ impl Evaluator {
                     .as_ref()
                     .ok_or(Error::Internal("incremental cache out of order"))?;
                 let extra = stepper.prefix_kv(l, prefix)?;
-                let (z, probs, values) = attend_cached(c, extra.as_ref())?;
+                // A layer viewed again after an edit reuses its content attention (the paper's identity).
+                let (z, probs, values) = match &extra {
+                    Some((pk, pv)) if viewed => attend_split(c, pk, pv)?,
+                    _ => attend_cached(c, extra.as_ref())?,
+                };
                 if viewed {
                     let n = self.ids.len();
                     runs.push(LayerRun {
@@ -248,17 +327,58 @@ impl Evaluator {
                     });
                 }
                 z_prev = Some(z);
+                if !viewed {
+                    // Keep the T x T content attention only for layers on screen (memory at large N).
+                    if let Some(c) = self.content[l].as_mut() {
+                        c.content_attn.take();
+                    }
+                }
             }
         }
         self.valid_in = self.valid_in.max(top + 1);
         let pre = self.pretrained_run(model, p)?;
-        let with = prefix.map(|_| Run {
+        let key = pre.p;
+        let mut views = Vec::new();
+        for &l in layers {
+            let cached = self
+                .pretrained_views
+                .iter()
+                .find(|(k, v)| *k == key && v.layer == l);
+            let pv = match cached {
+                Some((_, v)) => v.clone(),
+                None => {
+                    let lp = pre
+                        .layers
+                        .iter()
+                        .find(|x| x.layer == l)
+                        .ok_or(Error::Internal("pretrained layer missing"))?;
+                    let v = capture::pretrained_views(lp, pre.p)?;
+                    self.pretrained_views.push((key, v.clone()));
+                    v
+                }
+            };
+            let with = runs.iter().find(|r| r.layer == l);
+            views.push(capture::layer_views(
+                pv,
+                if prefix.is_some() { with } else { None },
+                p,
+            )?);
+        }
+        let logits_pretrained = match self.logits_pretrained.iter().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.clone(),
+            None => {
+                let v = pre.logits_last.to_vec1::<f32>()?;
+                self.logits_pretrained.push((key, v.clone()));
+                v
+            }
+        };
+        Ok(Capture {
+            token_ids: self.ids.clone(),
             p,
-            n: self.ids.len(),
-            layers: runs,
-            logits_last: pre.logits_last.clone(),
-        });
-        finish(&self.ids, &pre, with.as_ref(), layers, None)
+            layers: views,
+            logits_last_pretrained: logits_pretrained,
+            logits_last_prefixed: None,
+        })
     }
 }
 

@@ -12,6 +12,7 @@ pub mod arrays;
 pub mod capture;
 pub mod construct;
 pub mod error;
+pub mod figure;
 pub mod incremental;
 pub mod load;
 pub mod model;

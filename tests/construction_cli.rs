@@ -58,6 +58,7 @@ fn construct_map_json_all_correct() {
 fn bad_targets_exit_2_with_one_line() {
     let cases: &[(&[&str], &str)] = &[
         (&["construct", "--target", "naïve"], "target character 3"),
+        (&["construct", "--target", ""], "an empty string"),
         (
             &["construct", "--target", "tab\there"],
             "target character 4",
@@ -169,5 +170,70 @@ fn capacity_reports_hard_against_soft() {
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("toy model: none found"), "{text}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A damaged construction file is refused with the tensor or field named.
+#[test]
+fn damaged_construction_files() {
+    use prefixscope::construct;
+    use prefixscope::model::construction::{Construction, META_CONFIG};
+    let dir = std::env::temp_dir().join(format!("prefixscope-bad-con-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let b = construct::build_target("x").unwrap();
+    let cfg = serde_json::to_string(b.model.config()).unwrap();
+    let write = |name: &str, drop: Option<&str>, meta: Vec<(&str, String)>| {
+        let tensors: Vec<(String, candle_core::Tensor)> = b
+            .model
+            .named_tensors()
+            .into_iter()
+            .filter(|(n, _)| Some(n.as_str()) != drop)
+            .map(|(n, a)| (n, a.to_tensor().unwrap()))
+            .collect();
+        let meta = meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let bytes = safetensors::serialize(tensors, Some(meta)).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let kind = ("prefixscope.kind", "construction".to_string());
+    let cases = [
+        (
+            write(
+                "missing.safetensors",
+                Some("attn.pos.w_q"),
+                vec![kind.clone(), (META_CONFIG, cfg.clone())],
+            ),
+            "missing tensor 'attn.pos.w_q'",
+        ),
+        (
+            write("noconfig.safetensors", None, vec![kind.clone()]),
+            "metadata 'prefixscope.construction'",
+        ),
+        (
+            write(
+                "badconfig.safetensors",
+                None,
+                vec![kind.clone(), (META_CONFIG, "{\"name\": 3}".into())],
+            ),
+            "a construction config in JSON",
+        ),
+        (
+            write("nokind.safetensors", None, vec![(META_CONFIG, cfg.clone())]),
+            "no 'prefixscope.kind' metadata",
+        ),
+    ];
+    for (path, needle) in &cases {
+        let e = match prefixscope::load::load(path) {
+            Ok(_) => panic!("{} loaded", path.display()),
+            Err(e) => e.one_line(),
+        };
+        assert!(e.contains(needle), "{e}");
+        assert!(
+            e.contains(path.file_name().unwrap().to_str().unwrap()),
+            "{e}"
+        );
+    }
+    assert!(Construction::load_file(&cases[0].0).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }

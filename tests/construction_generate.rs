@@ -294,9 +294,98 @@ fn soft_prompt_of_an_embedding_row_is_the_hard_token() {
 #[test]
 fn capacity_model_on_a_construction() {
     let model = construct::long(10, 100.0);
-    let c = construct::capacity_model(&model, "long", 200, 5, 0, 3).unwrap();
+    let c = construct::capacity_model(&model, "long", 200, 5, &[0], 1.0, 3).unwrap();
     assert_eq!(c.hard_tried, 94);
     assert_eq!(c.steps, 5);
     assert!(c.hard_distinct <= 94);
     assert!(c.soft_distinct > c.hard_distinct, "{c:?}");
+}
+
+/// The paper's per-layer form: a hidden-state row replaces the whole attention input, so the virtual
+/// token plus its position, given as a `Prefix::Hidden`, acts exactly like the soft prompt.
+#[test]
+fn hidden_prefix_matches_soft_prompt_plus_position() {
+    let b = construct::build_target("per-layer").unwrap();
+    let Prefix::SoftPrompt(a) = &b.prefix else {
+        panic!()
+    };
+    let mut h = a.clone();
+    h.data[20] += 1.0; // position 0's one-hot, which the model adds to a soft prompt itself
+    h.shape = vec![1, 1, 40];
+    let hidden = Prefix::Hidden(h);
+    let (t1, _) = construct::generate_text(&b.model, &hidden, "", Some(9)).unwrap();
+    assert_eq!(t1, "per-layer");
+    // Without the position the virtual token is not read by head "first": spaces come out.
+    let mut h0 = a.clone();
+    h0.shape = vec![1, 1, 40];
+    let (t0, _) = construct::generate_text(&b.model, &Prefix::Hidden(h0), "", Some(9)).unwrap();
+    assert_ne!(t0, "per-layer");
+    // Non-finite coordinates (a slider gone wrong) are refused by name.
+    let mut bad = a.clone();
+    bad.data[3] = f32::NAN;
+    let e = construct::generate_text(&b.model, &Prefix::SoftPrompt(bad), "", None).unwrap_err();
+    assert!(e.one_line().contains("element 3"), "{}", e.one_line());
+}
+
+/// What the GUI's Construction mode does: build, edit one coordinate of the virtual token, generate,
+/// and capture the attention views of the result.
+#[test]
+fn edit_a_coordinate_then_view() {
+    let mut b = construct::build_target("cat").unwrap();
+    let Prefix::SoftPrompt(a) = &mut b.prefix else {
+        panic!()
+    };
+    // Coordinate 0 holds 'c' = 99 - 32 = 67 as 67/94; set it to 'b'.
+    assert!((a.data[0] - 67.0 / 94.0).abs() < 1e-7);
+    a.data[0] = 66.0 / 94.0;
+    let (text, g) = construct::generate_text(&b.model, &b.prefix, "", Some(3)).unwrap();
+    assert_eq!(text, "bat");
+    // Halfway between two characters the margin collapses to (almost) nothing.
+    let Prefix::SoftPrompt(a) = &mut b.prefix else {
+        panic!()
+    };
+    a.data[1] = (65.5 / 94.0) as f32;
+    let (_, g2) = construct::generate_text(&b.model, &b.prefix, "", Some(3)).unwrap();
+    assert!(
+        g2.margins[1] < 1e-3 && g.margins[1] > 4e-3,
+        "{:?} {:?}",
+        g.margins,
+        g2.margins
+    );
+    let ids = construct::content_for_views(&b.model, &b.prefix, "", &"x".repeat(25)).unwrap();
+    assert_eq!(ids.len(), 19);
+    let cap =
+        prefixscope::capture::capture(&b.model, &ids, Some(&b.prefix), &LayerSel::All).unwrap();
+    let l0 = &cap.layers[0];
+    assert_eq!(l0.with_prefix.as_ref().unwrap().shape, vec![2, 19, 20]);
+    // Head "first" puts (almost) all its attention on the virtual token.
+    let mass = l0.prefix_mass.as_ref().unwrap();
+    assert!(mass.data[19..38].iter().all(|&m| m > 0.999));
+}
+
+/// The GUI's incremental evaluator runs on a construction (full recompute: it has no layer stepper) and
+/// agrees with a plain capture after a slider edit.
+#[test]
+fn incremental_evaluator_on_a_construction() {
+    use prefixscope::incremental::{Edit, Evaluator};
+    let mut b = construct::build_target("slider").unwrap();
+    let ids = construct::content_for_views(&b.model, &b.prefix, "", "slide").unwrap();
+    let mut ev = Evaluator::new(&ids);
+    let c0 = ev
+        .update(&b.model, Some(&b.prefix), Edit::All, &[0])
+        .unwrap();
+    let Prefix::SoftPrompt(a) = &mut b.prefix else {
+        panic!()
+    };
+    a.data[5] = 0.9; // the coordinate the last position (5) reads
+    let c1 = ev
+        .update(&b.model, Some(&b.prefix), Edit::SoftPrompt, &[0])
+        .unwrap();
+    let full =
+        prefixscope::capture::capture(&b.model, &ids, Some(&b.prefix), &LayerSel::All).unwrap();
+    assert_eq!(c1.layers[0].with_prefix, full.layers[0].with_prefix);
+    assert_eq!(c1.logits_last_prefixed, full.logits_last_prefixed);
+    assert_ne!(c0.logits_last_prefixed, c1.logits_last_prefixed);
+    // Layer 0 is the first prefixed layer: renormalized equals pretrained up to rounding.
+    assert!(c1.layers[0].max_renorm_diff(None).unwrap() < 1e-5);
 }

@@ -2,13 +2,15 @@
 //! accessibility tree: load a model, move a prefix slider by its label, open a corrupt file, and keep
 //! using the window while a load runs.
 //!
-//! These use SmolLM2 (the GGUF test checkpoint); `.ci/run` fetches it with `.ci/fetch-smollm2.sh`.
-//! When the cached file is absent each test prints a notice and returns.
+//! The toy tests open the bundled default model (the 1-layer sorter and its `descending` prefix);
+//! the others use SmolLM2 (the GGUF test checkpoint, fetched by `.ci/fetch-smollm2.sh`, which
+//! `.ci/run` runs) and print a notice and return when the cached file is absent.
 
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
-use prefixscope::app::{AppOptions, PrefixScopeApp};
+use prefixscope::app::{default_model, AppOptions, PrefixScopeApp};
+use prefixscope::prefix::PrefixKind;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -64,9 +66,13 @@ fn step_until(
 ) {
     let t0 = Instant::now();
     while !done(h.state()) {
+        let app = h.state();
         assert!(
             t0.elapsed() < Duration::from_secs(180),
-            "timed out waiting for {what}"
+            "timed out waiting for {what} (compute error {:?}, load error {:?}, shown full {:?})",
+            app.compute_error(),
+            app.load_error(),
+            app.shown().map(|c| (c.gen, c.full))
         );
         h.step();
         std::thread::sleep(Duration::from_millis(10));
@@ -87,7 +93,67 @@ fn raw_layer0(app: &PrefixScopeApp) -> Vec<f32> {
 }
 
 #[test]
-fn slider_moves_raw_attention_and_layer0_renormalized_stays_pretrained() {
+fn toy_default_model_slider_moves_raw_attention_and_layer0_renormalized_stays_pretrained() {
+    let (model, prefix) = default_model().expect("the bundled toy sorter in models/");
+    let dir = temp_dir("toy");
+    // No --model: the app opens its default, with the bundled prefix.
+    let mut opts = options(None, &dir);
+    opts.prompt = Some("3 1 4 1 5 7 2 6 5 3 1 1 2 3 3 4 5 5 6".into());
+    let mut h = harness(PrefixScopeApp::new(None, opts));
+    step_until(&mut h, "the toy's first views", |a| a.is_current());
+    assert_eq!(h.state().model_path(), Some(model.as_path()));
+    let c = h.state().shown().unwrap();
+    assert_eq!(c.capture.token_ids.len(), 19);
+    if prefix.is_some() {
+        assert_eq!(
+            h.state().editor.kind,
+            PrefixKind::Hidden,
+            "the bundled prefix is the paper's form"
+        );
+        assert!(
+            h.state().editor.vector().unwrap().iter().any(|&x| x != 0.0),
+            "the trained prefix is loaded"
+        );
+    }
+    let before = raw_layer0(h.state());
+    let gen0 = c.gen;
+    let d0 = h.state().editor.vector().unwrap()[0];
+    let target = if d0 > 1.0 { d0 - 1.5 } else { d0 + 1.5 };
+
+    h.get_by_role_and_label(Role::Slider, "d0")
+        .set_value_accesskit(target as f64);
+    h.step();
+    assert!((h.state().editor.vector().unwrap()[0] - target).abs() < 1e-3);
+    step_until(&mut h, "the views for the moved slider", |a| {
+        a.is_current() && a.shown().is_some_and(|c| c.gen > gen0)
+    });
+    let after = raw_layer0(h.state());
+    let moved = before
+        .iter()
+        .zip(&after)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        moved > 1e-3,
+        "raw attention did not change (max change {moved})"
+    );
+    let c = h.state().shown().unwrap();
+    let l0 = c.layer0_renorm_diff.expect("prefixed");
+    assert!(
+        l0 < 1e-5,
+        "layer 0 renormalized differs from pretrained by {l0}"
+    );
+    assert!(c.layer0_identity_error.unwrap() < 1e-4);
+    // The prefix mass moved too (it is what the prefix changes in layer 0).
+    assert!(h
+        .query_by_label_contains("raw, with prefix heatmap")
+        .is_some());
+    assert!(h.query_by_label_contains("prefix mass bars").is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gguf_soft_prompt_slider_keyboard_undo_and_session_restore() {
     let Some(model) = smollm2() else { return };
     let dir = temp_dir("slider");
     let mut h = harness(PrefixScopeApp::new(None, options(Some(model), &dir)));
@@ -148,6 +214,14 @@ fn slider_moves_raw_attention_and_layer0_renormalized_stays_pretrained() {
     h.step();
     assert_eq!(h.state().editor.vector().map(|v| v[0]), Some(0.0));
 
+    // Arrow keys move through layers and heads (no widget has the keyboard after a click elsewhere).
+    h.state_mut().views.layer = 0;
+    h.state_mut().views.head = 0;
+    h.key_press(egui::Key::ArrowRight);
+    h.key_press(egui::Key::ArrowDown);
+    h.step();
+    assert_eq!((h.state().views.layer, h.state().views.head), (1, 1));
+
     // The autosave writes the prefix and a fresh app on the same session restores it.
     h.get_by_role_and_label(Role::Slider, "d3")
         .set_value_accesskit(-0.75);
@@ -164,14 +238,12 @@ fn slider_moves_raw_attention_and_layer0_renormalized_stays_pretrained() {
 
 #[test]
 fn corrupt_file_shows_the_library_message_and_keeps_the_model() {
-    let model = smollm2();
+    let model = default_model().map(|(m, _)| m);
     let dir = temp_dir("corrupt");
     let bad = dir.join("broken.gguf");
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00this is not a real gguf file").unwrap();
     let mut h = harness(PrefixScopeApp::new(None, options(model.clone(), &dir)));
-    if model.is_some() {
-        step_until(&mut h, "the first model", |a| a.is_current());
-    }
+    step_until(&mut h, "the first model", |a| a.is_current());
     let before = h.state().model_path().map(|p| p.to_path_buf());
 
     // Type the path in the model path box (the fallback when no file dialog exists) and press Load.
@@ -201,9 +273,7 @@ fn corrupt_file_shows_the_library_message_and_keeps_the_model() {
         before,
         "the previous model was not kept"
     );
-    if model.is_some() {
-        assert!(h.state().shown().is_some(), "the previous views are gone");
-    }
+    assert!(h.state().shown().is_some(), "the previous views are gone");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

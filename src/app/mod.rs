@@ -4,6 +4,8 @@
 
 pub mod colormap;
 mod colormap_tables;
+pub mod construction;
+pub mod export;
 pub mod model;
 pub mod overview;
 pub mod prefix_editor;
@@ -23,21 +25,66 @@ use std::time::{Duration, Instant};
 use views::{ViewData, ViewsPanel};
 use worker::{ComputeRequest, Computed, LoadJob, LoadedModel, Reply, Worker};
 
-/// The bundled default: the toy 1-layer sorter and its trained prefix, relative to the crate root.
+/// The bundled default: the toy 1-layer sorter pretrained on `ascending` and its trained `descending`
+/// prefix (the paper's per-layer form). Found through `models/manifest.json` (the pretrained
+/// `ascending` entry with "1l1h" in its name, and the prefix whose base it is), else by these names.
 pub const DEFAULT_MODEL: &str = "models/sort-1l1h/ascending.safetensors";
 pub const DEFAULT_PREFIX: &str = "models/sort-1l1h/prefix-descending.safetensors";
 
-/// Where to look for a bundled file: beside the executable (and its parents, for `target/*/`), then
-/// the crate this binary was built from.
-pub fn bundled(rel: &str) -> Option<PathBuf> {
-    let mut candidates = Vec::new();
+/// Folders that may hold the bundled `models/`: beside the executable (and its parents, for
+/// `target/*/`), then the crate this binary was built from.
+fn model_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
         for dir in exe.ancestors().skip(1).take(4) {
-            candidates.push(dir.join(rel));
+            dirs.push(dir.join("models"));
         }
     }
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel));
-    candidates.into_iter().find(|p| p.exists())
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    dirs
+}
+
+/// The default model and its prefix, if bundled.
+pub fn default_model() -> Option<(PathBuf, Option<PathBuf>)> {
+    for dir in model_dirs() {
+        if let Some(found) = from_manifest(&dir) {
+            return Some(found);
+        }
+        let base = dir.parent().unwrap_or(&dir);
+        let model = base.join(DEFAULT_MODEL);
+        if model.exists() {
+            let prefix = base.join(DEFAULT_PREFIX);
+            return Some((model, prefix.exists().then_some(prefix)));
+        }
+    }
+    None
+}
+
+fn from_manifest(dir: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let entries = json.as_array().or_else(|| json.get("models")?.as_array())?;
+    let field =
+        |e: &serde_json::Value, k: &str| e.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+    let model = entries.iter().find_map(|e| {
+        let file = field(e, "file")?;
+        (field(e, "role").as_deref() == Some("pretrained")
+            && field(e, "task").as_deref() == Some("ascending")
+            && file.contains("1l1h"))
+        .then_some(file)
+    })?;
+    let prefix = entries.iter().find_map(|e| {
+        (field(e, "role").as_deref() == Some("prefix")
+            && field(e, "base").as_deref() == Some(model.as_str()))
+        .then(|| field(e, "file"))
+        .flatten()
+    });
+    let model_path = dir.join(&model);
+    if !model_path.exists() {
+        return None;
+    }
+    let prefix_path = prefix.map(|p| dir.join(p)).filter(|p| p.exists());
+    Some((model_path, prefix_path))
 }
 
 /// Options from the command line (all optional).
@@ -53,7 +100,8 @@ pub struct AppOptions {
     pub session_dir: Option<PathBuf>,
     /// Do not restore the previous session.
     pub fresh: bool,
-    /// Close the window after this many seconds (for scripts and CI).
+    /// Close the window this many seconds after all views are first filled (or after the start when
+    /// there is no model to load); for scripts and CI.
     pub quit_after: Option<f32>,
     /// Repaint continuously and print frames per second to stderr every second.
     pub bench_fps: bool,
@@ -89,6 +137,16 @@ struct FrameStats {
     updates: u32,
     ui_time: Duration,
     last_fps: f32,
+    /// The UI thread's (on-CPU, waiting-for-a-CPU) nanoseconds at the window start (Linux).
+    sched: Option<(u64, u64)>,
+}
+
+/// This thread's time on a CPU and time spent runnable but waiting for one, in ns (Linux schedstat):
+/// tells a slow frame rate caused by the app from one caused by a busy machine.
+fn thread_schedstat() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
 }
 
 pub struct PrefixScopeApp {
@@ -98,6 +156,8 @@ pub struct PrefixScopeApp {
     pub prompt: PromptPanel,
     pub editor: PrefixEditor,
     pub views: ViewsPanel,
+    pub construction: construction::ConstructionPanel,
+    pub export: export::ExportPanel,
     overview: OverviewPanel,
     /// The current model (what the worker has installed).
     loaded: Option<LoadedModel>,
@@ -110,6 +170,8 @@ pub struct PrefixScopeApp {
     last_sent: Option<(u64, Vec<u32>, u64)>,
     /// The prefix version of the last request.
     sent_version: u64,
+    /// The view layer of the last request.
+    sent_layer: Option<usize>,
     compute_error: Option<String>,
     /// A message when there is no model (e.g. the default model is missing).
     empty_note: Option<String>,
@@ -117,6 +179,7 @@ pub struct PrefixScopeApp {
     last_autosave: Instant,
     started: Instant,
     startup_reported: bool,
+    filled_at: Option<Instant>,
     fonts_set: bool,
     stats: FrameStats,
 }
@@ -170,6 +233,8 @@ impl PrefixScopeApp {
             editor: PrefixEditor::default(),
             views: session.views.clone().unwrap_or_default(),
             overview: OverviewPanel::default(),
+            construction: Default::default(),
+            export: Default::default(),
             loaded: None,
             loading: None,
             shown: None,
@@ -177,11 +242,13 @@ impl PrefixScopeApp {
             next_gen: 1,
             last_sent: None,
             sent_version: 0,
+            sent_layer: None,
             compute_error: None,
             empty_note: None,
             last_autosave: Instant::now(),
             started: Instant::now(),
             startup_reported: false,
+            filled_at: None,
             fonts_set: false,
             stats: FrameStats {
                 window_start: Instant::now(),
@@ -189,6 +256,7 @@ impl PrefixScopeApp {
                 updates: 0,
                 ui_time: Duration::ZERO,
                 last_fps: 0.0,
+                sched: None,
             },
             session,
             opts,
@@ -203,12 +271,12 @@ impl PrefixScopeApp {
             .model
             .clone()
             .or_else(|| app.session.model_path.clone().filter(|p| p.exists()))
-            .or_else(|| bundled(DEFAULT_MODEL));
+            .or_else(|| default_model().map(|(m, _)| m));
         match target {
             Some(p) => app.open_model(p),
             None => {
                 app.empty_note = Some(format!(
-                    "The default model ({DEFAULT_MODEL}) was not found beside the program or in {}. Open a checkpoint to start.",
+                    "The default model (the toy sorter, {DEFAULT_MODEL}) was not found beside the program or in {}. Open a checkpoint to start.",
                     env!("CARGO_MANIFEST_DIR")
                 ))
             }
@@ -245,7 +313,7 @@ impl PrefixScopeApp {
     /// Whether the shown result answers the current prompt and prefix.
     pub fn is_current(&self) -> bool {
         match (&self.shown, &self.last_sent) {
-            (Some(s), Some((gen, _, _))) => s.gen == *gen && !self.worker.is_busy(),
+            (Some(s), Some((gen, _, _))) => s.gen == *gen && s.full && !self.worker.is_busy(),
             _ => false,
         }
     }
@@ -290,10 +358,10 @@ impl PrefixScopeApp {
                 }
                 Reply::Computed(c) => {
                     let current_model = self.loaded.as_ref().map(|l| l.model_gen);
-                    let newer = self
-                        .shown
-                        .as_ref()
-                        .is_none_or(|s| c.gen > s.gen || s.model_gen != c.model_gen);
+                    // Ordered by request, and for one request the full answer after the quick one.
+                    let newer = self.shown.as_ref().is_none_or(|s| {
+                        (c.gen, c.full) > (s.gen, s.full) || s.model_gen != c.model_gen
+                    });
                     // Never draw a stale result over a newer one, nor one for a replaced model.
                     if Some(c.model_gen) == current_model && newer {
                         self.compute_error = None;
@@ -380,8 +448,8 @@ impl PrefixScopeApp {
                 }
             }
         }
-        if bundled(DEFAULT_MODEL).is_some_and(|d| same_file(&d, path)) {
-            if let Some(pf) = bundled(DEFAULT_PREFIX) {
+        if let Some((d, Some(pf))) = default_model() {
+            if same_file(&d, path) {
                 if let Ok(p) = Prefix::load_for(&pf, PrefixKind::Hidden, info) {
                     return p;
                 }
@@ -407,9 +475,14 @@ impl PrefixScopeApp {
             .as_ref()
             .is_some_and(|(_, ids, mg)| *ids == key.1 && *mg == key.2)
             && self.sent_version == key.0;
-        if same {
+        // A layer the answer on screen lacks (the quick answers hold layer 0 and the viewed one).
+        let layer_missing = self.shown.as_ref().is_some_and(|s| {
+            s.capture.layer(self.views.layer).is_none() && self.sent_layer != Some(self.views.layer)
+        });
+        if same && !layer_missing {
             return;
         }
+        self.sent_layer = Some(self.views.layer);
         let gen = self.next_gen;
         self.next_gen += 1;
         self.worker.compute(ComputeRequest {
@@ -417,6 +490,7 @@ impl PrefixScopeApp {
             model_gen: m.model_gen,
             ids: key.1.clone(),
             prefix: self.editor.prefix.clone(),
+            view_layer: self.views.layer,
         });
         self.sent_version = key.0;
         self.last_sent = Some((gen, key.1, key.2));
@@ -530,7 +604,7 @@ impl PrefixScopeApp {
         egui::Panel::left("controls")
             .resizable(true)
             .default_size(340.0)
-            .size_range(260.0..=600.0)
+            .size_range(280.0..=520.0)
             .show(ui, |ui| self.controls_ui(ui));
         egui::CentralPanel::default().show(ui, |ui| self.central_ui(ui));
 
@@ -561,6 +635,17 @@ impl PrefixScopeApp {
         self.frame_stats(&ctx, frame_start);
         if !self.startup_reported && self.shown.is_some() && self.is_current() {
             self.startup_reported = true;
+            self.filled_at = Some(Instant::now());
+            if let (true, Some((i, r, w))) = (self.opts.bench_fps, self.editor.first_slider) {
+                // For scripts that drag it: the slider's track in window pixels.
+                let ppp = ctx.pixels_per_point();
+                eprintln!(
+                    "bench: slider d{i} track x {:.0}..{:.0} y {:.0}",
+                    r.left() * ppp,
+                    (r.left() + w) * ppp,
+                    r.center().y * ppp
+                );
+            }
             if self.opts.timings {
                 eprintln!(
                     "startup: all views filled {} ms after start",
@@ -569,7 +654,20 @@ impl PrefixScopeApp {
             }
         }
         if let Some(q) = self.opts.quit_after {
-            if self.started.elapsed().as_secs_f32() >= q {
+            // Counted from the first complete view (or from the start when nothing is loading).
+            let since = match (
+                self.filled_at,
+                self.loading.is_some() || self.loaded.is_some(),
+            ) {
+                (Some(t), _) => t.elapsed(),
+                (None, false) => self.started.elapsed(),
+                // Never wait forever for a load that hangs.
+                (None, true) => self
+                    .started
+                    .elapsed()
+                    .saturating_sub(Duration::from_secs(120)),
+            };
+            if since.as_secs_f32() >= q {
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             } else {
                 ctx.request_repaint_after(Duration::from_millis(100));
@@ -585,15 +683,24 @@ impl PrefixScopeApp {
         if dt >= Duration::from_secs(1) {
             s.last_fps = s.frames as f32 / dt.as_secs_f32();
             if self.opts.bench_fps {
+                let now = thread_schedstat();
+                let frames = s.frames.max(1) as f64;
+                let sched = match (now, s.sched) {
+                    (Some((run, wait)), Some((run0, wait0))) => format!(
+                        "; UI thread per frame: {:.1} ms on a CPU, {:.1} ms waiting for one",
+                        run.saturating_sub(run0) as f64 / 1e6 / frames,
+                        wait.saturating_sub(wait0) as f64 / 1e6 / frames
+                    ),
+                    _ => String::new(),
+                };
+                s.sched = now;
                 eprintln!(
-                    "fps {:.1} (frames {}, mean ui {:.2} ms, view updates {}/s, worker {})",
+                    "fps {:.1} (frames {}, ui code {:.2} ms/frame{sched}; view updates {:.1}/s, last compute {} ms)",
                     s.last_fps,
                     s.frames,
-                    s.ui_time.as_secs_f64() * 1e3 / s.frames.max(1) as f64,
+                    s.ui_time.as_secs_f64() * 1e3 / frames,
                     s.updates as f32 / dt.as_secs_f32(),
-                    self.shown
-                        .as_ref()
-                        .map_or(0, |c| c.compute_time.as_millis()),
+                    self.shown.as_ref().map_or(0, |c| c.compute_time.as_millis()),
                 );
             }
             s.frames = 0;
@@ -638,6 +745,12 @@ impl PrefixScopeApp {
         ui.add_space(4.0);
         ui.heading(egui::RichText::new("prefixscope").strong());
         ui.add_space(4.0);
+        self.construction_switch(ui);
+        if self.construction.active {
+            ui.separator();
+            self.construction_ui(ui);
+            return;
+        }
         let status = ModelStatus {
             path: self.loaded.as_ref().map(|l| l.path.as_path()),
             info: self.loaded.as_ref().map(|l| &l.info),
@@ -762,7 +875,7 @@ impl PrefixScopeApp {
             return;
         };
         let total = ui.available_height();
-        let views_h = (total * 0.64).max(200.0);
+        let views_h = (total * 0.68).max(200.0);
         let width = ui.available_width();
         ui.allocate_ui(egui::vec2(width, views_h), |ui| {
             self.views.ui(
@@ -773,12 +886,24 @@ impl PrefixScopeApp {
                 },
             );
         });
+        self.export.ui(
+            ui,
+            &export::ExportData {
+                capture: &shown.capture,
+                labels: &self.shown_labels,
+                layer: self.views.layer,
+                head: self.views.head,
+            },
+        );
         ui.separator();
         let sel = (self.views.layer, self.views.head);
-        if let Some((l, h)) = self
-            .overview
-            .ui(ui, &shown.overview, sel, self.views.norm.cmap)
-        {
+        if let Some((l, h)) = self.overview.ui(
+            ui,
+            &shown.overview,
+            shown.overview_fresh,
+            sel,
+            self.views.norm.cmap,
+        ) {
             self.views.layer = l;
             self.views.head = h;
         }

@@ -73,18 +73,20 @@ impl ModelPanel {
         }
         ui.horizontal(|ui| {
             if ui.button("Open file…").clicked() {
+                let t0 = std::time::Instant::now();
                 match rfd::FileDialog::new()
                     .add_filter("checkpoints", &["safetensors", "gguf"])
                     .pick_file()
                 {
                     Some(p) => action = Some(ModelAction::Open(p)),
-                    None => self.note_no_dialog(),
+                    None => self.note_no_dialog(t0),
                 }
             }
             if ui.button("Open folder…").clicked() {
+                let t0 = std::time::Instant::now();
                 match rfd::FileDialog::new().pick_folder() {
                     Some(p) => action = Some(ModelAction::Open(p)),
-                    None => self.note_no_dialog(),
+                    None => self.note_no_dialog(t0),
                 }
             }
             if !self.recent.is_empty() {
@@ -102,7 +104,7 @@ impl ModelPanel {
             let resp = ui.add(
                 egui::TextEdit::singleline(&mut self.path_text)
                     .hint_text("or type / drop a path here")
-                    .desired_width(ui.available_width() - 50.0),
+                    .desired_width((ui.available_width() - 70.0).max(60.0)),
             );
             resp.widget_info(|| {
                 egui::WidgetInfo::labeled(egui::Role::TextInput, true, "model path")
@@ -119,7 +121,7 @@ impl ModelPanel {
             ui.horizontal(|ui| {
                 ui.add(
                     egui::ProgressBar::new(job.progress())
-                        .desired_width(ui.available_width() - 70.0)
+                        .desired_width((ui.available_width() - 80.0).max(60.0))
                         .text(format!(
                             "loading {} ({:.1} s)",
                             job.path
@@ -139,7 +141,12 @@ impl ModelPanel {
         action
     }
 
-    fn note_no_dialog(&mut self) {
+    /// rfd answers None at once when there is no dialog to show (no desktop portal); a None after a
+    /// while is the user cancelling, which needs no note.
+    fn note_no_dialog(&mut self, asked: std::time::Instant) {
+        if asked.elapsed() > std::time::Duration::from_millis(500) {
+            return;
+        }
         self.note = Some(
             "No file dialog is available here (no desktop portal): type the path in the box, or drop the file on the window."
                 .into(),

@@ -5,6 +5,15 @@
 use super::colormap::ColorMap;
 use egui::{Color32, Pos2, Rect, Sense, Stroke, Vec2};
 
+/// The overview's colours span four decades below the largest value: the layer-0 heads (rounding
+/// error, ~1e-7) and the deep heads (order 1) both stay readable.
+const FLOOR: f32 = 1e-4;
+
+fn log_position(x: f32, hi: f32) -> f32 {
+    let r = (x / hi).max(FLOOR);
+    1.0 - r.log10() / FLOOR.log10()
+}
+
 #[derive(Default)]
 pub struct OverviewPanel {
     hover: Option<(usize, usize, Option<f32>)>,
@@ -16,6 +25,7 @@ impl OverviewPanel {
         &mut self,
         ui: &mut egui::Ui,
         grid: &[Vec<Option<f32>>],
+        fresh: bool,
         selected: (usize, usize),
         cmap: ColorMap,
     ) -> Option<(usize, usize)> {
@@ -29,17 +39,21 @@ impl OverviewPanel {
             .flatten()
             .filter_map(|x| *x)
             .fold(0f32, f32::max)
-            .max(1e-9);
+            // Rounding-level differences (layer 0) must not take the top colour when nothing larger
+            // is on the grid: the scale spans at least 1e-7 .. 1e-3.
+            .max(1e-3);
         ui.label(
             egui::RichText::new(format!(
-                "overview: max |renormalized − pretrained| per head (click to select; colour 0 → {hi:.3e})"
+                "overview: max |renormalized − pretrained| per head (click to select; log colour {:.0e} → {hi:.2e}){}",
+                hi * FLOOR,
+                if fresh { "" } else { " · updating…" }
             ))
             .strong(),
         );
         let label_w = 30.0;
         let avail = ui.available_size();
         let cell_w = ((avail.x - label_w - 10.0) / n_layers as f32).clamp(4.0, 60.0);
-        let cell_h = ((avail.y - 40.0) / n_heads as f32).clamp(4.0, 30.0);
+        let cell_h = ((avail.y - 40.0) / n_heads as f32).clamp(4.0, 22.0);
         let size = Vec2::new(
             label_w + cell_w * n_layers as f32,
             cell_h * n_heads as f32 + 16.0,
@@ -57,7 +71,7 @@ impl OverviewPanel {
                     Vec2::new(cell_w - 1.0, cell_h - 1.0),
                 );
                 let color = match v {
-                    Some(x) => cmap.sample(x / hi),
+                    Some(x) => cmap.sample(log_position(*x, hi)),
                     None => Color32::from_gray(60),
                 };
                 mesh.add_colored_rect(r, color);

@@ -71,6 +71,8 @@ pub struct PrefixEditor {
     pub waiting_for_embedding: Option<u32>,
     undo: Vec<Prefix>,
     redo: Vec<Prefix>,
+    /// Where the first visible dimension's slider was drawn (for `--bench-fps` to drag it).
+    pub first_slider: Option<(usize, egui::Rect, f32)>,
     /// The widget whose drag is in progress (one undo step per gesture).
     gesture: Option<egui::Id>,
     filtered: (String, usize, Vec<usize>),
@@ -102,6 +104,7 @@ impl Default for PrefixEditor {
             waiting_for_embedding: None,
             undo: Vec::new(),
             redo: Vec::new(),
+            first_slider: None,
             gesture: None,
             filtered: (String::from("\u{0}"), 0, Vec::new()),
         }
@@ -845,6 +848,7 @@ impl PrefixEditor {
         let row_h = ui.spacing().interact_size.y;
         let range = self.range;
         let mut edits: Vec<(usize, f32, egui::Id)> = Vec::new();
+        let mut first = None;
         egui::ScrollArea::vertical()
             .id_salt("dims")
             .auto_shrink([false, true])
@@ -857,12 +861,16 @@ impl PrefixEditor {
                             .clamping(egui::SliderClamping::Never)
                             .fixed_decimals(3),
                     );
+                    if first.is_none() {
+                        first = Some((i, resp.rect, ui.spacing().slider_width));
+                    }
                     if resp.changed() {
                         edits.push((i, v, resp.id));
                     }
                 }
             });
         self.filtered.2 = indices;
+        self.first_slider = first;
         for (i, v, id) in edits {
             self.set_dim(i, v, Some(id));
         }

@@ -3,7 +3,7 @@
 
 use crate::tokenizer::Tokenizer;
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct PromptPanel {
     pub text: String,
     pub bos: bool,
@@ -19,25 +19,14 @@ pub struct PromptPanel {
     pub error: Option<String>,
 }
 
-impl Default for PromptPanel {
-    fn default() -> Self {
-        PromptPanel {
-            text: String::new(),
-            bos: false,
-            ids: Vec::new(),
-            labels: Vec::new(),
-            labels_raw: false,
-            error: None,
-        }
-    }
-}
-
 /// A default prompt for the model's tokenizer: digits for the toys, a sentence for real tokenizers.
 pub fn default_text(tok: &Tokenizer) -> String {
     match tok {
         Tokenizer::Digits { vocab } => {
+            // Ten numbers from 0..7 and the first nine of their ascending sort: the sorter's task as
+            // the paper lays it out (20 positions with one prefix position in front).
             let v = (*vocab).clamp(2, 10) as u32;
-            [3u32, 1, 4, 1, 5, 7, 2, 6, 5, 3]
+            [3u32, 1, 4, 1, 5, 7, 2, 6, 5, 3, 1, 1, 2, 3, 3, 4, 5, 5, 6]
                 .iter()
                 .map(|d| (d % v).to_string())
                 .collect::<Vec<_>>()
@@ -78,7 +67,7 @@ impl PromptPanel {
         let resp = ui.add(
             egui::TextEdit::multiline(&mut self.text)
                 .desired_rows(2)
-                .desired_width(f32::INFINITY)
+                .desired_width(ui.available_width() - 16.0)
                 .hint_text("prompt text"),
         );
         resp.widget_info(|| {
@@ -100,25 +89,25 @@ impl PromptPanel {
         // Token chips.
         egui::ScrollArea::vertical()
             .id_salt("chips")
-            .max_height(70.0)
+            .max_height(56.0)
             .show(ui, |ui| {
                 ui.horizontal_wrapped(|ui| {
                     ui.spacing_mut().item_spacing = egui::vec2(3.0, 3.0);
                     for (i, (id, l)) in self.ids.iter().zip(&self.labels).enumerate() {
-                        egui::Frame::new()
-                            .fill(ui.visuals().faint_bg_color)
-                            .stroke(ui.visuals().widgets.noninteractive.bg_stroke)
-                            .corner_radius(3.0)
-                            .inner_margin(egui::Margin::symmetric(3, 1))
-                            .show(ui, |ui| {
-                                ui.label(
-                                    egui::RichText::new(super::views::axis_label(l))
-                                        .small()
-                                        .monospace(),
-                                )
-                            })
-                            .response
-                            .on_hover_text(format!("token {i}: id {id}, {l:?}"));
+                        // A framed, non-interactive button: its size is known before it is placed,
+                        // so the wrapped row breaks before it instead of squeezing it.
+                        ui.add(
+                            egui::Button::new(
+                                egui::RichText::new(super::views::axis_label(l))
+                                    .small()
+                                    .monospace(),
+                            )
+                            .small()
+                            .wrap_mode(egui::TextWrapMode::Extend)
+                            .frame_when_inactive(true)
+                            .sense(egui::Sense::hover()),
+                        )
+                        .on_hover_text(format!("token {i}: id {id}, {l:?}"));
                     }
                 });
             });

@@ -15,7 +15,7 @@ pub struct ViewData<'a> {
 }
 
 /// The view settings (saved with the session).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ViewsPanel {
     pub layer: usize,
     pub head: usize,
@@ -23,17 +23,6 @@ pub struct ViewsPanel {
     /// What the pointer is over, shown under the maps (`None` when nothing).
     #[serde(skip)]
     pub hover: Option<String>,
-}
-
-impl Default for ViewsPanel {
-    fn default() -> Self {
-        ViewsPanel {
-            layer: 0,
-            head: 0,
-            norm: Norm::default(),
-            hover: None,
-        }
-    }
 }
 
 /// Which of the four maps a cell belongs to.
@@ -143,15 +132,15 @@ impl ViewsPanel {
         let diff = data
             .computed
             .difference
-            .get(self.layer)
-            .and_then(|d| d.as_ref());
-        let diff_max = data
-            .computed
-            .overview
-            .get(self.layer)
-            .and_then(|l| l.get(h).copied().flatten())
+            .iter()
+            .find(|(l, _)| *l == self.layer)
+            .and_then(|(_, d)| d.as_ref());
+        let diff_max = lc
+            .max_renorm_diff(Some(h))
             .unwrap_or(0.0)
-            .max(1e-9);
+            // Below 1e-6 a difference is float rounding: keep such maps near white instead of
+            // stretching noise over the whole colour range.
+            .max(1e-6);
 
         // Sizes: four maps side by side (the raw one P columns wider) plus the row labels, the mass bar
         // and the gaps; cells square, no larger than fits the height we were given.
@@ -174,10 +163,10 @@ impl ViewsPanel {
         let painter = ui.painter_at(block.expand(2.0));
         let text_col = ui.visuals().text_color();
         let weak = ui.visuals().weak_text_color();
-        let bg = ui.visuals().extreme_bg_color;
+        let bg = ui.visuals().panel_fill;
         let top = block.top() + title_h;
         // Every k-th label when the cells are smaller than the text.
-        let every = ((LABEL_PX + 1.0) / cell).ceil().max(1.0) as usize;
+        let every = ((LABEL_PX - 1.0) / cell).ceil().max(1.0) as usize;
 
         // Row labels (query tokens), once, left of the first map.
         for r in (0..n).step_by(every) {
@@ -195,6 +184,7 @@ impl ViewsPanel {
 
         let mut x = block.left() + row_label_w;
         let mut hovered: Option<(Which, usize, usize)> = None;
+        let mut hovered_resp: Option<egui::Response> = None;
         let maps: [(Which, &str, usize); 4] = [
             (Which::Raw, "raw, with prefix", n + p),
             (Which::Renorm, "renormalized over content", n),
@@ -209,11 +199,26 @@ impl ViewsPanel {
                 Which::Diff => diff,
             };
             let rect = Rect::from_min_size(Pos2::new(x, top), Vec2::new(cell * cols as f32, map_h));
+            // The full title when it fits above the map, a short one when it does not.
+            let title_font = egui::FontId::proportional(13.0);
+            let full = ui
+                .painter()
+                .layout_no_wrap(title.to_string(), title_font.clone(), text_col);
+            let shown_title = if full.size().x <= rect.width() + gap - 4.0 {
+                title
+            } else {
+                match which {
+                    Which::Raw => "raw",
+                    Which::Renorm => "renormalized",
+                    Which::Pretrained => "pretrained",
+                    Which::Diff => "renorm − pretr.",
+                }
+            };
             painter.text(
                 Pos2::new(rect.center().x, block.top() + 2.0),
                 egui::Align2::CENTER_TOP,
-                title,
-                egui::FontId::proportional(13.0),
+                shown_title,
+                title_font,
                 text_col,
             );
             painter.rect_filled(rect, 0.0, bg);
@@ -290,6 +295,7 @@ impl ViewsPanel {
                 let r = ((pos.y - rect.top()) / cell).floor() as usize;
                 if r < n && c < cols {
                     hovered = Some((which, r, c));
+                    hovered_resp = Some(resp.clone());
                     painter.rect_stroke(
                         Rect::from_min_size(
                             Pos2::new(rect.left() + c as f32 * cell, top + r as f32 * cell),
@@ -309,7 +315,12 @@ impl ViewsPanel {
                         Pos2::new(rect.right() + 4.0, top),
                         Vec2::new(mass_w - 8.0, map_h),
                     );
-                    painter.rect_filled(bar, 0.0, bg);
+                    painter.rect_stroke(
+                        bar,
+                        0.0,
+                        Stroke::new(1.0, ui.visuals().widgets.noninteractive.bg_stroke.color),
+                        egui::StrokeKind::Outside,
+                    );
                     for r in 0..n {
                         let a = mass.data[h * n + r];
                         let y = top + r as f32 * cell;
@@ -391,6 +402,10 @@ impl ViewsPanel {
                     s += &format!(" · difference {:+.3e}", at(d, h, r, j));
                 }
             }
+            // A tooltip at the pointer, and the same line under the maps.
+            if let Some(r) = hovered_resp {
+                r.on_hover_text_at_pointer(s.replace(" · ", "\n").replace(": ", ":\n"));
+            }
             self.hover = Some(s);
         }
         let hover_text = self
@@ -425,8 +440,9 @@ impl ViewsPanel {
         }
         painter.add(egui::Shape::mesh(mesh));
         let text_col = ui.visuals().text_color();
-        for k in 0..=4 {
-            let t = k as f32 / 4.0;
+        let ticks: usize = if width < 220.0 { 2 } else { 4 };
+        for k in 0..=ticks {
+            let t = k as f32 / ticks as f32;
             let value = if signed {
                 (2.0 * t - 1.0) * hi
             } else {
@@ -440,17 +456,21 @@ impl ViewsPanel {
                 ],
                 Stroke::new(1.0, text_col),
             );
-            let text = if signed {
-                format!("{value:+.1e}")
+            let text = if signed && value == 0.0 {
+                "0".to_string()
+            } else if signed {
+                format!("{value:+.0e}")
             } else if value != 0.0 && value.abs() < 0.01 {
                 format!("{value:.0e}")
             } else {
                 format!("{value:.2}")
             };
-            let align = match k {
-                0 => egui::Align2::LEFT_TOP,
-                4 => egui::Align2::RIGHT_TOP,
-                _ => egui::Align2::CENTER_TOP,
+            let align = if k == 0 {
+                egui::Align2::LEFT_TOP
+            } else if k == ticks {
+                egui::Align2::RIGHT_TOP
+            } else {
+                egui::Align2::CENTER_TOP
             };
             painter.text(
                 Pos2::new(xk, bar.bottom() + 4.0),

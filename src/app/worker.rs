@@ -3,16 +3,21 @@
 //! older than what it already shows. Loads run on a thread of their own (with progress and cancel), so
 //! a slow load never stops the current model from answering, and a failed load leaves it in place.
 
-use crate::capture::{self, Capture};
+use crate::capture::Capture;
+use crate::incremental::{Edit, Evaluator};
 use crate::load::{self, LoadControl};
-use crate::model::{LayerSel, ModelInfo, Run, Transformer};
+use crate::model::{ModelInfo, Transformer};
 use crate::prefix::Prefix;
 use crate::tokenizer::Tokenizer;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How long the pointer must rest before the all-layer answer starts.
+const QUIET_BEFORE_FULL: Duration = Duration::from_millis(200);
 
 /// What the UI asks of the compute thread.
 #[derive(Clone)]
@@ -23,6 +28,9 @@ pub struct ComputeRequest {
     pub model_gen: u64,
     pub ids: Vec<u32>,
     pub prefix: Option<Prefix>,
+    /// The layer on screen: answered first (only the layers up to it are recomputed), then every
+    /// layer for the overview when no newer request is waiting.
+    pub view_layer: usize,
 }
 
 /// One answered request: the capture plus the per-head summaries the overview and the checks show,
@@ -30,11 +38,15 @@ pub struct ComputeRequest {
 pub struct Computed {
     pub gen: u64,
     pub model_gen: u64,
+    /// True for the answer with every layer; false for the quick one with layers 0 and the viewed one.
+    pub full: bool,
     pub capture: Arc<Capture>,
-    /// `[layer][head]`: max |renormalized - pretrained| (`None` without a prefix).
+    /// `[layer][head]`: max |renormalized - pretrained| (`None` without a prefix). In a quick answer
+    /// the layers it did not capture keep the last full answer's values (`overview_fresh` is false).
     pub overview: Vec<Vec<Option<f32>>>,
-    /// `[layer][head]`: renormalized - pretrained, `(N, N)` per head, for the difference view.
-    pub difference: Vec<Option<crate::arrays::Array>>,
+    pub overview_fresh: bool,
+    /// Per captured layer: renormalized - pretrained, `(H, N, N)`, for the difference view.
+    pub difference: Vec<(usize, Option<crate::arrays::Array>)>,
     /// Layer 0, all heads: max |renormalized - pretrained| (the paper's claim: exactly 0).
     pub layer0_renorm_diff: Option<f32>,
     /// Layer 0, all heads: the head-output identity error.
@@ -176,6 +188,7 @@ impl Worker {
         let spawned = std::thread::Builder::new()
             .name("prefixscope-load".into())
             .spawn(move || {
+                lower_priority();
                 let t0 = Instant::now();
                 let wake = repaint.clone();
                 let ctl = LoadControl {
@@ -184,6 +197,7 @@ impl Worker {
                         progress.store(f.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
                         wake_ui(&wake);
                     })),
+                    ..Default::default()
                 };
                 let reply = match load::load_with(&path, &ctl) {
                     Ok(loaded) => {
@@ -231,11 +245,8 @@ impl Worker {
     /// Replies that arrived since the last call.
     pub fn poll(&self) -> Vec<Reply> {
         let mut out = Vec::new();
-        loop {
-            match self.rx.try_recv() {
-                Ok(r) => out.push(r),
-                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-            }
+        while let Ok(r) = self.rx.try_recv() {
+            out.push(r);
         }
         out
     }
@@ -250,6 +261,16 @@ impl Drop for Worker {
     }
 }
 
+/// Run the calling thread (and the threads it starts, e.g. the matmul pool) below the UI thread, so
+/// that on a small machine the window keeps its frame rate while the model computes.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority with who = 0 changes only the calling thread's nice value on Linux.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
 fn wake_ui(repaint: &Arc<Mutex<Option<egui::Context>>>) {
     if let Ok(g) = repaint.lock() {
         if let Some(ctx) = g.as_ref() {
@@ -258,11 +279,57 @@ fn wake_ui(repaint: &Arc<Mutex<Option<egui::Context>>>) {
     }
 }
 
-/// The pretrained run depends only on the model, the ids and P: keep the last one, so dragging a
-/// prefix slider costs one forward pass instead of two.
-struct PretrainedCache {
-    key: (u64, Vec<u32>, usize),
-    run: Run,
+/// The library's incremental evaluator for the current model and prompt, and the prefix it last saw
+/// (to tell it which layers an edit can have changed).
+struct EvalCache {
+    model_gen: u64,
+    eval: Evaluator,
+    last_prefix: Option<Prefix>,
+    /// The last full overview, kept for quick answers.
+    overview: Vec<Vec<Option<f32>>>,
+}
+
+/// Which layers can differ between two prefixes of the same kind and length.
+fn edit_between(old: Option<&Prefix>, new: Option<&Prefix>, n_layers: usize) -> Edit {
+    let unchanged = Edit::Layer(n_layers.saturating_sub(1));
+    let first_diff = |a: &crate::arrays::Array, b: &crate::arrays::Array| -> Option<usize> {
+        let per = a.data.len() / a.shape.first().copied().unwrap_or(1).max(1);
+        a.data
+            .iter()
+            .zip(&b.data)
+            .position(|(x, y)| x != y)
+            .map(|i| i / per.max(1))
+    };
+    match (old, new) {
+        (Some(a), Some(b)) if a.kind() == b.kind() && a.len() == b.len() => match (a, b) {
+            (Prefix::SoftPrompt(x), Prefix::SoftPrompt(y)) => {
+                if x == y {
+                    unchanged
+                } else {
+                    Edit::SoftPrompt
+                }
+            }
+            (Prefix::Hidden(x), Prefix::Hidden(y)) => {
+                first_diff(x, y).map_or(unchanged, Edit::Layer)
+            }
+            (
+                Prefix::KeyValue {
+                    keys: k1,
+                    values: v1,
+                },
+                Prefix::KeyValue {
+                    keys: k2,
+                    values: v2,
+                },
+            ) => match (first_diff(k1, k2), first_diff(v1, v2)) {
+                (None, None) => unchanged,
+                (a, b) => Edit::Layer(a.unwrap_or(usize::MAX).min(b.unwrap_or(usize::MAX))),
+            },
+            _ => Edit::All,
+        },
+        (None, None) => unchanged,
+        _ => Edit::All,
+    }
 }
 
 fn compute_loop(
@@ -271,12 +338,21 @@ fn compute_loop(
     repaint: Arc<Mutex<Option<egui::Context>>>,
     busy: Arc<AtomicBool>,
 ) {
+    lower_priority();
     let mut model: Option<(u64, Arc<dyn Transformer>)> = None;
-    let mut cache: Option<PretrainedCache> = None;
+    let mut cache: Option<EvalCache> = None;
+    let mut backlog: VecDeque<Msg> = VecDeque::new();
     loop {
-        let Ok(first) = rx.recv() else { return };
+        let first = match backlog.pop_front() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => return,
+            },
+        };
         // Coalesce: take everything pending, apply installs in order, keep only the newest compute.
         let mut pending = vec![first];
+        pending.extend(backlog.drain(..));
         while let Ok(m) = rx.try_recv() {
             pending.push(m);
         }
@@ -313,60 +389,115 @@ fn compute_loop(
             }
         }
         if let Some(req) = newest {
-            match &model {
-                Some((g, m)) if *g == req.model_gen => {
-                    let reply = match run_request(m.as_ref(), &req, &mut cache) {
-                        Ok(c) => Reply::Computed(Box::new(c)),
-                        Err(e) => Reply::ComputeFailed {
-                            gen: req.gen,
-                            message: e.one_line(),
-                        },
+            if let Some((g, m)) = &model {
+                // A request for a model that is not (or no longer) installed has nobody to answer.
+                if *g == req.model_gen {
+                    let n_layers = m.info().n_layers;
+                    let quick: Vec<usize> = if req.view_layer == 0 || req.view_layer >= n_layers {
+                        vec![0]
+                    } else {
+                        vec![0, req.view_layer]
                     };
-                    let _ = tx.send(reply);
+                    let quick_is_all = quick.len() == n_layers;
+                    let ok = answer(m.as_ref(), &req, &mut cache, &quick, quick_is_all, &tx);
+                    wake_ui(&repaint);
+                    // The full answer only after a quiet moment with nothing newer: a drag keeps
+                    // getting quick answers, and the overview catches up when the pointer rests.
+                    while let Ok(m) = rx.try_recv() {
+                        backlog.push_back(m);
+                    }
+                    if backlog.is_empty() && !quick_is_all {
+                        if let Ok(m) = rx.recv_timeout(QUIET_BEFORE_FULL) {
+                            backlog.push_back(m);
+                        }
+                    }
+                    if ok && backlog.is_empty() && !quick_is_all {
+                        let all: Vec<usize> = (0..n_layers).collect();
+                        answer(m.as_ref(), &req, &mut cache, &all, true, &tx);
+                    }
                 }
-                // A request for a model that is not (or no longer) installed: nothing to answer.
-                _ => {}
             }
         }
-        busy.store(false, Ordering::Relaxed);
+        if backlog.is_empty() {
+            busy.store(false, Ordering::Relaxed);
+        }
         wake_ui(&repaint);
     }
+}
+
+/// Run one request for `layers` and send the answer (or the error); true when it succeeded.
+fn answer(
+    model: &dyn Transformer,
+    req: &ComputeRequest,
+    cache: &mut Option<EvalCache>,
+    layers: &[usize],
+    full: bool,
+    tx: &Sender<Reply>,
+) -> bool {
+    let reply = match run_request(model, req, cache, layers, full) {
+        Ok(c) => Reply::Computed(Box::new(c)),
+        Err(e) => Reply::ComputeFailed {
+            gen: req.gen,
+            message: e.one_line(),
+        },
+    };
+    let ok = matches!(reply, Reply::Computed(_));
+    let _ = tx.send(reply);
+    ok
 }
 
 fn run_request(
     model: &dyn Transformer,
     req: &ComputeRequest,
-    cache: &mut Option<PretrainedCache>,
+    cache: &mut Option<EvalCache>,
+    layers: &[usize],
+    full: bool,
 ) -> crate::Result<Computed> {
     let t0 = Instant::now();
-    let p = req.prefix.as_ref().map_or(0, |x| x.len());
-    capture::check_ids(model, &req.ids, p)?;
-    let key = (req.model_gen, req.ids.clone(), p);
-    if cache.as_ref().is_none_or(|c| c.key != key) {
-        let run = model.pretrained(&req.ids, p, &LayerSel::All)?;
-        *cache = Some(PretrainedCache { key, run });
+    let info = model.info();
+    let (n_layers, n_heads) = (info.n_layers, info.n_heads);
+    if cache
+        .as_ref()
+        .is_none_or(|c| c.model_gen != req.model_gen || c.eval.ids() != req.ids.as_slice())
+    {
+        *cache = Some(EvalCache {
+            model_gen: req.model_gen,
+            eval: Evaluator::new(&req.ids),
+            last_prefix: None,
+            overview: vec![vec![None; n_heads]; n_layers],
+        });
     }
-    let pre = &cache.as_ref().expect("filled just above").run;
-    let with = match &req.prefix {
-        Some(pf) => Some(model.forward(&req.ids, Some(pf), &LayerSel::All)?),
-        None => None,
+    let c = cache.as_mut().expect("filled just above");
+    let edit = if c.last_prefix.is_none() && c.overview.iter().flatten().all(|x| x.is_none()) {
+        Edit::All
+    } else {
+        edit_between(c.last_prefix.as_ref(), req.prefix.as_ref(), n_layers)
     };
-    let cap = capture::build(&req.ids, pre, with.as_ref())?;
-    let overview = cap
+    let cap = c.eval.update(model, req.prefix.as_ref(), edit, layers)?;
+    c.last_prefix = req.prefix.clone();
+    let mut overview = c.overview.clone();
+    for lc in &cap.layers {
+        if let Some(row) = overview.get_mut(lc.layer) {
+            *row = (0..lc.n_heads())
+                .map(|h| lc.max_renorm_diff(Some(h)))
+                .collect();
+        }
+    }
+    if full {
+        c.overview = overview.clone();
+    }
+    let difference = cap
         .layers
         .iter()
-        .map(|lc| {
-            (0..lc.n_heads())
-                .map(|h| lc.max_renorm_diff(Some(h)))
-                .collect()
-        })
+        .map(|lc| (lc.layer, lc.difference()))
         .collect();
-    let difference = cap.layers.iter().map(|lc| lc.difference()).collect();
     let l0 = cap.layer(0);
     Ok(Computed {
         gen: req.gen,
         model_gen: req.model_gen,
+        full,
         overview,
+        overview_fresh: full,
         difference,
         layer0_renorm_diff: l0.and_then(|c| c.max_renorm_diff(None)),
         layer0_identity_error: l0.and_then(|c| c.head_output_identity_error(None)),

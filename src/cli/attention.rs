@@ -9,6 +9,9 @@ use std::path::PathBuf;
 pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
+    /// Keep GGUF weights quantized (QMatMul) instead of dequantizing to f32: less memory, quantized tolerances.
+    #[arg(long)]
+    pub quantized: bool,
     /// Prompt text (tokenized by the model's tokenizer; no BOS unless --bos).
     #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
     pub text: Option<String>,
@@ -71,20 +74,46 @@ pub fn parse_ids(raw: &[String]) -> prefixscope::Result<Vec<u32>> {
         .collect()
 }
 
-pub fn run(a: Args) -> prefixscope::Result<()> {
-    let loaded = load::load(&a.model)?;
-    let info = loaded.model.info().clone();
-    let ids = match (&a.text, &a.ids) {
-        (Some(t), _) => loaded.tokenizer.encode(t, a.bos)?,
-        (None, Some(raw)) => parse_ids(raw)?,
-        (None, None) => return Err(Error::input("prompt", "--text or --ids", "neither")),
-    };
-    let prefix = match (&a.soft_prompt, &a.prefix, &a.prefix_kv) {
-        (Some(f), _, _) => Some(Prefix::load_for(f, PrefixKind::SoftPrompt, &info)?),
-        (_, Some(f), _) => Some(Prefix::load_for(f, PrefixKind::Hidden, &info)?),
-        (_, _, Some(f)) => Some(Prefix::load_for(f, PrefixKind::KeyValue, &info)?),
+/// The content token ids from `--text` (tokenized, BOS on request) or `--ids`.
+pub fn prompt_ids(
+    loaded: &load::Loaded,
+    text: &Option<String>,
+    ids: &Option<Vec<String>>,
+    bos: bool,
+) -> prefixscope::Result<Vec<u32>> {
+    match (text, ids) {
+        (Some(t), _) => loaded.tokenizer.encode(t, bos),
+        (None, Some(raw)) => parse_ids(raw),
+        (None, None) => Err(Error::input("prompt", "--text or --ids", "neither")),
+    }
+}
+
+/// The prefix named by `--soft-prompt`, `--prefix` or `--prefix-kv` (at most one), checked against the model.
+pub fn load_prefix(
+    soft_prompt: &Option<PathBuf>,
+    prefix: &Option<PathBuf>,
+    prefix_kv: &Option<PathBuf>,
+    info: &prefixscope::model::ModelInfo,
+) -> prefixscope::Result<Option<Prefix>> {
+    Ok(match (soft_prompt, prefix, prefix_kv) {
+        (Some(f), _, _) => Some(Prefix::load_for(f, PrefixKind::SoftPrompt, info)?),
+        (_, Some(f), _) => Some(Prefix::load_for(f, PrefixKind::Hidden, info)?),
+        (_, _, Some(f)) => Some(Prefix::load_for(f, PrefixKind::KeyValue, info)?),
         _ => None,
-    };
+    })
+}
+
+pub fn run(a: Args) -> prefixscope::Result<()> {
+    let loaded = load::load_with(
+        &a.model,
+        &load::LoadControl {
+            quantized: a.quantized,
+            ..Default::default()
+        },
+    )?;
+    let info = loaded.model.info().clone();
+    let ids = prompt_ids(&loaded, &a.text, &a.ids, a.bos)?;
+    let prefix = load_prefix(&a.soft_prompt, &a.prefix, &a.prefix_kv, &info)?;
     let layers = parse_layers(&a.layers, info.n_layers)?;
     let cap = capture(loaded.model.as_ref(), &ids, prefix.as_ref(), &layers)?;
     let named = cap.named_arrays();

@@ -10,6 +10,9 @@ use std::time::Instant;
 pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
+    /// Keep GGUF weights quantized (QMatMul) instead of dequantizing to f32: less memory, quantized tolerances.
+    #[arg(long)]
+    pub quantized: bool,
     /// Prompt lengths to time.
     #[arg(long, value_delimiter = ',', default_value = "32,128,512")]
     pub lengths: Vec<usize>,
@@ -47,7 +50,13 @@ pub fn synthetic_ids(n: usize, vocab: usize) -> Vec<u32> {
 
 pub fn run(a: Args) -> prefixscope::Result<()> {
     let t0 = Instant::now();
-    let loaded = load::load(&a.model)?;
+    let loaded = load::load_with(
+        &a.model,
+        &load::LoadControl {
+            quantized: a.quantized,
+            ..Default::default()
+        },
+    )?;
     let load_s = t0.elapsed().as_secs_f64();
     let model = loaded.model.as_ref();
     let info = model.info().clone();
@@ -81,6 +90,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         let v = serde_json::json!({
             "model": a.model.display().to_string(),
             "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
+            "matmul": prefixscope::model::blas::backend(),
             "load_s": load_s,
             "peak_rss_bytes": peak,
             "full_forward_s": forward,
@@ -92,6 +102,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     } else {
         println!("model           {}", a.model.display());
         println!("load            {load_s:.3} s");
+        println!("matmul          {}", prefixscope::model::blas::backend());
         println!("peak memory     {:.1} MB", peak as f64 / 1e6);
         for n in a.lengths.iter().map(|n| n.to_string()) {
             let (Some(t), Some(g)) = (forward.get(&n), flops.get(&n).and_then(|x| x.as_f64()))

@@ -13,19 +13,27 @@ pub struct Args {
     pub random: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Toy models to count on as well (repeatable). Default: every prefixscope .safetensors in models/
-    /// that is not a construction.
+    /// Toy models to count on as well (repeatable). Default: every toy GPT model file in models/
+    /// (`prefixscope.kind` toy-gpt or toy-finetuned).
     #[arg(long)]
     pub model: Vec<PathBuf>,
     /// Greedy tokens generated after the first content token on a toy model (the paper: 10).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// The content token that follows the one-vector soft prompt on a toy model (0: the toys' placeholder).
-    #[arg(long, default_value_t = 0)]
-    pub first_token: u32,
+    /// Content token ids (comma separated) that follow the one-vector soft prompt on a toy model before
+    /// the greedy tokens. Default 0, the toys' placeholder token.
+    #[arg(long, default_value = "0")]
+    pub prompt: String,
+    /// Random virtual tokens on a toy model: Gaussian with the embedding rows' per-coordinate mean and
+    /// this many times their standard deviation.
+    #[arg(long, default_value_t = 1.0)]
+    pub spread: f64,
     #[arg(long)]
     pub json: bool,
 }
+
+/// The `prefixscope.kind` values of toy model files (prefix and LoRA files are not models by themselves).
+const TOY_MODEL_KINDS: &[&str] = &["toy-gpt", "toy-finetuned"];
 
 fn default_models() -> Vec<PathBuf> {
     let dir = Path::new("models");
@@ -37,7 +45,7 @@ fn default_models() -> Vec<PathBuf> {
                     prefixscope::model::construction::safetensors_kind(p)
                         .ok()
                         .flatten()
-                        .is_some_and(|k| k != prefixscope::model::construction::KIND)
+                        .is_some_and(|k| TOY_MODEL_KINDS.contains(&k.as_str()))
                 })
                 .collect()
         })
@@ -60,6 +68,13 @@ fn print(c: &Capacity) {
 }
 
 pub fn run(a: Args) -> prefixscope::Result<()> {
+    if !(a.spread.is_finite() && a.spread >= 0.0) {
+        return Err(Error::input(
+            "--spread",
+            "a finite number >= 0",
+            a.spread.to_string(),
+        ));
+    }
     if a.random == 0 {
         return Err(Error::input("--random", "at least 1", "0"));
     }
@@ -69,6 +84,16 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     } else {
         a.model.clone()
     };
+    let prompt = crate::cli::attention::parse_ids(
+        &a.prompt.split(',').map(str::to_string).collect::<Vec<_>>(),
+    )
+    .map_err(|_| {
+        Error::input(
+            "--prompt",
+            "comma-separated token ids",
+            format!("'{}'", a.prompt),
+        )
+    })?;
     for m in &models {
         let loaded = load::load(m)?;
         results.push(construct::capacity_model(
@@ -76,7 +101,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             &m.display().to_string(),
             a.random,
             a.steps,
-            a.first_token,
+            &prompt,
+            a.spread,
             a.seed,
         )?);
     }

@@ -26,7 +26,7 @@ pub struct GuiArgs {
     /// Do not restore the previous session.
     #[arg(long)]
     pub fresh: bool,
-    /// Close the window after this many seconds (scripts, CI).
+    /// Close the window this many seconds after all views are filled (scripts, CI).
     #[arg(long, value_name = "SECONDS")]
     pub quit_after: Option<f32>,
     /// Repaint continuously and print frames per second to stderr every second.

@@ -6,13 +6,22 @@ pub struct Args {
     /// Checkpoint: a Hugging Face folder, a .gguf file, or a prefixscope .safetensors.
     #[arg(long)]
     pub model: PathBuf,
+    /// Keep GGUF weights quantized (QMatMul) instead of dequantizing to f32: less memory, quantized tolerances.
+    #[arg(long)]
+    pub quantized: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: Args) -> prefixscope::Result<()> {
-    let loaded = load::load(&a.model)?;
+    let loaded = load::load_with(
+        &a.model,
+        &load::LoadControl {
+            quantized: a.quantized,
+            ..Default::default()
+        },
+    )?;
     let info = loaded.model.info();
     if a.json {
         let mut v = serde_json::to_value(info).unwrap_or_default();

@@ -5,8 +5,10 @@ pub mod bench;
 pub mod capacity;
 pub mod construct;
 pub mod eval;
+pub mod figures;
 pub mod gui;
 pub mod inspect;
+pub mod render;
 pub mod train;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +43,10 @@ pub enum Command {
     Construct(construct::Args),
     /// Count distinct outputs: one hard token against many random virtual tokens.
     Capacity(capacity::Args),
+    /// Draw one head's views (raw, renormalized, pretrained, difference, scaled) as SVG/PNG/PDF, or export their data.
+    Render(render::Args),
+    /// Regenerate the paper's figures (SVG, PNG, PDF, JSON and captions.md) from the shipped models.
+    Figures(figures::Args),
 }
 
 /// Run a subcommand; errors come back as the library's error for `main` to print on one line.
@@ -53,5 +59,7 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Construct(a) => construct::run(a),
         Command::Capacity(a) => capacity::run(a),
+        Command::Render(a) => render::run(a),
+        Command::Figures(a) => figures::run(a),
     }
 }

@@ -279,8 +279,8 @@ impl GgufFile {
         })
     }
 
-    /// Read and dequantize one tensor by its Hugging Face name, query/key rows in HF order.
-    pub fn dequantize(&self, hf: &str) -> Result<Tensor> {
+    /// The raw (possibly quantized) tensor stored for a Hugging Face name, and the progress tick.
+    fn read_raw(&self, hf: &str) -> Result<(candle_core::quantized::QTensor, GgmlDType)> {
         let g = gguf_name(hf);
         let info = self
             .content
@@ -302,16 +302,64 @@ impl GgufFile {
                     )
                 })?
         };
-        let mut w = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
-        if hf.ends_with("q_proj.weight") {
-            w = unpermute_rows(&w, self.cfg.num_attention_heads)?;
-        } else if hf.ends_with("k_proj.weight") {
-            w = unpermute_rows(&w, self.cfg.n_kv_heads())?;
-        }
         let total = self.cfg.expected_tensors().len().max(1);
         let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         self.ctl.step(done as f32 / total as f32)?;
-        Ok(w)
+        Ok((q, info.ggml_dtype))
+    }
+
+    /// Heads whose rows llama.cpp's converter permuted, for a query or key projection.
+    fn permuted_heads(&self, hf: &str) -> Option<usize> {
+        if hf.ends_with("q_proj.weight") {
+            Some(self.cfg.num_attention_heads)
+        } else if hf.ends_with("k_proj.weight") {
+            Some(self.cfg.n_kv_heads())
+        } else {
+            None
+        }
+    }
+
+    /// Read and dequantize one tensor by its Hugging Face name, query/key rows in HF order.
+    pub fn dequantize(&self, hf: &str) -> Result<Tensor> {
+        let (q, _) = self.read_raw(hf)?;
+        let w = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
+        Ok(match self.permuted_heads(hf) {
+            Some(n_heads) => unpermute_rows(&w, n_heads)?,
+            None => w,
+        })
+    }
+
+    /// One weight kept quantized, by Hugging Face name; query/key rows reordered to HF order in the
+    /// raw blocks (a row is a whole number of blocks, so whole rows move).
+    pub fn quantized(&self, hf: &str) -> Result<candle_core::quantized::QTensor> {
+        let (q, ggml_dtype) = self.read_raw(hf)?;
+        Ok(match self.permuted_heads(hf) {
+            None => q,
+            Some(n_heads) => {
+                let dims = q.shape().dims().to_vec();
+                let (rows, cols) = (dims[0], dims[1]);
+                let row_bytes = cols / ggml_dtype.block_size() * ggml_dtype.type_size();
+                let data = q.data()?;
+                let hd = rows / n_heads;
+                let mut out = vec![0u8; data.len()];
+                for head in 0..n_heads {
+                    for r in 0..hd {
+                        // GGUF row 2j + s holds HF row half * s + j.
+                        let (j, s) = (r / 2, r % 2);
+                        let hf_row = head * hd + s * (hd / 2) + j;
+                        let src = (head * hd + r) * row_bytes;
+                        out[hf_row * row_bytes..(hf_row + 1) * row_bytes]
+                            .copy_from_slice(&data[src..src + row_bytes]);
+                    }
+                }
+                candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    ggml_dtype,
+                    &out,
+                    dims,
+                    &Device::Cpu,
+                )?
+            }
+        })
     }
 
     pub fn dtype_label(&self) -> String {
@@ -376,6 +424,25 @@ pub fn read_weights(
 pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
     let g = GgufFile::open(path, ctl)?;
     let tokenizer = Tokenizer::from_gguf(path, &g.content)?;
+    if ctl.quantized {
+        let dtype = format!(
+            "quantized ({}, QMatMul; norms and embedding lookup f32)",
+            g.dtypes.join(", ")
+        );
+        let model = Llama::load_quantized(
+            &g.cfg,
+            |n| g.quantized(n),
+            |n| g.dequantize(n),
+            "gguf",
+            &dtype,
+        )?;
+        ctl.step(1.0)?;
+        return Ok(Loaded {
+            model: Box::new(model),
+            tokenizer,
+            path: path.to_path_buf(),
+        });
+    }
     let (cfg, dtype) = (g.cfg.clone(), g.dtype_label());
     let vb = candle_nn::VarBuilder::from_backend(Box::new(g), DType::F32, Device::Cpu);
     let model = Llama::load(vb, &cfg, "gguf", &dtype).map_err(|e| {

@@ -31,6 +31,9 @@ pub struct LoadControl {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Called with a fraction in 0..=1.
     pub progress: Option<Arc<dyn Fn(f32) + Send + Sync>>,
+    /// Keep GGUF weights quantized (candle `QMatMul`) instead of dequantizing them to f32: a quarter
+    /// of the memory, at the quantized tolerances of `conventions.md`.
+    pub quantized: bool,
 }
 
 impl LoadControl {

@@ -24,13 +24,12 @@ pub fn attend(
         (k.clone(), v.clone())
     };
     let scores = (q.matmul(&k.t()?)? * scale)?;
-    let mask = causal_mask(t, p, q.device())?;
-    let scores = scores.broadcast_add(&mask)?;
     // The fused softmax has no backward pass; training (tracked tensors) takes the composed one.
     let probs = if scores.track_op() {
-        candle_nn::ops::softmax(&scores, D::Minus1)?
+        let mask = causal_mask(t, p, q.device())?;
+        candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?
     } else {
-        candle_nn::ops::softmax_last_dim(&scores)?
+        causal_softmax(&scores, p)?
     };
     let z = probs.matmul(&v.contiguous()?)?;
     Ok((z, probs))
@@ -64,4 +63,50 @@ pub fn content_rows(x: &Tensor, n: usize) -> candle_core::Result<Tensor> {
 /// Sum over the last dimension, used for row sums.
 pub fn row_sums(x: &Tensor) -> candle_core::Result<Tensor> {
     x.sum(D::Minus1)
+}
+
+/// Softmax of raw scores `(H, t, p + t)` with the causal mask applied in the same pass: row `i`
+/// sees the `p` prefix columns and content columns `0..=i`; the rest get exactly 0.
+///
+/// One pass over a plain buffer, parallel over rows. It replaces a broadcast mask add plus softmax,
+/// which on the CPU cost more than the attention matmuls themselves (the broadcast add takes a slow
+/// strided path). Not differentiable: training uses [`attend`] on tracked tensors.
+pub fn causal_softmax(scores: &Tensor, p: usize) -> candle_core::Result<Tensor> {
+    let (h, t, cols) = scores.dims3()?;
+    let (buf, _, _) = causal_softmax_stats(scores, p)?;
+    Tensor::from_vec(buf, (h, t, cols), scores.device())
+}
+
+/// [`causal_softmax`] as a plain buffer, with each row's max score and its denominator relative to
+/// that max (what combining with more columns later needs).
+pub fn causal_softmax_stats(
+    scores: &Tensor,
+    p: usize,
+) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    use rayon::prelude::*;
+    let (h, t, cols) = scores.dims3()?;
+    debug_assert_eq!(cols, p + t);
+    let mut buf = scores.flatten_all()?.to_vec1::<f32>()?;
+    let mut max = vec![0f32; h * t];
+    let mut sum = vec![0f32; h * t];
+    buf.par_chunks_mut(cols)
+        .zip(max.par_iter_mut().zip(sum.par_iter_mut()))
+        .enumerate()
+        .for_each(|(r, (row, (mx, sm)))| {
+            let valid = p + (r % t) + 1;
+            let (live, dead) = row.split_at_mut(valid);
+            let m = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut s = 0f32;
+            for x in live.iter_mut() {
+                *x = (*x - m).exp();
+                s += *x;
+            }
+            let inv = 1.0 / s;
+            for x in live.iter_mut() {
+                *x *= inv;
+            }
+            dead.fill(0.0);
+            (*mx, *sm) = (m, s);
+        });
+    Ok((buf, max, sum))
 }

@@ -385,6 +385,10 @@ impl Construction {
     /// The rows entering the attention layer: prefix rows, then `E[id] + P[pos]` for the content.
     fn inputs(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Mat, usize)> {
         let d = self.cfg.d_model;
+        if let Some(pf @ (Prefix::SoftPrompt(_) | Prefix::Hidden(_))) = prefix {
+            // Shape, finiteness and room in the context, with the usual messages.
+            pf.check(&self.info, Path::new("prefix"))?;
+        }
         let (rows, p, add_pos): (Vec<&[f32]>, usize, bool) = match prefix {
             None => (vec![], 0, true),
             Some(Prefix::SoftPrompt(a)) => {

@@ -578,6 +578,20 @@ impl Transformer for Gpt {
         self.run_one(&all, None, p, layers)
     }
 
+    fn attn_block_output(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
+        let b = self.blocks.get(layer).ok_or_else(|| {
+            Error::input(
+                "layer",
+                format!("below {}", self.blocks.len()),
+                layer.to_string(),
+            )
+        })?;
+        // (H, n, hd) -> (n, H*hd), heads concatenated as the forward pass does before c_proj.
+        let (h, n, hd) = z.dims3()?;
+        let zc = z.transpose(0, 1)?.contiguous()?.reshape((n, h * hd))?;
+        Ok(b.c_proj.forward(&zc, None)?)
+    }
+
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {
         if id as usize >= self.cfg.vocab_size {
             return Err(Error::input(

@@ -7,7 +7,8 @@ use super::{Arch, LayerSel, ModelInfo, Run, Transformer};
 use crate::error::{Error, Result};
 use crate::incremental::{ContentKv, Stepper};
 use crate::prefix::Prefix;
-use candle_core::{DType, Device, Tensor};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 /// The fields of a Hugging Face `config.json` we use (GGUF metadata is mapped onto the same struct).
@@ -114,16 +115,94 @@ impl LlamaConfig {
     }
 }
 
+/// A projection `x -> x W^T`: f32 weights stored transposed `(in, out)` for a plain matmul, or weights
+/// kept quantized (candle's `QMatMul`, which quantizes the activations to Q8 as llama.cpp does).
+pub enum Linear {
+    Dense(Tensor),
+    Quant(QMatMul),
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Linear::Dense(w) => super::blas::matmul(x, w),
+            Linear::Quant(q) => q.forward(x),
+        }
+    }
+}
+
+/// The q, k, v projections: fused into one `(d, (H + 2 KV) hd)` matmul in f32 (the prefix path reads
+/// the k and v column blocks as views, so no weight is stored twice), or three quantized ones.
+enum Qkv {
+    Fused(Tensor),
+    Split(Linear, Linear, Linear),
+}
+
+/// Gate and up: fused `(d, 2 ffn)` in f32, or two quantized projections.
+enum GateUp {
+    Fused(Tensor),
+    Split(Linear, Linear),
+}
+
 struct Block {
     attn_norm: Tensor,
-    /// `(d, (H + 2 KV) hd)`: q, k, v projections fused and transposed for one matmul. The prefix path
-    /// reads the k and v column blocks of it as views, so no weight is stored twice.
-    w_qkv: Tensor,
-    w_o: Tensor,
+    qkv: Qkv,
+    w_o: Linear,
     ffn_norm: Tensor,
-    /// `(d, 2 ffn)`: gate and up fused and transposed.
-    w_gate_up: Tensor,
-    w_down: Tensor,
+    gate_up: GateUp,
+    w_down: Linear,
+}
+
+impl Block {
+    /// `(t, d)` normed input -> q `(t, H hd)`, k, v `(t, KV hd)`.
+    fn qkv(
+        &self,
+        xn: &Tensor,
+        h: usize,
+        kv: usize,
+        hd: usize,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        match &self.qkv {
+            Qkv::Fused(w) => {
+                let qkv = super::blas::matmul(xn, w)?;
+                Ok((
+                    qkv.narrow(1, 0, h * hd)?,
+                    qkv.narrow(1, h * hd, kv * hd)?,
+                    qkv.narrow(1, (h + kv) * hd, kv * hd)?,
+                ))
+            }
+            Qkv::Split(q, k, v) => Ok((q.forward(xn)?, k.forward(xn)?, v.forward(xn)?)),
+        }
+    }
+
+    /// Keys and values only (for prefix hidden states).
+    fn kv(
+        &self,
+        xn: &Tensor,
+        h: usize,
+        kv: usize,
+        hd: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        match &self.qkv {
+            Qkv::Fused(w) => Ok((
+                xn.matmul(&w.narrow(1, h * hd, kv * hd)?)?,
+                xn.matmul(&w.narrow(1, (h + kv) * hd, kv * hd)?)?,
+            )),
+            Qkv::Split(_, k, v) => Ok((k.forward(xn)?, v.forward(xn)?)),
+        }
+    }
+
+    fn mlp(&self, xn: &Tensor) -> candle_core::Result<Tensor> {
+        let (gate, up) = match &self.gate_up {
+            GateUp::Fused(w) => {
+                let gu = super::blas::matmul(xn, w)?;
+                let ffn = gu.dim(1)? / 2;
+                (gu.narrow(1, 0, ffn)?, gu.narrow(1, ffn, ffn)?)
+            }
+            GateUp::Split(g, u) => (g.forward(xn)?, u.forward(xn)?),
+        };
+        self.w_down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+    }
 }
 
 pub struct Llama {
@@ -132,10 +211,16 @@ pub struct Llama {
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    /// `(vocab, d)`: the embedding itself when tied (used through a transposed view, not copied).
-    lm_head: Tensor,
+    /// `(vocab, d)`: the embedding itself when tied (used through a transposed view, not copied);
+    /// quantized in quantized mode.
+    lm_head: Head,
     /// RoPE inverse frequencies, `(hd / 2,)`.
     inv_freq: Vec<f32>,
+}
+
+enum Head {
+    Dense(Tensor),
+    Quant(QMatMul),
 }
 
 /// `(out, in)` weight -> contiguous `(in, out)` so that `x @ w` is a plain matmul.
@@ -176,11 +261,11 @@ impl Llama {
             let wd = get(&b, "mlp.down_proj.weight", &[d, ffn])?;
             blocks.push(Block {
                 attn_norm: get(&b, "input_layernorm.weight", &[d])?,
-                w_qkv: Tensor::cat(&[&t(wq)?, &t(wk)?, &t(wv)?], 1)?,
-                w_o: t(wo)?,
+                qkv: Qkv::Fused(Tensor::cat(&[&t(wq)?, &t(wk)?, &t(wv)?], 1)?),
+                w_o: Linear::Dense(t(wo)?),
                 ffn_norm: get(&b, "post_attention_layernorm.weight", &[d])?,
-                w_gate_up: Tensor::cat(&[&t(wg)?, &t(wu)?], 1)?,
-                w_down: t(wd)?,
+                gate_up: GateUp::Fused(Tensor::cat(&[&t(wg)?, &t(wu)?], 1)?),
+                w_down: Linear::Dense(t(wd)?),
             });
         }
         let norm = get(&m, "norm.weight", &[d])?;
@@ -189,6 +274,101 @@ impl Llama {
         } else {
             get(&vb, "lm_head.weight", &[cfg.vocab_size, d])?
         };
+        Ok(Self::assemble(
+            cfg,
+            embed,
+            blocks,
+            norm,
+            Head::Dense(lm_head),
+            n_params,
+            source,
+            dtype,
+        ))
+    }
+
+    /// Keep every 2-D weight quantized (`QMatMul`); norms and the embedding table (a lookup) in f32.
+    /// For checkpoints that would not fit in memory as f32, at the quantized tolerances of
+    /// `conventions.md`. `get` returns a weight by Hugging Face name, Q/K rows already in HF order.
+    pub fn load_quantized(
+        cfg: &LlamaConfig,
+        mut get_q: impl FnMut(&str) -> crate::Result<candle_core::quantized::QTensor>,
+        mut get_f32: impl FnMut(&str) -> crate::Result<Tensor>,
+        source: &str,
+        dtype: &str,
+    ) -> crate::Result<Self> {
+        let mut n_params = 0usize;
+        let mut q = |name: &str| -> crate::Result<QMatMul> {
+            let t = get_q(name)?;
+            n_params += t.shape().elem_count();
+            Ok(QMatMul::from_qtensor(t)?)
+        };
+        let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut norms = Vec::new();
+        for i in 0..cfg.num_hidden_layers {
+            let b = format!("model.layers.{i}");
+            blocks.push(Block {
+                attn_norm: Tensor::zeros(1, DType::F32, &Device::Cpu)?,
+                qkv: Qkv::Split(
+                    Linear::Quant(q(&format!("{b}.self_attn.q_proj.weight"))?),
+                    Linear::Quant(q(&format!("{b}.self_attn.k_proj.weight"))?),
+                    Linear::Quant(q(&format!("{b}.self_attn.v_proj.weight"))?),
+                ),
+                w_o: Linear::Quant(q(&format!("{b}.self_attn.o_proj.weight"))?),
+                ffn_norm: Tensor::zeros(1, DType::F32, &Device::Cpu)?,
+                gate_up: GateUp::Split(
+                    Linear::Quant(q(&format!("{b}.mlp.gate_proj.weight"))?),
+                    Linear::Quant(q(&format!("{b}.mlp.up_proj.weight"))?),
+                ),
+                w_down: Linear::Quant(q(&format!("{b}.mlp.down_proj.weight"))?),
+            });
+            norms.push((
+                format!("{b}.input_layernorm.weight"),
+                format!("{b}.post_attention_layernorm.weight"),
+            ));
+        }
+        // A tied head reads the f32 table the lookup needs anyway: no second copy, exact logits.
+        let head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(q("lm_head.weight")?)
+        };
+        let mut f = |name: &str| -> crate::Result<Tensor> {
+            let t = get_f32(name)?;
+            n_params += t.elem_count();
+            Ok(t)
+        };
+        for (b, (an, fnm)) in blocks.iter_mut().zip(norms) {
+            b.attn_norm = f(&an)?;
+            b.ffn_norm = f(&fnm)?;
+        }
+        let norm = f("model.norm.weight")?;
+        let embed = f("model.embed_tokens.weight")?;
+        let head = match head {
+            Some(q) => Head::Quant(q),
+            None => Head::Dense(embed.clone()),
+        };
+        Ok(Self::assemble(
+            cfg, embed, blocks, norm, head, n_params, source, dtype,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        cfg: &LlamaConfig,
+        embed: Tensor,
+        blocks: Vec<Block>,
+        norm: Tensor,
+        lm_head: Head,
+        n_params: usize,
+        source: &str,
+        dtype: &str,
+    ) -> Self {
+        let (h, kv, hd, d) = (
+            cfg.num_attention_heads,
+            cfg.n_kv_heads(),
+            cfg.head_dim(),
+            cfg.hidden_size,
+        );
         let inv_freq = (0..hd / 2)
             .map(|i| 1.0 / (cfg.rope_theta.powf(2.0 * i as f64 / hd as f64)) as f32)
             .collect();
@@ -205,7 +385,7 @@ impl Llama {
             dtype: dtype.to_string(),
             source: source.to_string(),
         };
-        Ok(Llama {
+        Llama {
             cfg: cfg.clone(),
             info,
             embed,
@@ -213,7 +393,7 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
-        })
+        }
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -275,14 +455,10 @@ impl Stepper for Llama {
         let t_len = x.dim(0)?;
         let (cos, sin) = self.rope_tables(pos0, t_len)?;
         let xn = candle_nn::ops::rms_norm(x, &b.attn_norm, self.cfg.rms_norm_eps as f32)?;
-        let qkv = xn.matmul(&b.w_qkv)?;
-        let q = Self::rope(&Self::heads(&qkv.narrow(1, 0, h * hd)?, h, hd)?, &cos, &sin)?;
-        let k = Self::rope(
-            &Self::heads(&qkv.narrow(1, h * hd, kv * hd)?, kv, hd)?,
-            &cos,
-            &sin,
-        )?;
-        let v = Self::heads(&qkv.narrow(1, (h + kv) * hd, kv * hd)?, kv, hd)?;
+        let (q, k, v) = b.qkv(&xn, h, kv, hd)?;
+        let q = Self::rope(&Self::heads(&q, h, hd)?, &cos, &sin)?;
+        let k = Self::rope(&Self::heads(&k, kv, hd)?, &cos, &sin)?;
+        let v = Self::heads(&v, kv, hd)?;
         ContentKv::new(q, k, v, 1.0 / (hd as f64).sqrt())
     }
 
@@ -298,13 +474,8 @@ impl Stepper for Llama {
                     &Device::Cpu,
                 )?;
                 let sn = candle_nn::ops::rms_norm(&s, &b.attn_norm, self.cfg.rms_norm_eps as f32)?;
-                let h = self.info.n_heads;
-                let pk = Self::heads(&sn.matmul(&b.w_qkv.narrow(1, h * hd, kv * hd)?)?, kv, hd)?;
-                let pv = Self::heads(
-                    &sn.matmul(&b.w_qkv.narrow(1, (h + kv) * hd, kv * hd)?)?,
-                    kv,
-                    hd,
-                )?;
+                let (pk, pv) = b.kv(&sn, self.info.n_heads, kv, hd)?;
+                let (pk, pv) = (Self::heads(&pk, kv, hd)?, Self::heads(&pv, kv, hd)?);
                 // The paper's form: prefix keys are rotated at their own positions 0..P.
                 let (pc, ps) = self.rope_tables(0, p)?;
                 Some((Self::rope(&pk, &pc, &ps)?, pv))
@@ -325,23 +496,23 @@ impl Stepper for Llama {
         let b = &self.blocks[l];
         let eps = self.cfg.rms_norm_eps as f32;
         let (h, t_len, hd) = z.dims3()?;
-        let attn = z
-            .transpose(0, 1)?
-            .reshape((t_len, h * hd))?
-            .matmul(&b.w_o)?;
+        let attn = b
+            .w_o
+            .forward(&z.transpose(0, 1)?.reshape((t_len, h * hd))?)?;
         let x = (x + attn)?;
         let xn = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
-        let gu = xn.matmul(&b.w_gate_up)?;
-        let ffn = gu.dim(1)? / 2;
-        let act = (candle_nn::ops::silu(&gu.narrow(1, 0, ffn)?)? * gu.narrow(1, ffn, ffn)?)?;
-        Ok((x + act.matmul(&b.w_down)?)?)
+        Ok((&x + b.mlp(&xn)?)?)
     }
 
     fn logits_last(&self, x: &Tensor) -> Result<Tensor> {
         let t_len = x.dim(0)?;
         let last = x.narrow(0, t_len - 1, 1)?;
         let last = candle_nn::ops::rms_norm(&last, &self.norm, self.cfg.rms_norm_eps as f32)?;
-        Ok(last.matmul(&self.lm_head.t()?)?.squeeze(0)?)
+        let logits = match &self.lm_head {
+            Head::Dense(w) => last.matmul(&w.t()?)?,
+            Head::Quant(q) => q.forward(&last)?,
+        };
+        Ok(logits.squeeze(0)?)
     }
 
     fn n_layers(&self) -> usize {
@@ -368,6 +539,19 @@ impl Transformer for Llama {
 
     fn stepper(&self) -> Option<&dyn Stepper> {
         Some(self)
+    }
+
+    fn attn_block_output(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
+        let b = self.blocks.get(layer).ok_or_else(|| {
+            Error::input(
+                "layer",
+                format!("below {}", self.blocks.len()),
+                layer.to_string(),
+            )
+        })?;
+        let (h, n, hd) = z.dims3()?;
+        let zc = z.transpose(0, 1)?.contiguous()?.reshape((n, h * hd))?;
+        Ok(b.w_o.forward(&zc)?)
     }
 
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {

@@ -7,6 +7,7 @@
 //! placeholder token the model was trained with at positions `0..p` ([`Transformer::pretrained`]).
 
 pub mod attention;
+pub mod blas;
 pub mod construction;
 pub mod gpt;
 pub mod llama;
@@ -113,5 +114,18 @@ pub trait Transformer: Send + Sync {
     /// Layer-by-layer access for the incremental evaluator; `None` means "recompute everything".
     fn stepper(&self) -> Option<&dyn crate::incremental::Stepper> {
         None
+    }
+
+    /// The attention block's output (`hook_attn_out`, after the output projection `W_O`/`c_proj` and
+    /// its bias) of layer `layer` for per-head outputs `z` `(H, n, head_dim)`: `(n, d_model)`. This is
+    /// what the residual stream receives from attention; the paper's bias plot draws it.
+    fn attn_block_output(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
+        let _ = (layer, z);
+        Err(crate::error::Error::unsupported(
+            self.info().source.as_str(),
+            "attention block output",
+            format!("architecture {}", self.info().arch),
+            "models that implement Transformer::attn_block_output",
+        ))
     }
 }

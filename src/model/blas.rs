@@ -1,0 +1,178 @@
+//! Optional OpenBLAS for the big f32 matmuls, loaded at run time.
+//!
+//! candle's own gemm uses AVX2 kernels only (its AVX-512 path needs a nightly compiler); on the CPUs
+//! this project runs on, OpenBLAS's `sgemm` is about four times faster for the projection matmuls
+//! that dominate a forward pass. It is looked up once with `dlopen` (`libopenblas.so.0`, Debian's
+//! `libopenblas0`, or the file `PREFIXSCOPE_BLAS` names); without it everything runs on candle's
+//! matmul, with the same results up to rounding. `PREFIXSCOPE_BLAS=off` forces candle's.
+
+use candle_core::{DType, Tensor};
+use std::sync::OnceLock;
+
+/// `cblas_sgemm` with 32-bit integers (the LP64 build that distributions ship).
+type Sgemm = unsafe extern "C" fn(
+    layout: i32,
+    trans_a: i32,
+    trans_b: i32,
+    m: i32,
+    n: i32,
+    k: i32,
+    alpha: f32,
+    a: *const f32,
+    lda: i32,
+    b: *const f32,
+    ldb: i32,
+    beta: f32,
+    c: *mut f32,
+    ldc: i32,
+);
+
+const ROW_MAJOR: i32 = 101;
+const NO_TRANS: i32 = 111;
+
+struct Blas {
+    // Kept alive for as long as `sgemm` may be called.
+    _lib: libloading::Library,
+    sgemm: Sgemm,
+    name: String,
+}
+
+fn blas() -> Option<&'static Blas> {
+    static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
+    BLAS.get_or_init(|| {
+        let wanted = std::env::var("PREFIXSCOPE_BLAS").ok();
+        if wanted.as_deref() == Some("off") {
+            return None;
+        }
+        let candidates: Vec<String> = match wanted {
+            Some(p) => vec![p],
+            None => vec![
+                "libopenblas.so.0".into(),
+                "libopenblas.so".into(),
+                "libopenblas.dylib".into(),
+            ],
+        };
+        for name in candidates {
+            // SAFETY: loading a BLAS library runs its initializers, which is what it is for; the
+            // symbol has the standard CBLAS signature declared above.
+            unsafe {
+                let Ok(lib) = libloading::Library::new(&name) else {
+                    continue;
+                };
+                let sgemm = match lib.get::<Sgemm>(b"cblas_sgemm\0") {
+                    Ok(f) => *f,
+                    Err(_) => continue,
+                };
+                tracing::info!("using {name} for f32 matmuls");
+                return Some(Blas {
+                    _lib: lib,
+                    sgemm,
+                    name,
+                });
+            }
+        }
+        None
+    })
+    .as_ref()
+}
+
+/// Which BLAS the projections use, for `inspect`/`bench` ("candle gemm" without one).
+pub fn backend() -> String {
+    blas().map_or("candle gemm".into(), |b| format!("OpenBLAS ({})", b.name))
+}
+
+/// `x (m, k) @ w (k, n)` for contiguous f32 CPU matrices, through OpenBLAS when it is there.
+pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let usable = x.rank() == 2
+        && w.rank() == 2
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && x.is_contiguous()
+        && w.is_contiguous()
+        && !x.track_op()
+        && !w.track_op();
+    let Some(b) = blas().filter(|_| usable) else {
+        return x.matmul(w);
+    };
+    let (m, k) = x.dims2()?;
+    let (k2, n) = w.dims2()?;
+    if k != k2 || m == 0 || n == 0 || k == 0 || [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
+        return x.matmul(w);
+    }
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(ws)) = (&*xs, &*ws) else {
+        return x.matmul(w);
+    };
+    let xa = &xs.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * k];
+    let wa = &ws.as_slice::<f32>()?[wl.start_offset()..wl.start_offset() + k * n];
+    let mut out = vec![0f32; m * n];
+    // SAFETY: the slices hold m*k, k*n and m*n floats in row-major order with the leading
+    // dimensions given; sgemm reads a and b and writes c within those bounds.
+    unsafe {
+        (b.sgemm)(
+            ROW_MAJOR,
+            NO_TRANS,
+            NO_TRANS,
+            m as i32,
+            n as i32,
+            k as i32,
+            1.0,
+            xa.as_ptr(),
+            k as i32,
+            wa.as_ptr(),
+            n as i32,
+            0.0,
+            out.as_mut_ptr(),
+            n as i32,
+        );
+    }
+    Tensor::from_vec(out, (m, n), x.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blas_matmul_equals_candle_matmul() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (37, 53), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (53, 29), &dev).unwrap();
+        let a = matmul(&x, &w)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = x
+            .matmul(&w)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-4, "{} vs candle: {d}", backend());
+        // A narrowed (non-contiguous) view falls back to candle and is still right.
+        let wv = w.narrow(1, 3, 7).unwrap();
+        let a = matmul(&x, &wv)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = x
+            .matmul(&wv)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b);
+    }
+}

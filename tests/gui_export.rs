@@ -1,0 +1,252 @@
+//! The app's export row, driven through egui_kittest on the bundled toy sorter: a path typed in the
+//! fallback box (no file dialog in tests), Export figure to SVG, Export data to JSON and NPZ, Copy PNG;
+//! the files read back equal to the capture on screen, and an existing file is refused with a message.
+
+use egui::accesskit::Role;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use prefixscope::app::{AppOptions, PrefixScopeApp};
+use prefixscope::arrays::read_arrays;
+use resvg::usvg;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("prefixscope-gui-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn step_until(
+    h: &mut Harness<'_, PrefixScopeApp>,
+    what: &str,
+    done: impl Fn(&PrefixScopeApp) -> bool,
+) {
+    let t0 = Instant::now();
+    while !done(h.state()) {
+        let app = h.state();
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "timed out waiting for {what} (compute error {:?}, load error {:?})",
+            app.compute_error(),
+            app.load_error(),
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    h.step();
+}
+
+/// Type a path in the export box like a user would, then click a button.
+fn export_to(h: &mut Harness<'_, PrefixScopeApp>, path: &Path, button: &str) {
+    h.get_by_role_and_label(Role::TextInput, "export path")
+        .focus();
+    h.step();
+    h.get_by_role_and_label(Role::TextInput, "export path")
+        .set_text_value_accesskit(&path.display().to_string());
+    h.step();
+    assert_eq!(h.state().export.path_text, path.display().to_string());
+    h.get_by_label(button).click();
+    h.step();
+    h.step();
+}
+
+fn message(app: &PrefixScopeApp) -> (bool, String) {
+    app.export.message.clone().expect("an export message")
+}
+
+/// Every text string in a parsed SVG tree.
+fn texts(tree: &usvg::Tree) -> Vec<String> {
+    fn walk(g: &usvg::Group, out: &mut Vec<String>) {
+        for n in g.children() {
+            match n {
+                usvg::Node::Group(g) => walk(g, out),
+                usvg::Node::Text(t) => out.push(t.chunks().iter().map(|c| c.text()).collect()),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(tree.root(), &mut out);
+    out
+}
+
+/// Head `h` of an `(H, rows, cols)` array.
+fn head(a: &prefixscope::arrays::Array, h: usize) -> Vec<f32> {
+    let per = a.shape[1] * a.shape[2];
+    a.data[h * per..(h + 1) * per].to_vec()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (k, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= 1e-6, "{what}[{k}]: {a} vs {b}");
+    }
+}
+
+#[test]
+fn export_figure_and_data_from_the_app_and_refuse_to_overwrite() {
+    let dir = temp_dir("export");
+    let opts = AppOptions {
+        prompt: Some("2 6 0 1 4 6 3 0 1 2".into()),
+        session_dir: Some(dir.clone()),
+        fresh: true,
+        ..Default::default()
+    };
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_ui_state(
+            |ui, app: &mut PrefixScopeApp| app.show(ui),
+            PrefixScopeApp::new(None, opts),
+        );
+    step_until(&mut h, "the toy's views", |a| a.is_current());
+    let (layer, hd) = (h.state().views.layer, h.state().views.head);
+    let cap = h.state().shown().unwrap().capture.clone();
+    assert!(cap.p > 0, "the default model opens with its trained prefix");
+    let lc = cap.layer(layer).expect("the viewed layer").clone();
+
+    // Figure: an SVG a real parser reads, with the four panel titles and the token labels.
+    let svg = dir.join("views.svg");
+    export_to(&mut h, &svg, "Export figure");
+    let (err, m) = message(h.state());
+    assert!(!err, "export failed: {m}");
+    let text = std::fs::read_to_string(&svg).expect("the SVG was written");
+    let mut fontdb = usvg::fontdb::Database::new();
+    fontdb.load_system_fonts();
+    let tree = usvg::Tree::from_str(
+        &text,
+        &usvg::Options {
+            fontdb: std::sync::Arc::new(fontdb),
+            ..Default::default()
+        },
+    )
+    .expect("usvg parses the export");
+    let all = texts(&tree);
+    for title in [
+        "With prefix (raw)",
+        "Renormalized over content",
+        "Pretrained (no prefix)",
+        "Renormalized \u{2212} pretrained",
+    ] {
+        assert!(
+            all.iter().any(|t| t == title),
+            "no title {title:?} in {all:?}"
+        );
+    }
+    assert!(
+        all.iter().any(|t| t == "6"),
+        "no token label '6' in {all:?}"
+    );
+
+    // Data as JSON: the panels equal the capture's matrices of the selected head.
+    let json_path = dir.join("views.json");
+    export_to(&mut h, &json_path, "Export data");
+    let (err, m) = message(h.state());
+    assert!(!err, "export failed: {m}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(json["layer"], layer);
+    assert_eq!(json["head"], hd);
+    assert_eq!(json["prefix_len"], cap.p);
+    let ids: Vec<u32> = serde_json::from_value(json["token_ids"].clone()).unwrap();
+    assert_eq!(ids, cap.token_ids);
+    let panel = |name: &str| -> Vec<f32> {
+        let p = json["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == format!("{name}_L{layer}_H{hd}"))
+            .unwrap_or_else(|| panic!("no panel {name}"));
+        let rows: Vec<Vec<f32>> = serde_json::from_value(p["values"].clone()).unwrap();
+        rows.concat()
+    };
+    let raw = head(lc.with_prefix.as_ref().unwrap(), hd);
+    let renorm = head(lc.renormalized.as_ref().unwrap(), hd);
+    let pre = head(&lc.pretrained, hd);
+    let diff: Vec<f32> = renorm.iter().zip(&pre).map(|(a, b)| a - b).collect();
+    assert_close("json raw", &panel("raw"), &raw);
+    assert_close("json renormalized", &panel("renormalized"), &renorm);
+    assert_close("json pretrained", &panel("pretrained"), &pre);
+    assert_close("json difference", &panel("difference"), &diff);
+
+    // Data as NPZ: the same matrices under the panel names, plus the token ids.
+    let npz = dir.join("views.npz");
+    export_to(&mut h, &npz, "Export data");
+    let (err, m) = message(h.state());
+    assert!(!err, "export failed: {m}");
+    let arrays = read_arrays(&npz).expect("the NPZ reads back");
+    let n = cap.token_ids.len();
+    let a = &arrays[&format!("raw_L{layer}_H{hd}")];
+    assert_eq!(a.shape, vec![n, n + cap.p]);
+    assert_close("npz raw", &a.data, &raw);
+    assert_close(
+        "npz renormalized",
+        &arrays[&format!("renormalized_L{layer}_H{hd}")].data,
+        &renorm,
+    );
+    assert_close(
+        "npz pretrained",
+        &arrays[&format!("pretrained_L{layer}_H{hd}")].data,
+        &pre,
+    );
+    let tok: Vec<u32> = arrays["token_ids"].data.iter().map(|&x| x as u32).collect();
+    assert_eq!(tok, cap.token_ids);
+
+    // A second export to the same path is refused with the library's message; the file is untouched.
+    let before = std::fs::read(&npz).unwrap();
+    h.state_mut().export.message = None;
+    export_to(&mut h, &npz, "Export data");
+    let (err, m) = message(h.state());
+    assert!(err, "an existing file was replaced: {m}");
+    assert!(
+        m.contains("views.npz") && m.contains("existing file"),
+        "{m}"
+    );
+    assert!(h.query_by_label_contains("existing file").is_some());
+    assert_eq!(std::fs::read(&npz).unwrap(), before);
+    // ... and replaced once "overwrite" is ticked.
+    h.get_by_label("overwrite").click();
+    h.step();
+    assert!(h.state().export.overwrite);
+    export_to(&mut h, &npz, "Export data");
+    let (err, m) = message(h.state());
+    assert!(!err, "overwrite refused: {m}");
+
+    // The wrong kind for a button, and a folder that does not exist: one-line messages, no panic.
+    export_to(&mut h, &dir.join("views.json"), "Export figure");
+    let (err, m) = message(h.state());
+    assert!(err && m.contains(".json"), "{m}");
+    export_to(&mut h, &dir.join("no/such/dir/v.svg"), "Export figure");
+    let (err, m) = message(h.state());
+    assert!(err && m.contains("no such directory"), "{m}");
+
+    // Copy PNG: the clipboard gets the rasterized figure.
+    h.get_by_label("Copy PNG").click();
+    h.step();
+    let (err, m) = message(h.state());
+    assert!(!err && m.starts_with("copied a "), "{m}");
+    let img = h
+        .output()
+        .platform_output
+        .commands
+        .iter()
+        .find_map(|c| match c {
+            egui::OutputCommand::CopyImage(img) => Some(img.clone()),
+            _ => None,
+        })
+        .expect("a CopyImage command");
+    assert!(
+        m.contains(&format!("{}\u{d7}{}", img.size[0], img.size[1])),
+        "{m} vs {:?}",
+        img.size
+    );
+    // The default 2x scale of a four-panel figure: wide, and not blank.
+    assert!(img.size[0] > 800 && img.size[1] > 200, "{:?}", img.size);
+    let first = img.pixels[0];
+    let distinct = img.pixels.iter().filter(|&&p| p != first).count();
+    assert!(
+        distinct > img.pixels.len() / 10,
+        "the copied image is nearly blank"
+    );
+}
