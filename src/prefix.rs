@@ -38,6 +38,42 @@ pub enum Prefix {
 }
 
 impl Prefix {
+    /// Layer `l` of a paper-form prefix, `(P, d)`; `None` for the other kinds.
+    pub fn hidden_layer(&self, l: usize) -> candle_core::Result<Option<candle_core::Tensor>> {
+        let Prefix::Hidden(a) = self else {
+            return Ok(None);
+        };
+        let per = a.shape[1] * a.shape[2];
+        let rows = a.data.get(l * per..(l + 1) * per).ok_or_else(|| {
+            candle_core::Error::Msg(format!("prefix has no layer {l} (shape {:?})", a.shape))
+        })?;
+        let t = candle_core::Tensor::from_slice(
+            rows,
+            (a.shape[1], a.shape[2]),
+            &candle_core::Device::Cpu,
+        )?;
+        Ok(Some(t))
+    }
+
+    /// Layer `l` of a key/value prefix: keys and values `(KV, P, hd)`; `None` for the other kinds.
+    pub fn key_value_layer(
+        &self,
+        l: usize,
+    ) -> candle_core::Result<Option<(candle_core::Tensor, candle_core::Tensor)>> {
+        let Prefix::KeyValue { keys, values } = self else {
+            return Ok(None);
+        };
+        let shape = (keys.shape[1], keys.shape[2], keys.shape[3]);
+        let per = shape.0 * shape.1 * shape.2;
+        let layer = |a: &crate::arrays::Array| {
+            let rows = a.data.get(l * per..(l + 1) * per).ok_or_else(|| {
+                candle_core::Error::Msg(format!("prefix has no layer {l} (shape {:?})", a.shape))
+            })?;
+            candle_core::Tensor::from_slice(rows, shape, &candle_core::Device::Cpu)
+        };
+        Ok(Some((layer(keys)?, layer(values)?)))
+    }
+
     pub fn kind(&self) -> PrefixKind {
         match self {
             Prefix::SoftPrompt(_) => PrefixKind::SoftPrompt,

@@ -37,14 +37,36 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn incremental_equals_full_recompute_over_random_edits() {
     let loaded = load(&smollm2()).unwrap();
-    let model = loaded.model.as_ref();
-    let info = model.info().clone();
     let ids = loaded
         .tokenizer
         .encode("Prefixes bias attention: 3 + 4 = 7.", false)
         .unwrap();
-    let mut rng = Rng(0x5EED_1234_ABCD_0001);
-    let mut ev = Evaluator::new(&ids);
+    check_random_edits(&loaded, &ids, 0x5EED_1234_ABCD_0001);
+}
+
+/// The GPT family has its own layer stepper (learned positions, LayerNorm, GELU): the same property
+/// on the bundled 4-layer toy, against its batched forward.
+#[test]
+fn incremental_equals_full_recompute_on_the_deep_toy() {
+    let loaded = load(&repo_path("models/deep-4l4h128/random.safetensors")).unwrap();
+    let ids = loaded
+        .tokenizer
+        .encode("2 6 0 1 4 6 3 0 1 2", false)
+        .unwrap();
+    assert_eq!(ids.len(), 10);
+    check_random_edits(&loaded, &ids, 0x5EED_1234_ABCD_0002);
+}
+
+fn check_random_edits(loaded: &prefixscope::load::Loaded, ids: &[u32], seed: u64) {
+    let model = loaded.model.as_ref();
+    let info = model.info().clone();
+    assert!(
+        model.stepper().is_some(),
+        "no incremental path for {}",
+        info.source
+    );
+    let mut rng = Rng(seed);
+    let mut ev = Evaluator::new(ids);
     let mut checked = 0;
     for kind in [
         PrefixKind::Hidden,
@@ -68,8 +90,7 @@ fn incremental_equals_full_recompute_over_random_edits() {
             layers.sort();
             layers.dedup();
             let inc = ev.update(model, Some(&prefix), edit, &layers).unwrap();
-            let full =
-                capture(model, &ids, Some(&prefix), &LayerSel::Only(layers.clone())).unwrap();
+            let full = capture(model, ids, Some(&prefix), &LayerSel::Only(layers.clone())).unwrap();
             for l in &layers {
                 let a = inc.layer(*l).unwrap();
                 let b = full.layer(*l).unwrap();

@@ -446,6 +446,16 @@ fn answer(
     ok
 }
 
+/// One request answered from scratch on the calling thread: what the views draw for `req`, with
+/// `layers` captured. `bench` uses it to time a redraw on real data.
+pub fn compute_once(
+    model: &dyn Transformer,
+    req: &ComputeRequest,
+    layers: &[usize],
+) -> crate::Result<Computed> {
+    run_request(model, req, &mut None, layers, true)
+}
+
 fn run_request(
     model: &dyn Transformer,
     req: &ComputeRequest,

@@ -22,9 +22,22 @@ pub struct Args {
     /// Prompt length for the slider-update latencies.
     #[arg(long, default_value_t = 128)]
     pub update_n: usize,
+    /// Toy model for the `toy` update latency (default: the bundled 4-layer toy, else the sorter).
+    #[arg(long)]
+    pub toy: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The largest bundled toy: the 4-layer model when it is there, else the app's default sorter.
+fn default_toy() -> Option<PathBuf> {
+    let (sorter, _) = prefixscope::app::default_model()?;
+    let deep = sorter
+        .parent()?
+        .parent()?
+        .join("deep-4l4h128/random.safetensors");
+    Some(if deep.exists() { deep } else { sorter })
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in bytes.
@@ -84,8 +97,23 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         forward.insert(n.to_string(), med.into());
         flops.insert(n.to_string(), (gflop / med).into());
     }
-    let update = update_latencies(model, a.repeats.max(1), a.update_n)?;
+    let mut update = update_latencies(model, a.repeats.max(1), a.update_n)?;
+    let redraw_s = redraw_latency(&loaded, a.repeats.max(1), a.update_n)?;
+    // Peak memory is the big model's: read it before the toy is loaded (the toy adds a few MB).
     let peak = peak_rss_bytes().unwrap_or(0);
+    let mut toy_detail = serde_json::Map::new();
+    if let Some(toy_path) = a.toy.clone().or_else(default_toy) {
+        let toy = load::load(&toy_path)?;
+        let cases = update_latencies(toy.model.as_ref(), a.repeats.max(1), a.update_n)?;
+        // "Any update": the slowest of the toy's cases.
+        let worst = cases
+            .values()
+            .filter_map(|v| v.as_f64())
+            .fold(0.0, f64::max);
+        update.insert("toy".into(), worst.into());
+        toy_detail.insert("model".into(), toy_path.display().to_string().into());
+        toy_detail.extend(cases);
+    }
     if a.json {
         let v = serde_json::json!({
             "model": a.model.display().to_string(),
@@ -97,6 +125,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             "gflops": flops,
             "update_n": a.update_n,
             "update_s": update,
+            "toy_update_s": toy_detail,
+            "redraw_s": redraw_s,
         });
         println!("{v}");
     } else {
@@ -124,8 +154,84 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
                 a.update_n
             );
         }
+        if let Some(m) = toy_detail.get("model").and_then(|v| v.as_str()) {
+            println!("toy model       {m}");
+        }
+        for (k, v) in toy_detail.iter().filter(|(k, _)| *k != "model") {
+            println!(
+                "  toy {k:<14} {:.3} ms (median)",
+                v.as_f64().unwrap_or(0.0) * 1e3
+            );
+        }
+        println!(
+            "redraw          {:.3} ms (median, layout and tessellation of the four maps, N={})",
+            redraw_s * 1e3,
+            a.update_n
+        );
     }
     Ok(())
+}
+
+/// CPU time of one redraw of the views (raw, renormalized, pretrained, difference) at `n` tokens,
+/// on real data: the egui frame that lays out the four heatmaps with their labels and colour bars,
+/// plus tessellation into triangles. This is what the UI thread spends per frame on the maps; the
+/// GPU's rasterization is not included (there is no window here).
+fn redraw_latency(loaded: &load::Loaded, repeats: usize, n: usize) -> prefixscope::Result<f64> {
+    use prefixscope::app::views::{ViewData, ViewsPanel};
+    use prefixscope::app::worker::{compute_once, ComputeRequest};
+    use prefixscope::prefix::{Prefix, PrefixKind};
+    let model = loaded.model.as_ref();
+    let info = model.info().clone();
+    let n = info.max_positions.map_or(n, |m| n.min(m.saturating_sub(1)));
+    let ids = synthetic_ids(n, info.vocab_size);
+    let mut prefix = Prefix::zeros(PrefixKind::SoftPrompt, 1, &info);
+    for (i, x) in prefix.values_mut().enumerate() {
+        *x = ((i * 37 % 101) as f32 / 101.0 - 0.5) * 0.1;
+    }
+    let layer = info.n_layers / 2;
+    let req = ComputeRequest {
+        gen: 1,
+        model_gen: 1,
+        ids: ids.clone(),
+        prefix: Some(prefix),
+        view_layer: layer,
+    };
+    let computed = compute_once(model, &req, &[0, layer])?;
+    let labels = loaded.tokenizer.labels(&ids);
+    let data = ViewData {
+        computed: &computed,
+        labels: &labels,
+    };
+    let mut panel = ViewsPanel {
+        layer,
+        ..Default::default()
+    };
+    // The window size the screenshot checks use.
+    let input = || egui::RawInput {
+        screen_rect: Some(egui::Rect::from_min_size(
+            egui::Pos2::ZERO,
+            egui::vec2(1280.0, 800.0),
+        )),
+        ..Default::default()
+    };
+    let ctx = egui::Context::default();
+    let mut frame = || {
+        let t = Instant::now();
+        let mut out = ctx.run_ui(input(), |ui| panel.ui(ui, &data));
+        let shapes = std::mem::take(&mut out.shapes);
+        let prims = ctx.tessellate(shapes, out.pixels_per_point);
+        let dt = t.elapsed().as_secs_f64();
+        std::hint::black_box(prims);
+        // No GPU here to upload the font atlas to.
+        out.drop_without_applying_deltas();
+        dt
+    };
+    // The first frames build the font atlas and caches; a real session has them already.
+    for _ in 0..3 {
+        frame();
+    }
+    let times: Vec<f64> = (0..repeats.max(3) * 4).map(|_| frame()).collect();
+    Ok(median(times))
 }
 
 /// Latency of one slider change through the incremental evaluator (P = 1, one coordinate changed),

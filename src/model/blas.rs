@@ -27,6 +27,10 @@ type Sgemm = unsafe extern "C" fn(
     ldc: i32,
 );
 
+/// Products smaller than this many multiply-adds stay on candle's matmul (the call overhead is most
+/// of their cost).
+const BLAS_MIN_MACS: usize = 1 << 16;
+
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
 
@@ -96,7 +100,7 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     };
     let (m, k) = x.dims2()?;
     let (k2, n) = w.dims2()?;
-    if k != k2 || m == 0 || n == 0 || k == 0 || [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
+    if k != k2 || m * n * k < BLAS_MIN_MACS || [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
         return x.matmul(w);
     }
     let (xs, xl) = x.storage_and_layout();
@@ -137,8 +141,9 @@ mod tests {
     #[test]
     fn blas_matmul_equals_candle_matmul() {
         let dev = candle_core::Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (37, 53), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (53, 29), &dev).unwrap();
+        // Large enough for OpenBLAS.
+        let x = Tensor::randn(0f32, 1.0, (130, 177), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (177, 301), &dev).unwrap();
         let a = matmul(&x, &w)
             .unwrap()
             .flatten_all()
@@ -157,7 +162,7 @@ mod tests {
             .zip(&b)
             .map(|(p, q)| (p - q).abs())
             .fold(0.0, f32::max);
-        assert!(d < 1e-4, "{} vs candle: {d}", backend());
+        assert!(d < 1e-3, "{} vs candle: {d}", backend());
         // A narrowed (non-contiguous) view falls back to candle and is still right.
         let wv = w.narrow(1, 3, 7).unwrap();
         let a = matmul(&x, &wv)

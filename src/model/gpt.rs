@@ -11,6 +11,7 @@
 use super::attention::{attend, content_rows};
 use super::{Arch, LayerRun, LayerSel, ModelInfo, Run, Transformer};
 use crate::error::{Error, Result};
+use crate::incremental::{ContentKv, Stepper};
 use crate::prefix::Prefix;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -132,17 +133,76 @@ impl Ln {
 struct Linear {
     w: Tensor,
     b: Tensor,
+    /// A frozen weight is kept transposed, `(in, out)` contiguous (and `w` is a view of it): `x @ wt`
+    /// is then a plain matmul, where `x @ w^T` made the matmul repack the weight on every call (a
+    /// quarter of a toy slider update). Trainable weights (`Var`s) keep `w` alone.
+    wt: Option<Tensor>,
 }
 
 impl Linear {
+    fn new(w: Tensor, b: Tensor) -> candle_core::Result<Self> {
+        if w.track_op() {
+            return Ok(Linear { w, b, wt: None });
+        }
+        let wt = w.t()?.contiguous()?;
+        Ok(Linear {
+            w: wt.t()?,
+            b,
+            wt: Some(wt),
+        })
+    }
+
     /// `x`: `(rows, in)` -> `(rows, out)`, plus a LoRA update `(x A^T) B^T` when given.
     fn forward(&self, x: &Tensor, lora: Option<&LoraPair>) -> candle_core::Result<Tensor> {
-        let y = x.matmul(&self.w.t()?)?.broadcast_add(&self.b)?;
+        let y = match &self.wt {
+            Some(wt) if x.rank() == 2 => super::blas::matmul(&x.contiguous()?, wt)?,
+            _ => x.matmul(&self.w.t()?)?,
+        }
+        .broadcast_add(&self.b)?;
         match lora {
             Some(l) => y + x.matmul(&l.a.t()?)?.matmul(&l.b.t()?)?,
             None => Ok(y),
         }
     }
+}
+
+/// GELU with the tanh approximation (minGPT's `NewGELU`, candle's `gelu`). An untracked tensor goes
+/// through a serial loop with a rational tanh: candle sends every element through libm's `tanhf` on
+/// the thread pool, which was a fifth of a toy slider update. Training keeps candle's (it has the
+/// backward pass).
+fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.track_op() || x.dtype() != DType::F32 {
+        return x.gelu();
+    }
+    let out: Vec<f32> = x
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(|v| 0.5 * v * (1.0 + tanh_fast(0.797_884_6 * v * (1.0 + 0.044715 * v * v))))
+        .collect();
+    Tensor::from_vec(out, x.shape(), x.device())
+}
+
+/// tanh as Eigen's `generic_fast_tanh_float`: a 13/6 rational minimax fit on the clamped range,
+/// within 2e-6 of libm's `tanhf` (the unit test below), and free of calls so the loop vectorizes.
+fn tanh_fast(x: f32) -> f32 {
+    const A: [f32; 7] = [
+        4.893_524_6e-3,
+        6.372_619_3e-4,
+        1.485_722_4e-5,
+        5.122_297e-8,
+        -8.604_672e-11,
+        2.000_188e-13,
+        -2.760_768_5e-16,
+    ];
+    const B: [f32; 4] = [4.893_525e-3, 2.268_434_6e-3, 1.185_347e-4, 1.198_258_4e-6];
+    let x = x.clamp(-7.905_311, 7.905_311);
+    let x2 = x * x;
+    let p = x
+        * ((((((A[6] * x2 + A[5]) * x2 + A[4]) * x2 + A[3]) * x2 + A[2]) * x2 + A[1]) * x2 + A[0]);
+    let q = ((B[3] * x2 + B[2]) * x2 + B[1]) * x2 + B[0];
+    // Near 0 this is x * (A0 / B0) = x (1 - 1.3e-7): no branch needed, so the loop vectorizes.
+    p / q
 }
 
 #[derive(Clone)]
@@ -309,10 +369,10 @@ impl Gpt {
                    dout: usize,
                    init: Init|
          -> candle_core::Result<Linear> {
-            Ok(Linear {
-                w: get(vb, "weight", &[dout, din], init)?,
-                b: get(vb, "bias", &[dout], Init::Const(0.0))?,
-            })
+            Linear::new(
+                get(vb, "weight", &[dout, din], init)?,
+                get(vb, "bias", &[dout], Init::Const(0.0))?,
+            )
         };
         let t = vb.pp("transformer");
         let wte = get(&t, "wte.weight", &[cfg.vocab_size, c], normal)?;
@@ -374,6 +434,20 @@ impl Gpt {
         x.reshape((b, t, h, c / h))?.transpose(1, 2)?.contiguous()
     }
 
+    /// Keys and values `(1, H, P, hd)` of the paper's per-layer prefix rows `s` `(P, C)` at one block.
+    fn hidden_kv(&self, blk: &Block, s: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (h, c) = (self.cfg.n_head, self.cfg.n_embd);
+        let p = s.dim(0)?;
+        let sn = match &blk.ln_1 {
+            Some(ln) => ln.forward(s, self.cfg.layer_norm_eps)?,
+            None => s.clone(),
+        };
+        let qkv = blk.c_attn.forward(&sn, None)?; // (P, 3C)
+        let k = Self::heads(&qkv.narrow(1, c, c)?.reshape((1, p, c))?, h)?;
+        let v = Self::heads(&qkv.narrow(1, 2 * c, c)?.reshape((1, p, c))?, h)?;
+        Ok((k, v))
+    }
+
     /// The prefix keys and values of layer `l` for a batch of `b`: `(B, H, P, hd)` each, or `None`.
     /// The paper's per-layer prefix goes through the frozen `ln_1` and `c_attn` (with biases) and gets
     /// no position embedding, exactly as minGPT's replaced attention input does.
@@ -384,20 +458,9 @@ impl Gpt {
         prefix: Option<&PrefixT>,
         b: usize,
     ) -> candle_core::Result<Option<(Tensor, Tensor)>> {
-        let (h, c) = (self.cfg.n_head, self.cfg.n_embd);
+        let h = self.cfg.n_head;
         let kv = match prefix {
-            Some(PrefixT::Hidden(all)) => {
-                let s = all.get(l)?; // (P, C)
-                let p = s.dim(0)?;
-                let sn = match &blk.ln_1 {
-                    Some(ln) => ln.forward(&s, self.cfg.layer_norm_eps)?,
-                    None => s,
-                };
-                let qkv = blk.c_attn.forward(&sn, None)?; // (P, 3C)
-                let k = Self::heads(&qkv.narrow(1, c, c)?.reshape((1, p, c))?, h)?;
-                let v = Self::heads(&qkv.narrow(1, 2 * c, c)?.reshape((1, p, c))?, h)?;
-                (k, v)
-            }
+            Some(PrefixT::Hidden(all)) => self.hidden_kv(blk, &all.get(l)?)?,
             Some(PrefixT::KeyValue { keys, values }) => {
                 (keys.get(l)?.unsqueeze(0)?, values.get(l)?.unsqueeze(0)?)
             }
@@ -475,7 +538,7 @@ impl Gpt {
             let attn = blk.c_proj.forward(&zc, lp.map(|x| &x[0]))?;
             x = (x + attn.reshape((b, t, c))?)?;
             let xn = blk.ln_2.forward(&x, eps)?.reshape((b * t, c))?;
-            let hid = blk.c_fc.forward(&xn, lp.map(|x| &x[1]))?.gelu()?;
+            let hid = gelu(&blk.c_fc.forward(&xn, lp.map(|x| &x[1]))?)?;
             let out = blk.mlp_proj.forward(&hid, lp.map(|x| &x[2]))?;
             x = (x + out.reshape((b, t, c))?)?;
         }
@@ -537,6 +600,16 @@ impl Gpt {
         })
     }
 
+    fn block(&self, l: usize) -> Result<&Block> {
+        self.blocks.get(l).ok_or_else(|| {
+            Error::input(
+                "layer",
+                format!("below {}", self.blocks.len()),
+                l.to_string(),
+            )
+        })
+    }
+
     fn check_len(&self, what: &str, total: usize) -> Result<()> {
         if total > self.cfg.n_positions {
             return Err(Error::input(
@@ -578,14 +651,12 @@ impl Transformer for Gpt {
         self.run_one(&all, None, p, layers)
     }
 
+    fn stepper(&self) -> Option<&dyn Stepper> {
+        Some(self)
+    }
+
     fn attn_block_output(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
-        let b = self.blocks.get(layer).ok_or_else(|| {
-            Error::input(
-                "layer",
-                format!("below {}", self.blocks.len()),
-                layer.to_string(),
-            )
-        })?;
+        let b = self.block(layer)?;
         // (H, n, hd) -> (n, H*hd), heads concatenated as the forward pass does before c_proj.
         let (h, n, hd) = z.dims3()?;
         let zc = z.transpose(0, 1)?.contiguous()?.reshape((n, h * hd))?;
@@ -604,7 +675,118 @@ impl Transformer for Gpt {
     }
 }
 
+/// Layer by layer access for the incremental evaluator: the same block as [`Gpt::run_blocks`] with a
+/// batch of one, split where a prefix edit enters, so that a slider edit recomputes only the layers
+/// it can change.
+impl Stepper for Gpt {
+    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)> {
+        let n = ids.len();
+        let p = prefix.map_or(0, |x| x.len());
+        self.check_len("prompt length", p + n)?;
+        let tok = self
+            .wte
+            .index_select(&Tensor::from_slice(ids, n, &Device::Cpu)?, 0)?;
+        // Learned positions are added here, once: a soft prompt takes positions 0..P in the stream;
+        // with the other kinds the content sits at P..P+n behind the per-layer key/value columns.
+        Ok(match prefix {
+            Some(Prefix::SoftPrompt(a)) => (
+                Tensor::cat(&[&a.to_tensor()?, &tok], 0)?.broadcast_add(&self.wpe.narrow(
+                    0,
+                    0,
+                    p + n,
+                )?)?,
+                0,
+            ),
+            Some(_) => (tok.broadcast_add(&self.wpe.narrow(0, p, n)?)?, p),
+            None => (tok.broadcast_add(&self.wpe.narrow(0, 0, n)?)?, 0),
+        })
+    }
+
+    fn layer_content(&self, l: usize, x: &Tensor, _pos0: usize) -> Result<ContentKv> {
+        let blk = self.block(l)?;
+        let (h, c, hd) = (self.cfg.n_head, self.cfg.n_embd, self.cfg.head_dim());
+        let xn = match &blk.ln_1 {
+            Some(ln) => ln.forward(x, self.cfg.layer_norm_eps)?,
+            None => x.clone(),
+        };
+        let qkv = blk.c_attn.forward(&xn, None)?.unsqueeze(0)?; // (1, T, 3C)
+        let part = |i: usize| -> candle_core::Result<Tensor> {
+            Self::heads(&qkv.narrow(2, i * c, c)?, h)?.squeeze(0)
+        };
+        ContentKv::new(part(0)?, part(1)?, part(2)?, 1.0 / (hd as f64).sqrt())
+    }
+
+    fn prefix_kv(&self, l: usize, prefix: Option<&Prefix>) -> Result<Option<(Tensor, Tensor)>> {
+        let blk = self.block(l)?;
+        let Some(pf) = prefix else { return Ok(None) };
+        if let Some(s) = pf.hidden_layer(l)? {
+            let (k, v) = self.hidden_kv(blk, &s)?;
+            return Ok(Some((k.squeeze(0)?, v.squeeze(0)?)));
+        }
+        Ok(pf.key_value_layer(l)?)
+    }
+
+    fn layer_finish(&self, l: usize, x: &Tensor, z: &Tensor) -> Result<Tensor> {
+        let blk = self.block(l)?;
+        let eps = self.cfg.layer_norm_eps;
+        let (h, t, hd) = z.dims3()?;
+        let zc = z.transpose(0, 1)?.contiguous()?.reshape((t, h * hd))?;
+        let x = (x + blk.c_proj.forward(&zc, None)?)?;
+        let hid = gelu(&blk.c_fc.forward(&blk.ln_2.forward(&x, eps)?, None)?)?;
+        Ok((&x + blk.mlp_proj.forward(&hid, None)?)?)
+    }
+
+    fn logits_last(&self, x: &Tensor) -> Result<Tensor> {
+        let t = x.dim(0)?;
+        let last = self
+            .ln_f
+            .forward(&x.narrow(0, t - 1, 1)?, self.cfg.layer_norm_eps)?;
+        Ok(last.matmul(&self.lm_head.t()?)?.squeeze(0)?)
+    }
+
+    fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+}
+
 /// Row-wise argmax of `(B, V)` logits.
 pub fn argmax_rows(logits: &Tensor) -> candle_core::Result<Vec<u32>> {
     logits.argmax(D::Minus1)?.to_vec1::<u32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_tanh_and_gelu_match_libm_and_candle() {
+        let mut worst = 0f32;
+        for i in -20_000..=20_000 {
+            let x = i as f32 * 1e-3;
+            worst = worst.max((tanh_fast(x) - x.tanh()).abs());
+        }
+        assert!(worst < 2e-6, "tanh off by {worst:e}");
+        let xs: Vec<f32> = (-4000..4000).map(|i| i as f32 * 2.5e-3).collect();
+        let t = Tensor::from_vec(xs, (80, 100), &Device::Cpu).unwrap();
+        let ours = gelu(&t)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let theirs = t
+            .gelu()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let d = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "gelu off by {d:e}");
+        assert_eq!(gelu(&t).unwrap().dims(), &[80, 100]);
+    }
 }

@@ -465,31 +465,17 @@ impl Stepper for Llama {
     fn prefix_kv(&self, l: usize, prefix: Option<&Prefix>) -> Result<Option<(Tensor, Tensor)>> {
         let (kv, hd) = (self.info.n_kv_heads, self.info.head_dim);
         let b = &self.blocks[l];
-        Ok(match prefix {
-            Some(Prefix::Hidden(a)) => {
-                let p = a.shape[1];
-                let s = Tensor::from_slice(
-                    &a.data[l * p * a.shape[2]..(l + 1) * p * a.shape[2]],
-                    (p, a.shape[2]),
-                    &Device::Cpu,
-                )?;
-                let sn = candle_nn::ops::rms_norm(&s, &b.attn_norm, self.cfg.rms_norm_eps as f32)?;
-                let (pk, pv) = b.kv(&sn, self.info.n_heads, kv, hd)?;
-                let (pk, pv) = (Self::heads(&pk, kv, hd)?, Self::heads(&pv, kv, hd)?);
-                // The paper's form: prefix keys are rotated at their own positions 0..P.
-                let (pc, ps) = self.rope_tables(0, p)?;
-                Some((Self::rope(&pk, &pc, &ps)?, pv))
-            }
-            Some(Prefix::KeyValue { keys, values }) => {
-                let per = keys.shape[1] * keys.shape[2] * keys.shape[3];
-                let shape = (keys.shape[1], keys.shape[2], keys.shape[3]);
-                Some((
-                    Tensor::from_slice(&keys.data[l * per..(l + 1) * per], shape, &Device::Cpu)?,
-                    Tensor::from_slice(&values.data[l * per..(l + 1) * per], shape, &Device::Cpu)?,
-                ))
-            }
-            _ => None,
-        })
+        let Some(pf) = prefix else { return Ok(None) };
+        if let Some(s) = pf.hidden_layer(l)? {
+            let p = s.dim(0)?;
+            let sn = candle_nn::ops::rms_norm(&s, &b.attn_norm, self.cfg.rms_norm_eps as f32)?;
+            let (pk, pv) = b.kv(&sn, self.info.n_heads, kv, hd)?;
+            let (pk, pv) = (Self::heads(&pk, kv, hd)?, Self::heads(&pv, kv, hd)?);
+            // The paper's form: prefix keys are rotated at their own positions 0..P.
+            let (pc, ps) = self.rope_tables(0, p)?;
+            return Ok(Some((Self::rope(&pk, &pc, &ps)?, pv)));
+        }
+        Ok(pf.key_value_layer(l)?)
     }
 
     fn layer_finish(&self, l: usize, x: &Tensor, z: &Tensor) -> Result<Tensor> {

@@ -29,6 +29,11 @@ pub fn smollm2() -> PathBuf {
     p
 }
 
+/// A file of this repository (`models/...`).
+pub fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
 /// `../shared/fixtures` beside the checkout.
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
