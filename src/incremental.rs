@@ -183,8 +183,31 @@ pub enum Edit {
     Layer(usize),
 }
 
-/// Below this many multiply-adds per pass (parameters x positions), updates run on one thread.
+/// Below this many multiply-adds per pass (parameters x positions), candle's ops run on one thread.
 const SERIAL_MAX_MACS: f64 = 1e8;
+
+/// Runs `f`, a pass of `model` over `positions` tokens, with candle's ops on one thread when that is
+/// faster on these 2-core machines:
+/// - a small model's pass is a few hundred tiny ops, and waking the pool for each costs more than the
+///   op (a 4-layer toy update: 1.3 ms on 2 threads, 0.9 ms on one);
+/// - when OpenBLAS does the projections, its threads do the parallel part, and candle's competing
+///   with them for the cores slows both (SmolLM2 at N = 128: 0.22-0.23 s, 0.21-0.23 s with candle on
+///   one thread) until the N x N attention is big enough to be worth splitting (N = 512: 1.07 s on
+///   every core, 1.30 s with candle on one).
+///
+/// Otherwise candle keeps every core.
+pub fn on_compute_pool<R: Send>(
+    model: &dyn Transformer,
+    positions: usize,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    let work = model.info().n_params as f64 * positions as f64;
+    let serial = work < SERIAL_MAX_MACS || (model.blas_projections() && positions <= 256);
+    match serial_pool().filter(|_| serial) {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
 
 /// A one-thread rayon pool: inside it candle's parallel loops run inline.
 /// `None` when the OS refused the thread (updates then run where they are called).
@@ -258,15 +281,10 @@ impl Evaluator {
         edit: Edit,
         layers: &[usize],
     ) -> Result<Capture> {
-        // A small model's update is a few hundred tiny ops: waking the thread pool for each costs
-        // more than the op (a toy update took 1.3 ms on 2 threads and 0.2-0.9 ms on one). Such
-        // updates run on a one-thread pool; big models keep every core.
-        let info = model.info();
-        let work = info.n_params as f64 * (self.ids.len() + prefix.map_or(0, |p| p.len())) as f64;
-        match serial_pool().filter(|_| work < SERIAL_MAX_MACS) {
-            Some(pool) => pool.install(|| self.update_here(model, prefix, edit, layers)),
-            None => self.update_here(model, prefix, edit, layers),
-        }
+        let positions = self.ids.len() + prefix.map_or(0, |p| p.len());
+        on_compute_pool(model, positions, || {
+            self.update_here(model, prefix, edit, layers)
+        })
     }
 
     fn update_here(

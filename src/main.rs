@@ -5,18 +5,29 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    let args = cli::Cli::parse();
+    // SAFETY (both `set_var`s): nothing has started a thread yet.
     // candle asks for its thread count on every matmul, and without this variable it finds it by
     // reading /proc/cpuinfo each time (7% of a toy slider update). Rayon's default, made explicit.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: first thing in main, before any other thread exists.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+    // candle's element-wise ops have their own pool of spinning threads; on a 2-core machine they
+    // fight OpenBLAS's threads (which do the projections) and the UI for the cores: SmolLM2's forward
+    // at N = 128 took 0.26-0.27 s with them and 0.21-0.22 s without. Training (big batched
+    // element-wise work, no OpenBLAS) keeps them.
+    let training = matches!(
+        args.command,
+        Some(cli::Command::Train(_)) | Some(cli::Command::Eval(_))
+    );
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() && !training {
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let args = cli::Cli::parse();
     match args.command {
         Some(cmd) => {
             if let Err(e) = cli::run(cmd) {

@@ -80,6 +80,11 @@ fn blas() -> Option<&'static Blas> {
     .as_ref()
 }
 
+/// Whether OpenBLAS (or the library `PREFIXSCOPE_BLAS` names) was found.
+pub fn active() -> bool {
+    blas().is_some()
+}
+
 /// Which BLAS the projections use, for `inspect`/`bench` ("candle gemm" without one).
 pub fn backend() -> String {
     blas().map_or("candle gemm".into(), |b| format!("OpenBLAS ({})", b.name))

@@ -640,7 +640,9 @@ impl Transformer for Gpt {
         };
         self.check_len("prompt length", p + ids.len())?;
         let pt = prefix.map(PrefixT::from_prefix).transpose()?;
-        self.run_one(ids, pt.as_ref(), p, layers)
+        crate::incremental::on_compute_pool(self, p + ids.len(), || {
+            self.run_one(ids, pt.as_ref(), p, layers)
+        })
     }
 
     fn pretrained(&self, ids: &[u32], p: usize, layers: &LayerSel) -> Result<Run> {
@@ -648,7 +650,12 @@ impl Transformer for Gpt {
         // The content stays at p..p+n with the placeholder token (id 0, as in training) before it.
         let mut all = vec![0u32; p];
         all.extend_from_slice(ids);
-        self.run_one(&all, None, p, layers)
+        crate::incremental::on_compute_pool(self, all.len(), || self.run_one(&all, None, p, layers))
+    }
+
+    fn blas_projections(&self) -> bool {
+        // Frozen weights go through `blas::matmul` (trainable ones through candle's matmul).
+        super::blas::active() && self.blocks.first().is_some_and(|b| b.c_attn.wt.is_some())
     }
 
     fn stepper(&self) -> Option<&dyn Stepper> {

@@ -430,7 +430,10 @@ impl Llama {
     }
 
     fn run(&self, ids: &[u32], prefix: Option<&Prefix>, sel: &LayerSel) -> Result<Run> {
-        crate::incremental::full_run(self, ids, prefix, sel)
+        let positions = ids.len() + prefix.map_or(0, |p| p.len());
+        crate::incremental::on_compute_pool(self, positions, || {
+            crate::incremental::full_run(self, ids, prefix, sel)
+        })
     }
 }
 
@@ -525,6 +528,15 @@ impl Transformer for Llama {
 
     fn stepper(&self) -> Option<&dyn Stepper> {
         Some(self)
+    }
+
+    fn blas_projections(&self) -> bool {
+        // f32 weights go through `blas::matmul`; quantized ones through candle's QMatMul.
+        super::blas::active()
+            && self
+                .blocks
+                .first()
+                .is_some_and(|b| matches!(b.w_o, Linear::Dense(_)))
     }
 
     fn attn_block_output(&self, layer: usize, z: &Tensor) -> Result<Tensor> {

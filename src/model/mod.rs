@@ -111,6 +111,12 @@ pub trait Transformer: Send + Sync {
     /// The embedding row of token `id` (to set a soft-prompt vector to a real token).
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>>;
 
+    /// True when the big projections run on OpenBLAS, whose own threads then do the parallel work
+    /// (see [`crate::incremental::on_compute_pool`]).
+    fn blas_projections(&self) -> bool {
+        false
+    }
+
     /// Layer-by-layer access for the incremental evaluator; `None` means "recompute everything".
     fn stepper(&self) -> Option<&dyn crate::incremental::Stepper> {
         None
