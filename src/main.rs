@@ -13,16 +13,18 @@ fn main() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
-    // candle's element-wise ops have their own pool of spinning threads; on a 2-core machine they
-    // fight OpenBLAS's threads (which do the projections) and the UI for the cores: SmolLM2's forward
-    // at N = 128 took 0.26-0.27 s with them and 0.21-0.22 s without. Training (big batched
-    // element-wise work, no OpenBLAS) keeps them.
+    // candle's element-wise and quantized ops have their own pool, whose threads spin after each op
+    // (25,000 turns) before they sleep; on a 2-core machine that spinning takes the cores from
+    // OpenBLAS's threads (which do the f32 projections) and from the UI: SmolLM2's forward at
+    // N = 128 took 0.26-0.27 s with it and 0.22-0.23 s with the threads sleeping at once. The pool
+    // keeps its size (quantized mode needs it: 3.2 s against 6 s on one thread). Training keeps
+    // candle's default.
     let training = matches!(
         args.command,
         Some(cli::Command::Train(_)) | Some(cli::Command::Eval(_))
     );
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() && !training {
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() && !training {
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1") };
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
