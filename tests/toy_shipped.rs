@@ -143,9 +143,11 @@ fn shipped_files_match_the_manifest_and_the_papers_results() {
         find("deep-4l4h128/random.safetensors"),
         find("deep-4l4h128/prefix-ascending_add1.safetensors"),
     ) {
+        // "Clearly more": 10 points above the pretrained model, five times the sampling noise of a
+        // 200-sample measure near 0-20%.
         let base = measure(pre, Task::AscendingAdd1, 200);
         assert!(
-            e.accuracy > base + 0.2,
+            e.accuracy > base + 0.10,
             "ascending_add1 prefix {} vs pretrained {base}",
             e.accuracy
         );

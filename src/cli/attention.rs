@@ -12,24 +12,10 @@ pub struct Args {
     /// Keep GGUF weights quantized (QMatMul) instead of dequantizing to f32: less memory, quantized tolerances.
     #[arg(long)]
     pub quantized: bool,
-    /// Prompt text (tokenized by the model's tokenizer; no BOS unless --bos).
-    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
-    pub text: Option<String>,
-    /// Token ids, comma separated.
-    #[arg(long, value_delimiter = ',')]
-    pub ids: Option<Vec<String>>,
-    /// Prepend the tokenizer's BOS token.
-    #[arg(long)]
-    pub bos: bool,
-    /// Soft prompt, shape (P, d_model).
-    #[arg(long, group = "prefix_kind")]
-    pub soft_prompt: Option<PathBuf>,
-    /// The paper's per-layer prefix, shape (n_layers, P, d_model).
-    #[arg(long, group = "prefix_kind")]
-    pub prefix: Option<PathBuf>,
-    /// Key/value prefix: arrays `keys` and `values`, shape (n_layers, n_kv_heads, P, head_dim).
-    #[arg(long, group = "prefix_kind")]
-    pub prefix_kv: Option<PathBuf>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
     /// Layers to write: comma-separated indices or `all`.
     #[arg(long, default_value = "all")]
     pub layers: String,
@@ -75,32 +61,57 @@ pub fn parse_ids(raw: &[String]) -> prefixscope::Result<Vec<u32>> {
 }
 
 /// The content token ids from `--text` (tokenized, BOS on request) or `--ids`.
-pub fn prompt_ids(
-    loaded: &load::Loaded,
-    text: &Option<String>,
-    ids: &Option<Vec<String>>,
-    bos: bool,
-) -> prefixscope::Result<Vec<u32>> {
-    match (text, ids) {
-        (Some(t), _) => loaded.tokenizer.encode(t, bos),
-        (None, Some(raw)) => parse_ids(raw),
-        (None, None) => Err(Error::input("prompt", "--text or --ids", "neither")),
+/// The prompt: `--text` (tokenized) or `--ids`, and `--bos`.
+#[derive(clap::Args, Debug)]
+pub struct PromptArgs {
+    /// Prompt text (tokenized by the model's tokenizer; no BOS unless --bos).
+    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    pub text: Option<String>,
+    /// Token ids, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Option<Vec<String>>,
+    /// Prepend the tokenizer's BOS token.
+    #[arg(long)]
+    pub bos: bool,
+}
+
+impl PromptArgs {
+    pub fn ids(&self, loaded: &load::Loaded) -> prefixscope::Result<Vec<u32>> {
+        match (&self.text, &self.ids) {
+            (Some(t), _) => loaded.tokenizer.encode(t, self.bos),
+            (None, Some(raw)) => parse_ids(raw),
+            (None, None) => Err(Error::input("prompt", "--text or --ids", "neither")),
+        }
     }
 }
 
-/// The prefix named by `--soft-prompt`, `--prefix` or `--prefix-kv` (at most one), checked against the model.
-pub fn load_prefix(
-    soft_prompt: &Option<PathBuf>,
-    prefix: &Option<PathBuf>,
-    prefix_kv: &Option<PathBuf>,
-    info: &prefixscope::model::ModelInfo,
-) -> prefixscope::Result<Option<Prefix>> {
-    Ok(match (soft_prompt, prefix, prefix_kv) {
-        (Some(f), _, _) => Some(Prefix::load_for(f, PrefixKind::SoftPrompt, info)?),
-        (_, Some(f), _) => Some(Prefix::load_for(f, PrefixKind::Hidden, info)?),
-        (_, _, Some(f)) => Some(Prefix::load_for(f, PrefixKind::KeyValue, info)?),
-        _ => None,
-    })
+/// At most one prefix file, by kind.
+#[derive(clap::Args, Debug)]
+pub struct PrefixArgs {
+    /// Soft prompt, shape (P, d_model).
+    #[arg(long, group = "prefix_kind")]
+    pub soft_prompt: Option<PathBuf>,
+    /// The paper's per-layer prefix, shape (n_layers, P, d_model).
+    #[arg(long, group = "prefix_kind")]
+    pub prefix: Option<PathBuf>,
+    /// Key/value prefix: arrays `keys` and `values`, shape (n_layers, n_kv_heads, P, head_dim).
+    #[arg(long, group = "prefix_kind")]
+    pub prefix_kv: Option<PathBuf>,
+}
+
+impl PrefixArgs {
+    /// The named prefix, checked against the model.
+    pub fn load(
+        &self,
+        info: &prefixscope::model::ModelInfo,
+    ) -> prefixscope::Result<Option<Prefix>> {
+        Ok(match (&self.soft_prompt, &self.prefix, &self.prefix_kv) {
+            (Some(f), _, _) => Some(Prefix::load_for(f, PrefixKind::SoftPrompt, info)?),
+            (_, Some(f), _) => Some(Prefix::load_for(f, PrefixKind::Hidden, info)?),
+            (_, _, Some(f)) => Some(Prefix::load_for(f, PrefixKind::KeyValue, info)?),
+            _ => None,
+        })
+    }
 }
 
 pub fn run(a: Args) -> prefixscope::Result<()> {
@@ -112,8 +123,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         },
     )?;
     let info = loaded.model.info().clone();
-    let ids = prompt_ids(&loaded, &a.text, &a.ids, a.bos)?;
-    let prefix = load_prefix(&a.soft_prompt, &a.prefix, &a.prefix_kv, &info)?;
+    let ids = a.prompt.ids(&loaded)?;
+    let prefix = a.prefix.load(&info)?;
     let layers = parse_layers(&a.layers, info.n_layers)?;
     let cap = capture(loaded.model.as_ref(), &ids, prefix.as_ref(), &layers)?;
     let named = cap.named_arrays();

@@ -1,6 +1,6 @@
 //! `prefixscope render`: one head's views as a figure (SVG or PNG) or as the data behind it.
 
-use super::attention::{load_prefix, prompt_ids};
+use super::attention::{PrefixArgs, PromptArgs};
 use prefixscope::capture::capture;
 use prefixscope::error::Error;
 use prefixscope::figure::{self, Annotate, ExportOptions, View};
@@ -13,24 +13,10 @@ pub struct Args {
     /// Checkpoint: a Hugging Face folder, a .gguf file, or a prefixscope toy .safetensors.
     #[arg(long)]
     pub model: PathBuf,
-    /// Prompt text (tokenized by the model's tokenizer; no BOS unless --bos).
-    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
-    pub text: Option<String>,
-    /// Token ids, comma separated.
-    #[arg(long, value_delimiter = ',')]
-    pub ids: Option<Vec<String>>,
-    /// Prepend the tokenizer's BOS token.
-    #[arg(long)]
-    pub bos: bool,
-    /// Soft prompt, shape (P, d_model).
-    #[arg(long, group = "prefix_kind")]
-    pub soft_prompt: Option<PathBuf>,
-    /// The paper's per-layer prefix, shape (n_layers, P, d_model).
-    #[arg(long, group = "prefix_kind")]
-    pub prefix: Option<PathBuf>,
-    /// Key/value prefix: arrays `keys` and `values`, shape (n_layers, n_kv_heads, P, head_dim).
-    #[arg(long, group = "prefix_kind")]
-    pub prefix_kv: Option<PathBuf>,
+    #[command(flatten)]
+    pub prompt: PromptArgs,
+    #[command(flatten)]
+    pub prefix: PrefixArgs,
     /// Layer index (0-based).
     #[arg(long)]
     pub layer: usize,
@@ -93,8 +79,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             a.head.to_string(),
         ));
     }
-    let ids = prompt_ids(&loaded, &a.text, &a.ids, a.bos)?;
-    let prefix = load_prefix(&a.soft_prompt, &a.prefix, &a.prefix_kv, &info)?;
+    let ids = a.prompt.ids(&loaded)?;
+    let prefix = a.prefix.load(&info)?;
     let views = match asked_views {
         Some(v) => v,
         None if prefix.is_some() => vec![

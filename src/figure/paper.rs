@@ -69,8 +69,12 @@ impl ToyEntry {
         let Some(b) = self.get("prefixscope.base") else {
             return false;
         };
+        // The metadata names the base by file name, in the adapter's own folder: two models called
+        // `random.safetensors` in different folders are different bases.
         let bname = Path::new(b).file_name();
-        bname.is_some() && bname == base.path.file_name()
+        bname.is_some()
+            && bname == base.path.file_name()
+            && self.path.parent() == base.path.parent()
     }
 }
 
