@@ -1,5 +1,8 @@
-//! Quantized mode (GGUF weights kept quantized, activations quantized to Q8 by QMatMul) against the
-//! float64 reference, at the quantized tolerances of `conventions.md`; and its own layer-0 claim.
+//! Quantized mode (GGUF weights kept in their quantized blocks, each dequantized for its product and
+//! multiplied in f32) against the float64 reference. `conventions.md` allows the looser quantized
+//! tolerances (for Q8 activations); since the products are f32, the f32 tolerances are asserted:
+//! attention within 1e-4 at layer 0 and 1e-3 elsewhere, logits within 1e-2 with the same argmax, and
+//! its own layer-0 claim within 1e-5.
 
 mod common;
 
@@ -45,10 +48,10 @@ fn quantized_mode_meets_the_quantized_tolerances() {
             / got.len() as f64;
         eprintln!("{what} L{l}: max {max:.2e} mean {mean:.2e}");
         if l == 0 {
-            assert!(max < 3e-2, "{what} layer 0: max abs {max:e}");
+            assert!(max < 1e-4, "{what} layer 0: max abs {max:e}");
         } else {
             assert!(
-                mean < 5e-3 && max < 0.5,
+                mean < 5e-3 && max < 1e-3,
                 "{what} layer {l}: mean abs {mean:e}, max abs {max:e}"
             );
         }
@@ -61,15 +64,10 @@ fn quantized_mode_meets_the_quantized_tolerances() {
             argmax(got),
             argmax64(want)
         );
-        assert!(max < 5.0, "{key}: max abs {max}");
-        if key == "logits_last_prefix" {
-            // OPEN (issue 6, not claimed): conventions.md also asks for the same argmax here. With
-            // this random key/value prefix the reference's top two are 0.61 apart, Q8 activations
-            // move the logits by up to ~4.8, and the argmax flips (to 360 or 879 depending on
-            // rounding order). Only the max-abs tolerance above is asserted for this case.
-        } else {
-            assert_eq!(argmax(got), argmax64(want), "{key}: argmax");
-        }
+        assert!(max < 1e-2, "{key}: max abs {max}");
+        // With the key/value prefix the reference's top two are 0.61 apart: Q8 activations (candle's
+        // QMatMul) moved the logits by up to 4.8 and flipped it; f32 products keep it.
+        assert_eq!(argmax(got), argmax64(want), "{key}: argmax");
     };
     let sel = LayerSel::Only(layers.to_vec());
     let cap = capture(loaded.model.as_ref(), &ids, None, &sel).unwrap();
@@ -103,7 +101,7 @@ fn quantized_mode_meets_the_quantized_tolerances() {
             );
         }
         let d0 = cap.layer(0).unwrap().max_renorm_diff(None).unwrap();
-        assert!(d0 < 1e-3, "{name}: own layer-0 claim {d0:e}");
+        assert!(d0 < 1e-5, "{name}: own layer-0 claim {d0:e}");
         logits(cap.logits_last_prefixed.as_ref().unwrap(), key);
     }
 }

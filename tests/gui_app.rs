@@ -321,3 +321,42 @@ fn window_keeps_responding_while_a_load_runs_and_cancel_works() {
     assert!(h.state().prompt.ids.len() >= 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The "keep GGUF weights quantized" box: SmolLM2 loads quantized, and the views it draws still show
+/// the paper's layer-0 identity to f32 precision (each weight is dequantized for its product).
+#[test]
+fn quantized_checkbox_loads_the_gguf_quantized() {
+    let Some(gguf) = smollm2() else { return };
+    let model = default_model().map(|(m, _)| m);
+    let dir = temp_dir("quantized");
+    let mut h = harness(PrefixScopeApp::new(None, options(model, &dir)));
+    step_until(&mut h, "the first model", |a| a.is_current());
+    assert!(!h.state().model_panel.quantized);
+    h.get_by_label("keep GGUF weights quantized").click();
+    h.step();
+    assert!(h.state().model_panel.quantized, "the box did not tick");
+    h.get_by_role_and_label(Role::TextInput, "model path")
+        .focus();
+    h.step();
+    h.get_by_role_and_label(Role::TextInput, "model path")
+        .set_text_value_accesskit(&gguf.display().to_string());
+    h.step();
+    h.get_by_label("Load").click();
+    h.step();
+    step_until(&mut h, "SmolLM2, quantized", |a| {
+        !a.is_loading() && a.model_info().is_some_and(|i| i.n_layers == 30) && a.is_current()
+    });
+    let info = h.state().model_info().unwrap().clone();
+    assert!(info.dtype.starts_with("quantized"), "{}", info.dtype);
+    assert!(
+        h.query_by_label_contains("quantized (").is_some(),
+        "the model panel does not say quantized"
+    );
+    // The default soft prompt's layer 0: renormalized equals pretrained.
+    step_until(&mut h, "the soft-prompt views", |a| {
+        a.is_current() && a.shown().is_some_and(|c| c.layer0_renorm_diff.is_some())
+    });
+    let d = h.state().shown().unwrap().layer0_renorm_diff.unwrap();
+    assert!(d < 1e-5, "layer-0 renormalized - pretrained = {d:e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

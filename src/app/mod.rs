@@ -291,7 +291,7 @@ impl PrefixScopeApp {
         }
         self.model_panel.error = None;
         self.model_panel.path_text = path.display().to_string();
-        self.loading = Some(self.worker.load(path));
+        self.loading = Some(self.worker.load(path, self.model_panel.quantized));
     }
 
     pub fn is_loading(&self) -> bool {

@@ -171,7 +171,8 @@ impl Worker {
     }
 
     /// Start loading `path` on its own thread; the model goes to the compute thread when ready.
-    pub fn load(&mut self, path: PathBuf) -> LoadJob {
+    /// `quantized`: keep a GGUF file's weights quantized (see [`LoadControl::quantized`]).
+    pub fn load(&mut self, path: PathBuf, quantized: bool) -> LoadJob {
         let model_gen = self.next_model_gen;
         self.next_model_gen += 1;
         let progress = Arc::new(AtomicU32::new(0f32.to_bits()));
@@ -197,7 +198,7 @@ impl Worker {
                         progress.store(f.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
                         wake_ui(&wake);
                     })),
-                    ..Default::default()
+                    quantized,
                 };
                 let reply = match load::load_with(&path, &ctl) {
                     Ok(loaded) => {

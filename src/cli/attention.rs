@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
-    /// Keep GGUF weights quantized (QMatMul) instead of dequantizing to f32: less memory, quantized tolerances.
+    /// Keep GGUF weights quantized in memory (each is dequantized for its product): less memory, same numbers.
     #[arg(long)]
     pub quantized: bool,
     #[command(flatten)]

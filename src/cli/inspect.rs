@@ -6,7 +6,7 @@ pub struct Args {
     /// Checkpoint: a Hugging Face folder, a .gguf file, or a prefixscope .safetensors.
     #[arg(long)]
     pub model: PathBuf,
-    /// Keep GGUF weights quantized (QMatMul) instead of dequantizing to f32: less memory, quantized tolerances.
+    /// Keep GGUF weights quantized in memory (each is dequantized for its product): less memory, same numbers.
     #[arg(long)]
     pub quantized: bool,
     /// Print JSON instead of text.

@@ -421,12 +421,46 @@ pub fn read_weights(
     Ok((g.cfg, out, g.content, dtype))
 }
 
+/// Whether f32 weights of `f32_bytes` would take more than 80% of the `available` memory (unknown
+/// memory: assume they fit).
+fn too_big_for_f32(f32_bytes: u64, available: Option<u64>) -> bool {
+    available.is_some_and(|a| f32_bytes > a / 5 * 4)
+}
+
+/// Memory the system can still give (Linux `MemAvailable`), in bytes.
+fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
     let g = GgufFile::open(path, ctl)?;
     let tokenizer = Tokenizer::from_gguf(path, &g.content)?;
-    if ctl.quantized {
+    // Quantized when asked, or when the f32 weights would take more than 80% of the memory left.
+    let f32_bytes: u64 = g
+        .content
+        .tensor_infos
+        .values()
+        .map(|t| t.shape.elem_count() as u64 * 4)
+        .sum();
+    let auto = !ctl.quantized && too_big_for_f32(f32_bytes, available_memory());
+    if ctl.quantized || auto {
+        let why = if auto {
+            format!(
+                "; automatic: f32 needs {:.1} GB, {:.1} GB available",
+                f32_bytes as f64 / 1e9,
+                available_memory().unwrap_or(0) as f64 / 1e9
+            )
+        } else {
+            String::new()
+        };
+        if auto {
+            tracing::warn!("{}: keeping the weights quantized{why}", path.display());
+        }
         let dtype = format!(
-            "quantized ({}, QMatMul; norms and embedding lookup f32)",
+            "quantized ({}, dequantized per product; norms and embedding lookup f32{why})",
             g.dtypes.join(", ")
         );
         let model = Llama::load_quantized(
@@ -462,4 +496,23 @@ pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
         tokenizer,
         path: path.to_path_buf(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f32_weights_that_would_not_fit_are_kept_quantized() {
+        const GB: u64 = 1 << 30;
+        // SmolLM2 (0.54 GB as f32) on this 24 GB machine: f32.
+        assert!(!too_big_for_f32(GB / 2, Some(24 * GB)));
+        // A 7B model (27 GB as f32) on the same machine: quantized.
+        assert!(too_big_for_f32(27 * GB, Some(24 * GB)));
+        // The 80% line, and unknown memory.
+        assert!(too_big_for_f32(9 * GB, Some(10 * GB)));
+        assert!(!too_big_for_f32(7 * GB, Some(10 * GB)));
+        assert!(!too_big_for_f32(100 * GB, None));
+        assert!(available_memory().is_some_and(|m| m > 0));
+    }
 }

@@ -33,6 +33,7 @@ const BLAS_MIN_MACS: usize = 1 << 16;
 
 const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
+const TRANS: i32 = 112;
 
 struct Blas {
     // Kept alive for as long as `sgemm` may be called.
@@ -92,6 +93,24 @@ pub fn backend() -> String {
 
 /// `x (m, k) @ w (k, n)` for contiguous f32 CPU matrices, through OpenBLAS when it is there.
 pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    match product(x, w, false)? {
+        Some(t) => Ok(t),
+        None => x.matmul(w),
+    }
+}
+
+/// `x (m, k) @ w^T` for an `(n, k)` weight (a dequantized GGUF/HF layout), through OpenBLAS's
+/// transposed-B `sgemm` when it is there, so the weight is never copied into `(k, n)`.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    match product(&x.contiguous()?, &w.contiguous()?, true)? {
+        Some(t) => Ok(t),
+        None => x.matmul(&w.t()?),
+    }
+}
+
+/// `x @ w` (or `x @ w^T` with `w_transposed`, `w` then `(n, k)`) through `sgemm`, or `None` when
+/// OpenBLAS is absent or the operands are not plain contiguous f32 CPU matrices large enough.
+fn product(x: &Tensor, w: &Tensor, w_transposed: bool) -> candle_core::Result<Option<Tensor>> {
     let usable = x.rank() == 2
         && w.rank() == 2
         && x.dtype() == DType::F32
@@ -101,28 +120,37 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         && !x.track_op()
         && !w.track_op();
     let Some(b) = blas().filter(|_| usable) else {
-        return x.matmul(w);
+        return Ok(None);
     };
     let (m, k) = x.dims2()?;
-    let (k2, n) = w.dims2()?;
+    let (k2, n) = match (w_transposed, w.dims2()?) {
+        (false, (k2, n)) => (k2, n),
+        (true, (n, k2)) => (k2, n),
+    };
     if k != k2 || m * n * k < BLAS_MIN_MACS || [m, n, k].iter().any(|&d| d > i32::MAX as usize) {
-        return x.matmul(w);
+        return Ok(None);
     }
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
     let (candle_core::Storage::Cpu(xs), candle_core::Storage::Cpu(ws)) = (&*xs, &*ws) else {
-        return x.matmul(w);
+        return Ok(None);
     };
     let xa = &xs.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * k];
     let wa = &ws.as_slice::<f32>()?[wl.start_offset()..wl.start_offset() + k * n];
+    let (trans_b, ldb) = if w_transposed {
+        (TRANS, k)
+    } else {
+        (NO_TRANS, n)
+    };
     let mut out = vec![0f32; m * n];
     // SAFETY: the slices hold m*k, k*n and m*n floats in row-major order with the leading
-    // dimensions given; sgemm reads a and b and writes c within those bounds.
+    // dimensions given (w is (k, n), or (n, k) read transposed); sgemm reads a and b and writes c
+    // within those bounds.
     unsafe {
         (b.sgemm)(
             ROW_MAJOR,
             NO_TRANS,
-            NO_TRANS,
+            trans_b,
             m as i32,
             n as i32,
             k as i32,
@@ -130,13 +158,13 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
             xa.as_ptr(),
             k as i32,
             wa.as_ptr(),
-            n as i32,
+            ldb as i32,
             0.0,
             out.as_mut_ptr(),
             n as i32,
         );
     }
-    Tensor::from_vec(out, (m, n), x.device())
+    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
 }
 
 #[cfg(test)]
@@ -168,6 +196,20 @@ mod tests {
             .map(|(p, q)| (p - q).abs())
             .fold(0.0, f32::max);
         assert!(d < 1e-3, "{} vs candle: {d}", backend());
+        // The transposed-weight form.
+        let wt = w.t().unwrap().contiguous().unwrap();
+        let c = matmul_t(&x, &wt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let d = c
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-3, "{} transposed vs candle: {d}", backend());
         // A narrowed (non-contiguous) view falls back to candle and is still right.
         let wv = w.narrow(1, 3, 7).unwrap();
         let a = matmul(&x, &wv)

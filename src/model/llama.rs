@@ -7,7 +7,7 @@ use super::{Arch, LayerSel, ModelInfo, Run, Transformer};
 use crate::error::{Error, Result};
 use crate::incremental::{ContentKv, Stepper};
 use crate::prefix::Prefix;
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
@@ -116,17 +116,23 @@ impl LlamaConfig {
 }
 
 /// A projection `x -> x W^T`: f32 weights stored transposed `(in, out)` for a plain matmul, or weights
-/// kept quantized (candle's `QMatMul`, which quantizes the activations to Q8 as llama.cpp does).
+/// kept in their GGUF blocks `(out, in)`.
+///
+/// A quantized weight is dequantized for each product and multiplied in f32. candle's `QMatMul`
+/// instead quantizes the activations to Q8 (as llama.cpp does), which moved SmolLM2's final logits
+/// by up to 4.8 and flipped the argmax of the fixtures' key/value-prefix run; dequantizing is exact
+/// for these formats, so quantized mode gives the f32 mode's numbers at a third of its memory (one
+/// weight at a time is f32), and on 2 cores it is also faster (the f32 product runs on OpenBLAS).
 pub enum Linear {
     Dense(Tensor),
-    Quant(QMatMul),
+    Quant(std::sync::Arc<QTensor>),
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Linear::Dense(w) => super::blas::matmul(x, w),
-            Linear::Quant(q) => q.forward(x),
+            Linear::Quant(q) => super::blas::matmul_t(x, &q.dequantize(&Device::Cpu)?),
         }
     }
 }
@@ -297,10 +303,10 @@ impl Llama {
         dtype: &str,
     ) -> crate::Result<Self> {
         let mut n_params = 0usize;
-        let mut q = |name: &str| -> crate::Result<QMatMul> {
+        let mut q = |name: &str| -> crate::Result<std::sync::Arc<QTensor>> {
             let t = get_q(name)?;
             n_params += t.shape().elem_count();
-            Ok(QMatMul::from_qtensor(t)?)
+            Ok(std::sync::Arc::new(t))
         };
         let mut blocks = Vec::with_capacity(cfg.num_hidden_layers);
         let mut norms = Vec::new();
@@ -344,7 +350,8 @@ impl Llama {
         let norm = f("model.norm.weight")?;
         let embed = f("model.embed_tokens.weight")?;
         let head = match head {
-            Some(q) => Head::Quant(q),
+            // One row of logits: candle's QMatMul (Q8 activations) keeps the big head quantized.
+            Some(q) => Head::Quant(QMatMul::QTensor(q)),
             None => Head::Dense(embed.clone()),
         };
         Ok(Self::assemble(
@@ -531,12 +538,8 @@ impl Transformer for Llama {
     }
 
     fn blas_projections(&self) -> bool {
-        // f32 weights go through `blas::matmul`; quantized ones through candle's QMatMul.
+        // f32 and dequantized weights alike go through `blas::matmul`/`matmul_t`.
         super::blas::active()
-            && self
-                .blocks
-                .first()
-                .is_some_and(|b| matches!(b.w_o, Linear::Dense(_)))
     }
 
     fn attn_block_output(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
