@@ -110,3 +110,10 @@ pub fn causal_softmax_stats(
         });
     Ok((buf, max, sum))
 }
+
+/// Per-head outputs `z` `(H, n, head_dim)` -> `(n, H * head_dim)`, the heads side by side as the output
+/// projection (`W_O`, `c_proj`) reads them.
+pub fn concat_heads(z: &Tensor) -> candle_core::Result<Tensor> {
+    let (h, n, hd) = z.dims3()?;
+    z.transpose(0, 1)?.contiguous()?.reshape((n, h * hd))
+}

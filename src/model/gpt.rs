@@ -8,7 +8,7 @@
 //! One block function serves both the capture forward (one sequence, the [`Transformer`] trait) and the
 //! batched, differentiable training forward ([`Gpt::logits`]), so what is trained is what is shown.
 
-use super::attention::{attend, content_rows};
+use super::attention::{attend, concat_heads, content_rows};
 use super::{Arch, LayerRun, LayerSel, ModelInfo, Run, Transformer};
 use crate::error::{Error, Result};
 use crate::incremental::{ContentKv, Stepper};
@@ -663,11 +663,7 @@ impl Transformer for Gpt {
     }
 
     fn attn_block_output(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
-        let b = self.block(layer)?;
-        // (H, n, hd) -> (n, H*hd), heads concatenated as the forward pass does before c_proj.
-        let (h, n, hd) = z.dims3()?;
-        let zc = z.transpose(0, 1)?.contiguous()?.reshape((n, h * hd))?;
-        Ok(b.c_proj.forward(&zc, None)?)
+        Ok(self.block(layer)?.c_proj.forward(&concat_heads(z)?, None)?)
     }
 
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {
@@ -736,9 +732,7 @@ impl Stepper for Gpt {
     fn layer_finish(&self, l: usize, x: &Tensor, z: &Tensor) -> Result<Tensor> {
         let blk = self.block(l)?;
         let eps = self.cfg.layer_norm_eps;
-        let (h, t, hd) = z.dims3()?;
-        let zc = z.transpose(0, 1)?.contiguous()?.reshape((t, h * hd))?;
-        let x = (x + blk.c_proj.forward(&zc, None)?)?;
+        let x = (x + blk.c_proj.forward(&concat_heads(z)?, None)?)?;
         let hid = gelu(&blk.c_fc.forward(&blk.ln_2.forward(&x, eps)?, None)?)?;
         Ok((&x + blk.mlp_proj.forward(&hid, None)?)?)
     }

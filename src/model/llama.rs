@@ -3,6 +3,7 @@
 //! Weights are held in Hugging Face layout (query/key rows in rotate-half order), whichever file they
 //! came from: the GGUF loader undoes llama.cpp's row permutation, so one forward serves both.
 
+use super::attention::concat_heads;
 use super::{Arch, LayerSel, ModelInfo, Run, Transformer};
 use crate::error::{Error, Result};
 use crate::incremental::{ContentKv, Stepper};
@@ -491,11 +492,7 @@ impl Stepper for Llama {
     fn layer_finish(&self, l: usize, x: &Tensor, z: &Tensor) -> Result<Tensor> {
         let b = &self.blocks[l];
         let eps = self.cfg.rms_norm_eps as f32;
-        let (h, t_len, hd) = z.dims3()?;
-        let attn = b
-            .w_o
-            .forward(&z.transpose(0, 1)?.reshape((t_len, h * hd))?)?;
-        let x = (x + attn)?;
+        let x = (x + b.w_o.forward(&concat_heads(z)?)?)?;
         let xn = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
         Ok((&x + b.mlp(&xn)?)?)
     }
@@ -550,9 +547,7 @@ impl Transformer for Llama {
                 layer.to_string(),
             )
         })?;
-        let (h, n, hd) = z.dims3()?;
-        let zc = z.transpose(0, 1)?.contiguous()?.reshape((n, h * hd))?;
-        Ok(b.w_o.forward(&zc)?)
+        Ok(b.w_o.forward(&concat_heads(z)?)?)
     }
 
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>> {
