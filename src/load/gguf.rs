@@ -195,22 +195,31 @@ fn gguf_name(hf: &str) -> String {
 /// `half * s + j`. (Keeping GGUF order would need interleaved RoPE instead; mixing the two gives
 /// plausible text and wrong attention.)
 pub fn unpermute_rows(w: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
-    let hd = rows / n_heads;
-    w.reshape((n_heads, hd / 2, 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))
+    let rows = w.dim(0)?;
+    let idx: Vec<u32> = (0..rows)
+        .map(|hf| gguf_row(hf, rows, n_heads) as u32)
+        .collect();
+    w.index_select(&Tensor::new(idx, w.device())?, 0)
 }
 
 /// The inverse of [`unpermute_rows`] (HF -> GGUF order), used to write GGUF-ordered keys.
 pub fn permute_rows(w: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
+    let rows = w.dim(0)?;
+    let mut idx = vec![0u32; rows];
+    for hf in 0..rows {
+        idx[gguf_row(hf, rows, n_heads)] = hf as u32;
+    }
+    w.index_select(&Tensor::new(idx, w.device())?, 0)
+}
+
+/// The GGUF row that holds Hugging Face row `hf` of a query/key weight with `rows` rows over
+/// `n_heads` heads: the converter interleaves each head's two rotary halves, so GGUF row `2j + s`
+/// of a head is its HF row `s * hd/2 + j`. The one mapping behind the f32 and the quantized loads.
+pub fn gguf_row(hf: usize, rows: usize, n_heads: usize) -> usize {
     let hd = rows / n_heads;
-    w.reshape((n_heads, 2, hd / 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))
+    let (head, r) = (hf / hd, hf % hd);
+    let (s, j) = (r / (hd / 2), r % (hd / 2));
+    head * hd + 2 * j + s
 }
 
 /// An opened, checked GGUF file: every tensor the model needs is present, of the right shape and a
@@ -340,17 +349,11 @@ impl GgufFile {
                 let (rows, cols) = (dims[0], dims[1]);
                 let row_bytes = cols / ggml_dtype.block_size() * ggml_dtype.type_size();
                 let data = q.data()?;
-                let hd = rows / n_heads;
                 let mut out = vec![0u8; data.len()];
-                for head in 0..n_heads {
-                    for r in 0..hd {
-                        // GGUF row 2j + s holds HF row half * s + j.
-                        let (j, s) = (r / 2, r % 2);
-                        let hf_row = head * hd + s * (hd / 2) + j;
-                        let src = (head * hd + r) * row_bytes;
-                        out[hf_row * row_bytes..(hf_row + 1) * row_bytes]
-                            .copy_from_slice(&data[src..src + row_bytes]);
-                    }
+                // Whole quantized rows move: a row's blocks never straddle two rows.
+                for (hf_row, dst) in out.chunks_exact_mut(row_bytes).enumerate() {
+                    let src = gguf_row(hf_row, rows, n_heads) * row_bytes;
+                    dst.copy_from_slice(&data[src..src + row_bytes]);
                 }
                 candle_core::quantized::ggml_file::qtensor_from_ggml(
                     ggml_dtype,
