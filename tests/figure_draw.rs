@@ -2,26 +2,12 @@
 //! at the expected size and not blank, cells painted in the colour of their value, and the SVG file
 //! rendering to exactly the PNG file.
 
+mod common;
+
+use common::svg_texts;
 use prefixscope::figure::raster;
 use prefixscope::figure::svg::{Annotate, Figure, Panel, Scale, Scatter, Series};
 use prefixscope::figure::{attention_heatmap, save_figure};
-use resvg::usvg;
-
-/// Every text string in a parsed SVG tree.
-fn texts(tree: &usvg::Tree) -> Vec<String> {
-    fn walk(g: &usvg::Group, out: &mut Vec<String>) {
-        for n in g.children() {
-            match n {
-                usvg::Node::Group(g) => walk(g, out),
-                usvg::Node::Text(t) => out.push(t.chunks().iter().map(|c| c.text()).collect()),
-                _ => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(tree.root(), &mut out);
-    out
-}
 
 fn labels(s: &str) -> Vec<String> {
     s.split(' ').map(|x| x.to_string()).collect()
@@ -80,7 +66,7 @@ fn svg_parses_and_holds_titles_and_token_labels() {
     let fig = sample_figure();
     let svg = fig.to_svg();
     let tree = raster::parse(&svg).expect("usvg parses our SVG");
-    let t = texts(&tree);
+    let t = svg_texts(&tree);
     for want in [
         "Layer 0, head 0",
         "With prefix (raw)",
@@ -253,7 +239,7 @@ fn difference_panels_use_a_diverging_scale_and_tiny_ticks() {
     let mut fig = Figure::new(vec![Panel::Heatmap(h)], 1);
     fig.annotate = Annotate::Auto;
     let tree = raster::parse(&fig.to_svg()).unwrap();
-    let t = texts(&tree);
+    let t = svg_texts(&tree);
     assert!(t.iter().any(|x| x == "2.0e-7"), "{t:?}");
     assert!(t.iter().any(|x| x == "-2.0e-7"), "{t:?}");
     assert!(
@@ -297,7 +283,7 @@ fn scatter_panels_draw_points_segments_and_legend() {
         "4 points + 2 legend marks"
     );
     let tree = raster::parse(&svg).unwrap();
-    let t = texts(&tree);
+    let t = svg_texts(&tree);
     for want in [
         "With each task prefix",
         "dimension 143",

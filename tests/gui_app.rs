@@ -6,24 +6,21 @@
 //! the others use SmolLM2 (the GGUF test checkpoint, fetched by `.ci/fetch-smollm2.sh`, which
 //! `.ci/run` runs) and print a notice and return when the cached file is absent.
 
+mod common;
+
+use common::gui::{harness, step_until, type_into};
+use common::{smollm2_path, temp_dir};
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
-use egui_kittest::Harness;
+use prefixscope::app::worker::Computed;
 use prefixscope::app::{default_model, AppOptions, PrefixScopeApp};
 use prefixscope::prefix::PrefixKind;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+/// The cached SmolLM2, or a notice and `None` when it is absent.
 fn smollm2() -> Option<PathBuf> {
-    let cache = std::env::var_os("PREFIXSCOPE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("prefixscope"))
-        })
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/prefixscope"))
-        })?;
-    let p = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = smollm2_path();
     if p.exists() {
         Some(p)
     } else {
@@ -33,13 +30,6 @@ fn smollm2() -> Option<PathBuf> {
         );
         None
     }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("prefixscope-gui-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
 }
 
 fn options(model: Option<PathBuf>, dir: &std::path::Path) -> AppOptions {
@@ -52,32 +42,25 @@ fn options(model: Option<PathBuf>, dir: &std::path::Path) -> AppOptions {
     }
 }
 
-fn harness(app: PrefixScopeApp) -> Harness<'static, PrefixScopeApp> {
-    Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .build_ui_state(|ui, app: &mut PrefixScopeApp| app.show(ui), app)
+/// The largest change between two attention snapshots.
+fn max_change(before: &[f32], after: &[f32]) -> f32 {
+    assert_eq!(before.len(), after.len());
+    before
+        .iter()
+        .zip(after)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
 }
 
-/// Step frames until `done` holds (the worker runs on its own threads meanwhile).
-fn step_until(
-    h: &mut Harness<'_, PrefixScopeApp>,
-    what: &str,
-    done: impl Fn(&PrefixScopeApp) -> bool,
-) {
-    let t0 = Instant::now();
-    while !done(h.state()) {
-        let app = h.state();
-        assert!(
-            t0.elapsed() < Duration::from_secs(180),
-            "timed out waiting for {what} (compute error {:?}, load error {:?}, shown full {:?})",
-            app.compute_error(),
-            app.load_error(),
-            app.shown().map(|c| (c.gen, c.full))
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    h.step();
+/// The paper's layer-0 claims as the Checks readout shows them: renormalized == pretrained, and the
+/// head output is (1 - a) t + the prefix's value term.
+fn assert_layer0_claims(c: &Computed) {
+    let l0 = c.layer0_renorm_diff.expect("prefixed");
+    assert!(
+        l0 < 1e-5,
+        "layer 0 renormalized differs from pretrained by {l0}"
+    );
+    assert!(c.layer0_identity_error.expect("prefixed") < 1e-4);
 }
 
 fn raw_layer0(app: &PrefixScopeApp) -> Vec<f32> {
@@ -95,7 +78,7 @@ fn raw_layer0(app: &PrefixScopeApp) -> Vec<f32> {
 #[test]
 fn toy_default_model_slider_moves_raw_attention_and_layer0_renormalized_stays_pretrained() {
     let (model, prefix) = default_model().expect("the bundled toy sorter in models/");
-    let dir = temp_dir("toy");
+    let dir = temp_dir("gui-toy");
     // No --model: the app opens its default, with the bundled prefix.
     let mut opts = options(None, &dir);
     opts.prompt = Some("3 1 4 1 5 7 2 6 5 3 1 1 2 3 3 4 5 5 6".into());
@@ -127,23 +110,12 @@ fn toy_default_model_slider_moves_raw_attention_and_layer0_renormalized_stays_pr
     step_until(&mut h, "the views for the moved slider", |a| {
         a.is_current() && a.shown().is_some_and(|c| c.gen > gen0)
     });
-    let after = raw_layer0(h.state());
-    let moved = before
-        .iter()
-        .zip(&after)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let moved = max_change(&before, &raw_layer0(h.state()));
     assert!(
         moved > 1e-3,
         "raw attention did not change (max change {moved})"
     );
-    let c = h.state().shown().unwrap();
-    let l0 = c.layer0_renorm_diff.expect("prefixed");
-    assert!(
-        l0 < 1e-5,
-        "layer 0 renormalized differs from pretrained by {l0}"
-    );
-    assert!(c.layer0_identity_error.unwrap() < 1e-4);
+    assert_layer0_claims(h.state().shown().unwrap());
     // The prefix mass moved too (it is what the prefix changes in layer 0).
     assert!(h
         .query_by_label_contains("raw, with prefix heatmap")
@@ -155,7 +127,7 @@ fn toy_default_model_slider_moves_raw_attention_and_layer0_renormalized_stays_pr
 #[test]
 fn gguf_soft_prompt_slider_keyboard_undo_and_session_restore() {
     let Some(model) = smollm2() else { return };
-    let dir = temp_dir("slider");
+    let dir = temp_dir("gui-slider");
     let mut h = harness(PrefixScopeApp::new(None, options(Some(model), &dir)));
     step_until(&mut h, "the model and the first views", |a| a.is_current());
     let before = raw_layer0(h.state());
@@ -175,25 +147,13 @@ fn gguf_soft_prompt_slider_keyboard_undo_and_session_restore() {
         a.is_current() && a.shown().is_some_and(|c| c.gen > n_before)
     });
 
-    let after = raw_layer0(h.state());
-    assert_eq!(before.len(), after.len());
-    let moved = before
-        .iter()
-        .zip(&after)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let moved = max_change(&before, &raw_layer0(h.state()));
     assert!(
         moved > 1e-4,
         "raw attention did not change (max change {moved})"
     );
     let c = h.state().shown().unwrap();
-    // The paper's claim, as shown in the Checks readout: layer 0 renormalized == pretrained.
-    let l0 = c.layer0_renorm_diff.expect("prefixed");
-    assert!(
-        l0 < 1e-5,
-        "layer 0 renormalized differs from pretrained by {l0}"
-    );
-    assert!(c.layer0_identity_error.unwrap() < 1e-4);
+    assert_layer0_claims(c);
     // ...while a deeper layer does move.
     let deep = c
         .overview
@@ -239,7 +199,7 @@ fn gguf_soft_prompt_slider_keyboard_undo_and_session_restore() {
 #[test]
 fn corrupt_file_shows_the_library_message_and_keeps_the_model() {
     let model = default_model().map(|(m, _)| m);
-    let dir = temp_dir("corrupt");
+    let dir = temp_dir("gui-corrupt");
     let bad = dir.join("broken.gguf");
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00this is not a real gguf file").unwrap();
     let mut h = harness(PrefixScopeApp::new(None, options(model.clone(), &dir)));
@@ -247,12 +207,12 @@ fn corrupt_file_shows_the_library_message_and_keeps_the_model() {
     let before = h.state().model_path().map(|p| p.to_path_buf());
 
     // Type the path in the model path box (the fallback when no file dialog exists) and press Load.
-    h.get_by_role_and_label(Role::TextInput, "model path")
-        .focus();
-    h.step();
-    h.get_by_role_and_label(Role::TextInput, "model path")
-        .set_text_value_accesskit(&bad.display().to_string());
-    h.step();
+    type_into(
+        &mut h,
+        Role::TextInput,
+        "model path",
+        &bad.display().to_string(),
+    );
     assert_eq!(h.state().model_panel.path_text, bad.display().to_string());
     h.get_by_label("Load").click();
     h.step();
@@ -280,7 +240,7 @@ fn corrupt_file_shows_the_library_message_and_keeps_the_model() {
 #[test]
 fn window_keeps_responding_while_a_load_runs_and_cancel_works() {
     let Some(model) = smollm2() else { return };
-    let dir = temp_dir("responsive");
+    let dir = temp_dir("gui-responsive");
     let mut h = harness(PrefixScopeApp::new(
         None,
         options(Some(model.clone()), &dir),
@@ -296,12 +256,12 @@ fn window_keeps_responding_while_a_load_runs_and_cancel_works() {
     for _ in 0..5 {
         h.step();
     }
-    h.get_by_role_and_label(Role::MultilineTextInput, "prompt")
-        .focus();
-    h.step();
-    h.get_by_role_and_label(Role::MultilineTextInput, "prompt")
-        .set_text_value_accesskit("typed while loading");
-    h.step();
+    type_into(
+        &mut h,
+        Role::MultilineTextInput,
+        "prompt",
+        "typed while loading",
+    );
     assert_eq!(h.state().prompt.text, "typed while loading");
     assert!(
         h.state().is_loading(),
@@ -328,19 +288,19 @@ fn window_keeps_responding_while_a_load_runs_and_cancel_works() {
 fn quantized_checkbox_loads_the_gguf_quantized() {
     let Some(gguf) = smollm2() else { return };
     let model = default_model().map(|(m, _)| m);
-    let dir = temp_dir("quantized");
+    let dir = temp_dir("gui-quantized");
     let mut h = harness(PrefixScopeApp::new(None, options(model, &dir)));
     step_until(&mut h, "the first model", |a| a.is_current());
     assert!(!h.state().model_panel.quantized);
     h.get_by_label("keep GGUF weights quantized").click();
     h.step();
     assert!(h.state().model_panel.quantized, "the box did not tick");
-    h.get_by_role_and_label(Role::TextInput, "model path")
-        .focus();
-    h.step();
-    h.get_by_role_and_label(Role::TextInput, "model path")
-        .set_text_value_accesskit(&gguf.display().to_string());
-    h.step();
+    type_into(
+        &mut h,
+        Role::TextInput,
+        "model path",
+        &gguf.display().to_string(),
+    );
     h.get_by_label("Load").click();
     h.step();
     step_until(&mut h, "SmolLM2, quantized", |a| {
@@ -356,7 +316,6 @@ fn quantized_checkbox_loads_the_gguf_quantized() {
     step_until(&mut h, "the soft-prompt views", |a| {
         a.is_current() && a.shown().is_some_and(|c| c.layer0_renorm_diff.is_some())
     });
-    let d = h.state().shown().unwrap().layer0_renorm_diff.unwrap();
-    assert!(d < 1e-5, "layer-0 renormalized - pretrained = {d:e}");
+    assert_layer0_claims(h.state().shown().unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }

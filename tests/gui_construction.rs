@@ -3,45 +3,24 @@
 //! the attention views change, and see the library's message for targets it refuses.
 //! Needs no checkpoint: the construction is built in the library.
 
+mod common;
+
+use common::gui::{harness, step_until_within, type_into};
+use common::temp_dir;
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use prefixscope::app::{AppOptions, PrefixScopeApp};
 use prefixscope::construct::{char_id, UNCONDITIONAL_N, V};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "prefixscope-gui-construction-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn harness(app: PrefixScopeApp) -> Harness<'static, PrefixScopeApp> {
-    Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .build_ui_state(|ui, app: &mut PrefixScopeApp| app.show(ui), app)
-}
-
+/// The construction is small: two minutes is ample.
 fn step_until(
     h: &mut Harness<'_, PrefixScopeApp>,
     what: &str,
     done: impl Fn(&PrefixScopeApp) -> bool,
 ) {
-    let t0 = Instant::now();
-    while !done(h.state()) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "timed out waiting for {what}"
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    h.step();
+    step_until_within(h, what, Duration::from_secs(120), done)
 }
 
 fn ids(s: &str) -> Vec<u32> {
@@ -50,11 +29,7 @@ fn ids(s: &str) -> Vec<u32> {
 
 /// Type `text` into the target box like a user would (focus, then the text value).
 fn type_target(h: &mut Harness<'_, PrefixScopeApp>, text: &str) {
-    h.get_by_role_and_label(Role::TextInput, "target").focus();
-    h.step();
-    h.get_by_role_and_label(Role::TextInput, "target")
-        .set_text_value_accesskit(text);
-    h.step();
+    type_into(h, Role::TextInput, "target", text);
 }
 
 /// The views answer the construction: P = 1 virtual token, content = the characters the model read
@@ -67,7 +42,7 @@ fn views_show(app: &PrefixScopeApp, generated: &str) -> bool {
 
 #[test]
 fn construction_mode_generates_the_target_and_sliders_drive_it() {
-    let dir = temp_dir("mode");
+    let dir = temp_dir("gui-construction-mode");
     let opts = AppOptions {
         session_dir: Some(dir.clone()),
         fresh: true,

@@ -2,50 +2,26 @@
 //! fallback box (no file dialog in tests), Export figure to SVG, Export data to JSON and NPZ, Copy PNG;
 //! the files read back equal to the capture on screen, and an existing file is refused with a message.
 
+mod common;
+
+use common::gui::{harness, step_until, type_into};
+use common::{svg_texts, temp_dir};
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use prefixscope::app::{AppOptions, PrefixScopeApp};
 use prefixscope::arrays::read_arrays;
 use resvg::usvg;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("prefixscope-gui-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn step_until(
-    h: &mut Harness<'_, PrefixScopeApp>,
-    what: &str,
-    done: impl Fn(&PrefixScopeApp) -> bool,
-) {
-    let t0 = Instant::now();
-    while !done(h.state()) {
-        let app = h.state();
-        assert!(
-            t0.elapsed() < Duration::from_secs(180),
-            "timed out waiting for {what} (compute error {:?}, load error {:?})",
-            app.compute_error(),
-            app.load_error(),
-        );
-        h.step();
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    h.step();
-}
+use std::path::Path;
 
 /// Type a path in the export box like a user would, then click a button.
 fn export_to(h: &mut Harness<'_, PrefixScopeApp>, path: &Path, button: &str) {
-    h.get_by_role_and_label(Role::TextInput, "export path")
-        .focus();
-    h.step();
-    h.get_by_role_and_label(Role::TextInput, "export path")
-        .set_text_value_accesskit(&path.display().to_string());
-    h.step();
+    type_into(
+        h,
+        Role::TextInput,
+        "export path",
+        &path.display().to_string(),
+    );
     assert_eq!(h.state().export.path_text, path.display().to_string());
     h.get_by_label(button).click();
     h.step();
@@ -54,22 +30,6 @@ fn export_to(h: &mut Harness<'_, PrefixScopeApp>, path: &Path, button: &str) {
 
 fn message(app: &PrefixScopeApp) -> (bool, String) {
     app.export.message.clone().expect("an export message")
-}
-
-/// Every text string in a parsed SVG tree.
-fn texts(tree: &usvg::Tree) -> Vec<String> {
-    fn walk(g: &usvg::Group, out: &mut Vec<String>) {
-        for n in g.children() {
-            match n {
-                usvg::Node::Group(g) => walk(g, out),
-                usvg::Node::Text(t) => out.push(t.chunks().iter().map(|c| c.text()).collect()),
-                _ => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(tree.root(), &mut out);
-    out
 }
 
 /// Head `h` of an `(H, rows, cols)` array.
@@ -87,19 +47,14 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
 
 #[test]
 fn export_figure_and_data_from_the_app_and_refuse_to_overwrite() {
-    let dir = temp_dir("export");
+    let dir = temp_dir("gui-export");
     let opts = AppOptions {
         prompt: Some("2 6 0 1 4 6 3 0 1 2".into()),
         session_dir: Some(dir.clone()),
         fresh: true,
         ..Default::default()
     };
-    let mut h = Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
-        .build_ui_state(
-            |ui, app: &mut PrefixScopeApp| app.show(ui),
-            PrefixScopeApp::new(None, opts),
-        );
+    let mut h = harness(PrefixScopeApp::new(None, opts));
     step_until(&mut h, "the toy's views", |a| a.is_current());
     let (layer, hd) = (h.state().views.layer, h.state().views.head);
     let cap = h.state().shown().unwrap().capture.clone();
@@ -122,7 +77,7 @@ fn export_figure_and_data_from_the_app_and_refuse_to_overwrite() {
         },
     )
     .expect("usvg parses the export");
-    let all = texts(&tree);
+    let all = svg_texts(&tree);
     for title in [
         "With prefix (raw)",
         "Renormalized over content",

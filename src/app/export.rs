@@ -121,13 +121,8 @@ impl ExportPanel {
                 self.copy_png(ui.ctx(), data);
             }
         });
-        if let Some((err, m)) = &self.message {
-            let color = if *err {
-                ui.visuals().error_fg_color
-            } else {
-                ui.visuals().weak_text_color()
-            };
-            ui.colored_label(color, m);
+        if let Some(m) = &self.message {
+            super::status_line(ui, m);
         }
     }
 

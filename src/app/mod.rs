@@ -25,6 +25,16 @@ use std::time::{Duration, Instant};
 use views::{ViewData, ViewsPanel};
 use worker::{ComputeRequest, Computed, LoadJob, LoadedModel, Reply, Worker};
 
+/// A panel's last outcome under its buttons: `(is_error, text)`, errors in the error colour.
+pub(crate) fn status_line(ui: &mut egui::Ui, (err, text): &(bool, String)) {
+    let color = if *err {
+        ui.visuals().error_fg_color
+    } else {
+        ui.visuals().weak_text_color()
+    };
+    ui.colored_label(color, text);
+}
+
 /// The bundled default: the toy 1-layer sorter pretrained on `ascending` and its trained `descending`
 /// prefix (the paper's per-layer form). Found through `models/manifest.json` (the pretrained
 /// `ascending` entry with "1l1h" in its name, and the prefix whose base it is), else by these names.

@@ -806,13 +806,8 @@ impl PrefixEditor {
                 self.redo();
             }
         });
-        if let Some((err, m)) = &self.message {
-            let color = if *err {
-                ui.visuals().error_fg_color
-            } else {
-                ui.visuals().weak_text_color()
-            };
-            ui.colored_label(color, m);
+        if let Some(m) = &self.message {
+            super::status_line(ui, m);
         }
 
         // The per-dimension sliders: a filtered, virtualized list (only visible rows are laid out).

@@ -169,6 +169,7 @@ fn product(x: &Tensor, w: &Tensor, w_transposed: bool) -> candle_core::Result<Op
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::{flat, max_abs_diff};
     use super::*;
 
     #[test]
@@ -177,54 +178,18 @@ mod tests {
         // Large enough for OpenBLAS.
         let x = Tensor::randn(0f32, 1.0, (130, 177), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (177, 301), &dev).unwrap();
-        let a = matmul(&x, &w)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = x
-            .matmul(&w)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let d = a
-            .iter()
-            .zip(&b)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0, f32::max);
+        let want = x.matmul(&w).unwrap();
+        let d = max_abs_diff(&matmul(&x, &w).unwrap(), &want);
         assert!(d < 1e-3, "{} vs candle: {d}", backend());
         // The transposed-weight form.
         let wt = w.t().unwrap().contiguous().unwrap();
-        let c = matmul_t(&x, &wt)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let d = c
-            .iter()
-            .zip(&b)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0, f32::max);
+        let d = max_abs_diff(&matmul_t(&x, &wt).unwrap(), &want);
         assert!(d < 1e-3, "{} transposed vs candle: {d}", backend());
         // A narrowed (non-contiguous) view falls back to candle and is still right.
         let wv = w.narrow(1, 3, 7).unwrap();
-        let a = matmul(&x, &wv)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = x
-            .matmul(&wv)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(a, b);
+        assert_eq!(
+            flat(&matmul(&x, &wv).unwrap()),
+            flat(&x.matmul(&wv).unwrap())
+        );
     }
 }

@@ -757,6 +757,7 @@ pub fn argmax_rows(logits: &Tensor) -> candle_core::Result<Vec<u32>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_util::max_abs_diff;
     use super::*;
 
     #[test]
@@ -769,24 +770,7 @@ mod tests {
         assert!(worst < 2e-6, "tanh off by {worst:e}");
         let xs: Vec<f32> = (-4000..4000).map(|i| i as f32 * 2.5e-3).collect();
         let t = Tensor::from_vec(xs, (80, 100), &Device::Cpu).unwrap();
-        let ours = gelu(&t)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let theirs = t
-            .gelu()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let d = ours
-            .iter()
-            .zip(&theirs)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let d = max_abs_diff(&gelu(&t).unwrap(), &t.gelu().unwrap());
         assert!(d < 1e-5, "gelu off by {d:e}");
         assert_eq!(gelu(&t).unwrap().dims(), &[80, 100]);
     }

@@ -135,3 +135,24 @@ pub trait Transformer: Send + Sync {
         ))
     }
 }
+
+/// Helpers for this module's unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use candle_core::Tensor;
+
+    /// A tensor's values, flattened.
+    pub fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// The largest |a - b| over two tensors of the same shape.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let (a, b) = (flat(a), flat(b));
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max)
+    }
+}

@@ -1,12 +1,51 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod gui;
+
 use prefixscope::arrays::Array;
 use std::path::PathBuf;
+
+/// A fresh, empty folder `prefixscope-{name}-{pid}` in the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("prefixscope-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Every text string in a parsed SVG tree.
+pub fn svg_texts(tree: &resvg::usvg::Tree) -> Vec<String> {
+    fn walk(g: &resvg::usvg::Group, out: &mut Vec<String>) {
+        for n in g.children() {
+            match n {
+                resvg::usvg::Node::Group(g) => walk(g, out),
+                resvg::usvg::Node::Text(t) => {
+                    out.push(t.chunks().iter().map(|c| c.text()).collect())
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(tree.root(), &mut out);
+    out
+}
 
 /// The SmolLM2 GGUF that `.ci/fetch-smollm2.sh` caches. Tests that need it fail (not skip) when it
 /// is absent, so CI can never pass without checking the real model: `.ci/run` fetches it first.
 pub fn smollm2() -> PathBuf {
+    let p = smollm2_path();
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash .ci/fetch-smollm2.sh` first",
+        p.display()
+    );
+    p
+}
+
+/// Where the SmolLM2 GGUF is expected (`PREFIXSCOPE_SMOLLM2`, else the fetch script's cache).
+pub fn smollm2_path() -> PathBuf {
     if let Ok(p) = std::env::var("PREFIXSCOPE_SMOLLM2") {
         return PathBuf::from(p);
     }
@@ -20,13 +59,7 @@ pub fn smollm2() -> PathBuf {
                 });
             base.join("prefixscope")
         });
-    let p = cache.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash .ci/fetch-smollm2.sh` first",
-        p.display()
-    );
-    p
+    cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// A file of this repository (`models/...`).
