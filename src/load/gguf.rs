@@ -448,13 +448,14 @@ pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
         .values()
         .map(|t| t.shape.elem_count() as u64 * 4)
         .sum();
-    let auto = !ctl.quantized && too_big_for_f32(f32_bytes, available_memory());
+    let available = available_memory();
+    let auto = !ctl.quantized && too_big_for_f32(f32_bytes, available);
     if ctl.quantized || auto {
         let why = if auto {
             format!(
                 "; automatic: f32 needs {:.1} GB, {:.1} GB available",
                 f32_bytes as f64 / 1e9,
-                available_memory().unwrap_or(0) as f64 / 1e9
+                available.unwrap_or(0) as f64 / 1e9
             )
         } else {
             String::new()
