@@ -24,10 +24,9 @@ pub fn attend(
         (k.clone(), v.clone())
     };
     let scores = (q.matmul(&k.t()?)? * scale)?;
-    // The fused softmax has no backward pass; training (tracked tensors) takes the composed one.
+    // Training (tracked tensors) needs the backward pass of the fused training op.
     let probs = if scores.track_op() {
-        let mask = causal_mask(t, p, q.device())?;
-        candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)?
+        super::train_ops::causal_softmax_train(&scores, p)?
     } else {
         causal_softmax(&scores, p)?
     };
@@ -83,12 +82,20 @@ pub fn causal_softmax_stats(
     scores: &Tensor,
     p: usize,
 ) -> candle_core::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    use rayon::prelude::*;
     let (h, t, cols) = scores.dims3()?;
     debug_assert_eq!(cols, p + t);
     let mut buf = scores.flatten_all()?.to_vec1::<f32>()?;
     let mut max = vec![0f32; h * t];
     let mut sum = vec![0f32; h * t];
+    causal_softmax_rows(&mut buf, t, p, &mut max, &mut sum);
+    Ok((buf, max, sum))
+}
+
+/// [`causal_softmax`] in place on a row-major `(heads, t, p + t)` buffer, writing each row's max
+/// score and denominator into `max` and `sum` (one per row).
+pub fn causal_softmax_rows(buf: &mut [f32], t: usize, p: usize, max: &mut [f32], sum: &mut [f32]) {
+    use rayon::prelude::*;
+    let cols = p + t;
     buf.par_chunks_mut(cols)
         .zip(max.par_iter_mut().zip(sum.par_iter_mut()))
         .enumerate()
@@ -108,7 +115,6 @@ pub fn causal_softmax_stats(
             dead.fill(0.0);
             (*mx, *sm) = (m, s);
         });
-    Ok((buf, max, sum))
 }
 
 /// Per-head outputs `z` `(H, n, head_dim)` -> `(n, H * head_dim)`, the heads side by side as the output

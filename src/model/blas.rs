@@ -137,34 +137,151 @@ fn product(x: &Tensor, w: &Tensor, w_transposed: bool) -> candle_core::Result<Op
     };
     let xa = &xs.as_slice::<f32>()?[xl.start_offset()..xl.start_offset() + m * k];
     let wa = &ws.as_slice::<f32>()?[wl.start_offset()..wl.start_offset() + k * n];
-    let (trans_b, ldb) = if w_transposed {
-        (TRANS, k)
-    } else {
-        (NO_TRANS, n)
-    };
+    let out = gemm(b, xa, false, wa, w_transposed, m, n, k);
+    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
+}
+
+/// `op(a) @ op(b)` as a new `(m, n)` row-major buffer, where `op(a)` is `(m, k)` (`a` stored `(k, m)`
+/// when `ta`) and `op(b)` is `(k, n)` (`b` stored `(n, k)` when `tb`).
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    blas: &Blas,
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n,
+        "gemm operands too short"
+    );
+    let (trans_a, lda) = if ta { (TRANS, m) } else { (NO_TRANS, k) };
+    let (trans_b, ldb) = if tb { (TRANS, k) } else { (NO_TRANS, n) };
     let mut out = vec![0f32; m * n];
-    // SAFETY: the slices hold m*k, k*n and m*n floats in row-major order with the leading
-    // dimensions given (w is (k, n), or (n, k) read transposed); sgemm reads a and b and writes c
-    // within those bounds.
+    // SAFETY: a and b hold at least m*k and k*n floats (checked above) in row-major order with the
+    // leading dimensions given; sgemm reads them and writes the m*n floats of `out`.
     unsafe {
-        (b.sgemm)(
+        (blas.sgemm)(
             ROW_MAJOR,
-            NO_TRANS,
+            trans_a,
             trans_b,
             m as i32,
             n as i32,
             k as i32,
             1.0,
-            xa.as_ptr(),
-            k as i32,
-            wa.as_ptr(),
+            a.as_ptr(),
+            lda as i32,
+            b.as_ptr(),
             ldb as i32,
             0.0,
             out.as_mut_ptr(),
             n as i32,
         );
     }
-    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
+    out
+}
+
+/// Differentiable `x (m, k) @ w` for training: `w` is `(k, n)`, or `(n, k)` read transposed when
+/// `w_transposed` (an `nn.Linear` weight). Through OpenBLAS forward and backward when it is there
+/// (candle's matmul and its backward otherwise): the projections are half of a toy training step.
+pub fn matmul_train(x: &Tensor, w: &Tensor, w_transposed: bool) -> candle_core::Result<Tensor> {
+    let fits = x.rank() == 2
+        && w.rank() == 2
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && x.device().is_cpu()
+        && [x.dims(), w.dims()]
+            .concat()
+            .iter()
+            .all(|&d| d <= i32::MAX as usize);
+    if blas().is_none() || !fits {
+        return match w_transposed {
+            true => x.matmul(&w.t()?),
+            false => x.matmul(w),
+        };
+    }
+    x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        Gemm {
+            ta: false,
+            tb: w_transposed,
+        },
+    )
+}
+
+/// `op(a) @ op(b)` as a candle op (see [`gemm`]); only built when OpenBLAS is loaded.
+struct Gemm {
+    ta: bool,
+    tb: bool,
+}
+
+impl candle_core::CustomOp2 for Gemm {
+    fn name(&self) -> &'static str {
+        "openblas-sgemm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let Some(blas) = blas() else {
+            candle_core::bail!("{}: OpenBLAS is not loaded", self.name());
+        };
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("{}: expected contiguous operands", self.name());
+        };
+        let ((r1, c1), (r2, c2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        let (m, k) = if self.ta { (c1, r1) } else { (r1, c1) };
+        let (k2, n) = if self.tb { (c2, r2) } else { (r2, c2) };
+        if k != k2 {
+            candle_core::bail!(
+                "{}: inner dimensions differ, {:?} against {:?}",
+                self.name(),
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let a = &s1.as_slice::<f32>()?[a0..a1];
+        let b = &s2.as_slice::<f32>()?[b0..b1];
+        let out = gemm(blas, a, self.ta, b, self.tb, m, n, k);
+        Ok((candle_core::CpuStorage::F32(out), (m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.contiguous()?;
+        let op = |ta, tb| Gemm { ta, tb };
+        // Only the forms `matmul_train` builds: C = A B (B stored (k, n)) or C = A B^T (B (n, k)).
+        if self.ta {
+            candle_core::bail!("{}: no backward for a transposed left operand", self.name());
+        }
+        let (da, db) = if self.tb {
+            // dA = G B, dB = G^T A.
+            (
+                g.apply_op2_no_bwd(b, &op(false, false))?,
+                g.apply_op2_no_bwd(a, &op(true, false))?,
+            )
+        } else {
+            // dA = G B^T, dB = A^T G.
+            (
+                g.apply_op2_no_bwd(b, &op(false, true))?,
+                a.apply_op2_no_bwd(&g, &op(true, false))?,
+            )
+        };
+        Ok((Some(da), Some(db)))
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +307,48 @@ mod tests {
         assert_eq!(
             flat(&matmul(&x, &wv).unwrap()),
             flat(&x.matmul(&wv).unwrap())
+        );
+    }
+
+    #[test]
+    fn training_matmul_matches_candle_in_value_and_gradients() {
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Var::randn(0f32, 1.0, (37, 19), &dev).unwrap();
+        let w = candle_core::Var::randn(0f32, 1.0, (19, 23), &dev).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (37, 23), &dev).unwrap();
+        let run = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor, w: &Tensor| {
+            let y = f(x.as_tensor(), w);
+            let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            (y, g.get(&x).unwrap().clone())
+        };
+        // x @ w, with w (k, n).
+        let (y1, dx1) = run(&|x, w| matmul_train(x, w, false).unwrap(), w.as_tensor());
+        let (y2, dx2) = run(&|x, w| x.matmul(w).unwrap(), w.as_tensor());
+        assert!(max_abs_diff(&y1, &y2) < 1e-4 && max_abs_diff(&dx1, &dx2) < 1e-4);
+        // Weight gradients of both forms: x @ w and x @ (w^T)^T.
+        let dw = |f: &dyn Fn(&Tensor) -> Tensor| {
+            let y = f(w.as_tensor());
+            (&y * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+                .get(&w)
+                .unwrap()
+                .clone()
+        };
+        let want = dw(&|w| x.as_tensor().matmul(w).unwrap());
+        let got = dw(&|w| matmul_train(x.as_tensor(), w, false).unwrap());
+        assert!(max_abs_diff(&got, &want) < 1e-4, "{}", backend());
+        let got_t = dw(&|w| {
+            let wt = w.t().unwrap().contiguous().unwrap();
+            matmul_train(x.as_tensor(), &wt, true).unwrap()
+        });
+        assert!(
+            max_abs_diff(&got_t, &want) < 1e-4,
+            "{} (transposed)",
+            backend()
         );
     }
 }

@@ -119,9 +119,9 @@ struct Ln {
 
 impl Ln {
     fn forward(&self, x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-        // The fused kernel has no backward pass; tracked (training) inputs take the composed form.
+        // candle's fused kernel has no backward pass; tracked (training) inputs take ours.
         if x.track_op() || self.w.track_op() {
-            candle_nn::ops::layer_norm_slow(x, &self.w, &self.b, eps as f32)
+            super::train_ops::layer_norm(x, &self.w, &self.b, eps as f32)
         } else {
             candle_nn::ops::layer_norm(&x.contiguous()?, &self.w, &self.b, eps as f32)
         }
@@ -154,8 +154,11 @@ impl Linear {
 
     /// `x`: `(rows, in)` -> `(rows, out)`, plus a LoRA update `(x A^T) B^T` when given.
     fn forward(&self, x: &Tensor, lora: Option<&LoraPair>) -> candle_core::Result<Tensor> {
+        let training = x.track_op() || self.w.track_op();
         let y = match &self.wt {
+            Some(wt) if training => super::blas::matmul_train(x, wt, false)?,
             Some(wt) if x.rank() == 2 => super::blas::matmul(&x.contiguous()?, wt)?,
+            _ if training => super::blas::matmul_train(x, &self.w, true)?,
             _ => x.matmul(&self.w.t()?)?,
         }
         .broadcast_add(&self.b)?;
@@ -168,11 +171,14 @@ impl Linear {
 
 /// GELU with the tanh approximation (minGPT's `NewGELU`, candle's `gelu`). An untracked tensor goes
 /// through a serial loop with a rational tanh: candle sends every element through libm's `tanhf` on
-/// the thread pool, which was a fifth of a toy slider update. Training keeps candle's (it has the
-/// backward pass).
+/// the thread pool, which was a fifth of a toy slider update. Training takes the fused op with its
+/// backward pass.
 fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.track_op() || x.dtype() != DType::F32 {
+    if x.dtype() != DType::F32 {
         return x.gelu();
+    }
+    if x.track_op() {
+        return super::train_ops::gelu(x);
     }
     let out: Vec<f32> = x
         .flatten_all()?
@@ -185,7 +191,7 @@ fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 
 /// tanh as Eigen's `generic_fast_tanh_float`: a 13/6 rational minimax fit on the clamped range,
 /// within 2e-6 of libm's `tanhf` (the unit test below), and free of calls so the loop vectorizes.
-fn tanh_fast(x: f32) -> f32 {
+pub(crate) fn tanh_fast(x: f32) -> f32 {
     const A: [f32; 7] = [
         4.893_524_6e-3,
         6.372_619_3e-4,

@@ -11,6 +11,7 @@ pub mod blas;
 pub mod construction;
 pub mod gpt;
 pub mod llama;
+pub mod train_ops;
 
 use crate::error::Result;
 use crate::prefix::Prefix;
