@@ -201,80 +201,73 @@ fn describe_missing(what: &str, dir: &Path) -> Error {
     )
 }
 
-/// The 1-layer 1-head sorter pretrained on ascending, its full fine-tune and its prefix (descending).
-pub fn find_sorter(dir: &Path, all: &[ToyEntry]) -> Result<SorterFiles> {
-    let pretrained = all
-        .iter()
+/// The pretrained toy (`toy-gpt`) with `layers` layers and `heads` heads pretrained on `task`.
+fn find_pretrained<'a>(
+    dir: &Path,
+    all: &'a [ToyEntry],
+    task: &str,
+    (layers, heads): (usize, usize),
+    name: &str,
+) -> Result<&'a ToyEntry> {
+    all.iter()
         .find(|e| {
             e.kind() == "toy-gpt"
-                && e.task() == "ascending"
-                && e.shape().is_some_and(|(l, h, _)| l == 1 && h == 1)
+                && e.task() == task
+                && e.shape().is_some_and(|(l, h, _)| l == layers && h == heads)
         })
         .ok_or_else(|| {
-            describe_missing(
-                "toy-gpt model with 1 layer, 1 head, task ascending (the sorter)",
-                dir,
-            )
-        })?;
-    let finetuned = all
-        .iter()
-        .find(|e| e.kind() == "toy-finetuned" && e.task() == "descending" && e.based_on(pretrained))
-        .ok_or_else(|| {
+            let s = |n: usize| if n == 1 { "" } else { "s" };
             describe_missing(
                 &format!(
-                    "toy-finetuned model on descending based on {}",
-                    pretrained.path.display()
+                    "toy-gpt model with {layers} layer{}, {heads} head{}, task {task} ({name})",
+                    s(layers),
+                    s(heads)
                 ),
                 dir,
             )
-        })?;
-    let prefix = all
-        .iter()
-        .find(|e| e.kind() == "toy-prefix" && e.task() == "descending" && e.based_on(pretrained))
+        })
+}
+
+/// The adapter file of `kind` (`toy-prefix`, `toy-finetuned`) for `task` trained on `base`.
+fn find_adapter<'a>(
+    dir: &Path,
+    all: &'a [ToyEntry],
+    kind: &str,
+    task: &str,
+    base: &ToyEntry,
+) -> Result<&'a ToyEntry> {
+    all.iter()
+        .find(|e| e.kind() == kind && e.task() == task && e.based_on(base))
         .ok_or_else(|| {
             describe_missing(
-                &format!(
-                    "toy-prefix on descending based on {}",
-                    pretrained.path.display()
-                ),
+                &format!("{kind} on {task} based on {}", base.path.display()),
                 dir,
             )
-        })?;
+        })
+}
+
+/// The 1-layer 1-head sorter pretrained on ascending, its full fine-tune and its prefix (descending).
+pub fn find_sorter(dir: &Path, all: &[ToyEntry]) -> Result<SorterFiles> {
+    let pretrained = find_pretrained(dir, all, "ascending", (1, 1), "the sorter")?;
     Ok(SorterFiles {
         pretrained: pretrained.clone(),
-        finetuned: finetuned.clone(),
-        prefix: prefix.clone(),
+        finetuned: find_adapter(dir, all, "toy-finetuned", "descending", pretrained)?.clone(),
+        prefix: find_adapter(dir, all, "toy-prefix", "descending", pretrained)?.clone(),
     })
 }
 
 /// The 1-layer 4-head model pretrained on the random mix of tasks and its four task prefixes.
 pub fn find_four_task(dir: &Path, all: &[ToyEntry]) -> Result<FourTaskFiles> {
-    let model = all
+    let model = find_pretrained(dir, all, "random", (1, 4), "the four-task model")?;
+    let prefixes = TASKS
         .iter()
-        .find(|e| {
-            e.kind() == "toy-gpt"
-                && e.task() == "random"
-                && e.shape().is_some_and(|(l, h, _)| l == 1 && h == 4)
+        .map(|t| {
+            Ok((
+                t.to_string(),
+                find_adapter(dir, all, "toy-prefix", t, model)?.clone(),
+            ))
         })
-        .ok_or_else(|| {
-            describe_missing(
-                "toy-gpt model with 1 layer, 4 heads, task random (the four-task model)",
-                dir,
-            )
-        })?;
-    let mut prefixes = Vec::new();
-    for t in TASKS {
-        let f = all
-            .iter()
-            .find(|e| e.kind() == "toy-prefix" && e.task() == t && e.based_on(model))
-            .ok_or_else(|| {
-                describe_missing(
-                    &format!("toy-prefix on {t} based on {}", model.path.display()),
-                    dir,
-                )
-            })?;
-        prefixes.push((t.to_string(), f.clone()));
-    }
+        .collect::<Result<_>>()?;
     Ok(FourTaskFiles {
         model: model.clone(),
         prefixes,
