@@ -107,4 +107,54 @@ fn eval_rejects_non_toys_and_misfit_prefixes() {
     assert_eq!(v["samples"], 20);
     let acc = v["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
+
+    // Per-position accuracy on the shipped sorter (91% exact match on ascending): every position is
+    // right at least as often as the whole output, and the text form prints the same ten numbers.
+    let sorter = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/sort-1l1h/ascending.safetensors");
+    let args = [
+        "eval",
+        "--model",
+        sorter.to_str().unwrap(),
+        "--task",
+        "ascending",
+        "--samples",
+        "200",
+    ];
+    let (code, out, err) = run(&[&args[..], &["--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let acc = v["accuracy"].as_f64().unwrap();
+    let pos: Vec<f64> = v["position_accuracy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(pos.len(), 10);
+    assert!(acc > 0.8, "the sorter sorts: {acc}");
+    assert!(
+        pos.iter().all(|&f| f >= acc && f <= 1.0),
+        "{pos:?} vs {acc}"
+    );
+    assert!(
+        pos.iter().any(|&f| f > acc),
+        "some outputs are partly right: {pos:?}"
+    );
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("right token per output position"))
+        .unwrap();
+    let cells: Vec<f64> = line
+        .rsplit(": ")
+        .next()
+        .unwrap()
+        .split(' ')
+        .map(|c| c.parse().unwrap())
+        .collect();
+    for (c, f) in cells.iter().zip(&pos) {
+        assert!((c - 100.0 * f).abs() < 0.051, "{line} vs {pos:?}");
+    }
 }

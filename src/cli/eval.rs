@@ -7,7 +7,7 @@ use prefixscope::model::gpt::{Gpt, PrefixT};
 use prefixscope::model::Transformer;
 use prefixscope::prefix::{Prefix, PrefixKind};
 use prefixscope::train::data::Task;
-use prefixscope::train::eval::{accuracy, Adapter};
+use prefixscope::train::eval::{accuracy, score, Adapter};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
@@ -139,6 +139,9 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         ));
     }
     let rows = rows(&a)?;
+    if !a.matrix {
+        return print_one(&a, &rows[0], tasks[0]);
+    }
     let mut table = Vec::new();
     for r in &rows {
         let mut accs = Vec::new();
@@ -147,28 +150,6 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             accs.push((c, n));
         }
         table.push(accs);
-    }
-    if !a.matrix {
-        let (c, n) = table[0][0];
-        if a.json {
-            let v = serde_json::json!({
-                "task": tasks[0].name(),
-                "samples": n,
-                "correct": c,
-                "accuracy": c as f64 / n as f64,
-                "model": a.model.display().to_string(),
-                "adapter": rows[0].name,
-            });
-            println!("{v}");
-        } else {
-            println!(
-                "{} on {}: {c}/{n} = {:.2}% correct",
-                rows[0].name,
-                tasks[0],
-                100.0 * c as f64 / n as f64
-            );
-        }
-        return Ok(());
     }
     if a.json {
         let v = serde_json::json!({
@@ -199,6 +180,42 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             }
             println!();
         }
+    }
+    Ok(())
+}
+
+/// One model (and adapter) on one task: exact match, then the per-position accuracy.
+fn print_one(a: &Args, r: &Row, task: Task) -> prefixscope::Result<()> {
+    let s = score(&r.model, &r.adapter, r.p, task, a.samples, a.seed)?;
+    let (c, n) = (s.correct, s.samples);
+    let per_position: Vec<f64> = s
+        .per_position
+        .iter()
+        .map(|&k| k as f64 / n as f64)
+        .collect();
+    if a.json {
+        let v = serde_json::json!({
+            "task": task.name(),
+            "samples": n,
+            "correct": c,
+            "accuracy": c as f64 / n as f64,
+            "position_accuracy": per_position,
+            "model": a.model.display().to_string(),
+            "adapter": r.name,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{} on {}: {c}/{n} = {:.2}% correct",
+            r.name,
+            task,
+            100.0 * c as f64 / n as f64
+        );
+        let cells: Vec<String> = per_position
+            .iter()
+            .map(|f| format!("{:.1}", 100.0 * f))
+            .collect();
+        println!("right token per output position (%): {}", cells.join(" "));
     }
     Ok(())
 }

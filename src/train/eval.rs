@@ -54,6 +54,17 @@ pub fn generate(
         .collect())
 }
 
+/// Exact-match and per-position counts over a set of test inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Score {
+    /// Outputs equal to the answer in all 10 positions (the authors' measure).
+    pub correct: usize,
+    pub samples: usize,
+    /// Per output position, how many greedy outputs had the right token there (the model reads its
+    /// own earlier outputs, as in the exact-match run): which positions an adapter gets wrong.
+    pub per_position: [usize; LENGTH],
+}
+
 /// `(correct, samples)` on `samples` test inputs drawn with `seed`.
 pub fn accuracy(
     model: &Gpt,
@@ -63,17 +74,35 @@ pub fn accuracy(
     samples: usize,
     seed: u64,
 ) -> Result<(usize, usize)> {
+    let s = score(model, adapter, p, task, samples, seed)?;
+    Ok((s.correct, s.samples))
+}
+
+/// [`accuracy`] with the per-position counts.
+pub fn score(
+    model: &Gpt,
+    adapter: &Adapter,
+    p: usize,
+    task: Task,
+    samples: usize,
+    seed: u64,
+) -> Result<Score> {
     let mut rng = StdRng::seed_from_u64(seed);
     let ex = data::examples(task, Split::Test, samples, 0, &mut rng);
-    let mut correct = 0;
+    let mut s = Score {
+        correct: 0,
+        samples,
+        per_position: [0; LENGTH],
+    };
     for chunk in ex.chunks(400) {
         let inputs: Vec<[u32; LENGTH]> = chunk.iter().map(|(i, _)| *i).collect();
         let got = generate(model, adapter, p, &inputs)?;
-        correct += got
-            .iter()
-            .zip(chunk)
-            .filter(|(g, (_, want))| *g == want)
-            .count();
+        for (g, (_, want)) in got.iter().zip(chunk) {
+            s.correct += usize::from(g == want);
+            for (k, (a, b)) in g.iter().zip(want).enumerate() {
+                s.per_position[k] += usize::from(a == b);
+            }
+        }
     }
-    Ok((correct, samples))
+    Ok(s)
 }
