@@ -319,3 +319,59 @@ fn quantized_checkbox_loads_the_gguf_quantized() {
     assert_layer0_claims(h.state().shown().unwrap());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The heatmap node whose accessible label starts with `title`.
+fn heatmap_rect(h: &egui_kittest::Harness<'_, PrefixScopeApp>, title: &str) -> egui::Rect {
+    h.get_by(|n| {
+        n.role() == Role::Image
+            && n.label()
+                .is_some_and(|l| l.starts_with(&format!("{title} heatmap")))
+    })
+    .rect()
+}
+
+#[test]
+fn maps_go_in_a_grid_when_the_window_is_tall_and_in_a_row_otherwise() {
+    for (size, grid) in [((1280.0, 800.0), false), ((1280.0, 1300.0), true)] {
+        let dir = temp_dir("gui-grid");
+        let mut opts = options(None, &dir);
+        opts.prompt = Some("3 1 4 1 5 7 2 6 5 3 1 1 2 3 3 4 5 5 6".into());
+        let mut h = egui_kittest::Harness::builder()
+            .with_size(egui::vec2(size.0, size.1))
+            .build_ui_state(
+                |ui, app: &mut PrefixScopeApp| app.show(ui),
+                PrefixScopeApp::new(None, opts),
+            );
+        step_until(&mut h, "the toy's first views", |a| a.is_current());
+        h.run_steps(2);
+        let raw = heatmap_rect(&h, "raw, with prefix");
+        let renorm = heatmap_rect(&h, "renormalized over content");
+        let pre = heatmap_rect(&h, "pretrained (no prefix)");
+        let diff = heatmap_rect(&h, "renormalized − pretrained");
+        if grid {
+            // raw | renormalized over pretrained | difference, with bigger cells than in a row.
+            assert!(
+                pre.top() > raw.bottom() && diff.top() > renorm.bottom(),
+                "{raw:?} {pre:?}"
+            );
+            assert!(
+                (pre.left() - raw.left()).abs() < 1.0 && (diff.left() - renorm.left()).abs() < 1.0
+            );
+            assert!(
+                pre.width() > 19.0 * 13.0,
+                "cells of {} px",
+                pre.width() / 19.0
+            );
+        } else {
+            for r in [renorm, pre, diff] {
+                assert!((r.top() - raw.top()).abs() < 1.0, "one row: {raw:?} {r:?}");
+            }
+            assert!(raw.right() < renorm.left() && pre.right() < diff.left());
+        }
+        // Nothing overlaps and every map is a square cell grid of 19 query rows.
+        for (a, b) in [(raw, renorm), (renorm, pre), (pre, diff), (raw, diff)] {
+            assert!(!a.intersects(b), "{a:?} overlaps {b:?}");
+        }
+        assert!((diff.width() - diff.height()).abs() < 1.0);
+    }
+}

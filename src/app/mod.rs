@@ -884,8 +884,11 @@ impl PrefixScopeApp {
             ui.spinner();
             return;
         };
+        // The maps get the height the export row and the overview (22 px per head) leave, and at
+        // least two thirds of it.
         let total = ui.available_height();
-        let views_h = (total * 0.68).max(200.0);
+        let below = 90.0 + 22.0 * n_heads as f32;
+        let views_h = (total - below).max(total * 0.68).max(200.0);
         let width = ui.available_width();
         ui.allocate_ui(egui::vec2(width, views_h), |ui| {
             self.views.ui(

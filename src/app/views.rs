@@ -143,46 +143,73 @@ impl ViewsPanel {
             .max(1e-6);
 
         // Sizes: four maps side by side (the raw one P columns wider) plus the row labels, the mass bar
-        // and the gaps; cells square, no larger than fits the height we were given.
+        // and the gaps; cells square, no larger than fits the height we were given. A short prompt
+        // leaves most of that height empty, so when two rows of two maps give clearly bigger cells
+        // the maps go in a grid: raw | renormalized over pretrained | difference.
         let font = egui::FontId::proportional(LABEL_PX);
         let row_label_w = 64.0;
         let col_label_h = 58.0;
         let title_h = 20.0;
         let gap = 18.0;
         let mass_w = if lc.with_prefix.is_some() { 34.0 } else { 0.0 };
-        let total_cols = (n + p) + 3 * n;
         let avail = ui.available_size();
-        let width_for_cells = avail.x - row_label_w - mass_w - 4.0 * gap;
-        let height_for_cells = (avail.y - title_h - col_label_h - 60.0).max(40.0);
-        let cell = (width_for_cells / total_cols as f32)
-            .min(height_for_cells / n.max(1) as f32)
-            .clamp(1.0, 40.0);
+        // The cell size for `cols` cell columns and `rows` cell rows over `bands` bands of maps.
+        let fit = |cols: usize, rows: usize, bands: f32| {
+            let gaps = if bands > 1.0 { 2.0 } else { 4.0 };
+            let w = avail.x - row_label_w - mass_w - gaps * gap;
+            let h = (avail.y - bands * (title_h + col_label_h) - 60.0).max(40.0);
+            (w / cols as f32)
+                .min(h / rows.max(1) as f32)
+                .clamp(1.0, 40.0)
+        };
+        let in_row = fit((n + p) + 3 * n, n, 1.0);
+        let in_grid = fit((n + p) + n, 2 * n, 2.0);
+        let grid = in_grid > 1.25 * in_row;
+        let cell = if grid { in_grid } else { in_row };
         let map_h = cell * n as f32;
-        let block_h = title_h + map_h + col_label_h;
+        let band_h = title_h + map_h + col_label_h;
+        let block_h = if grid { 2.0 * band_h } else { band_h };
         let (block, _) = ui.allocate_exact_size(Vec2::new(avail.x, block_h), Sense::hover());
         let painter = ui.painter_at(block.expand(2.0));
         let text_col = ui.visuals().text_color();
         let weak = ui.visuals().weak_text_color();
         let bg = ui.visuals().panel_fill;
-        let top = block.top() + title_h;
         // Every k-th label when the cells are smaller than the text.
         let every = ((LABEL_PX - 1.0) / cell).ceil().max(1.0) as usize;
-
-        // Row labels (query tokens), once, left of the first map.
-        for r in (0..n).step_by(every) {
-            painter.text(
-                Pos2::new(
-                    block.left() + row_label_w - 4.0,
-                    top + (r as f32 + 0.5) * cell,
-                ),
-                egui::Align2::RIGHT_CENTER,
-                axis_label(label(r)),
-                font.clone(),
-                text_col,
-            );
+        // Where each map's band starts: (left, top of its title).
+        let x0 = block.left() + row_label_w;
+        let raw_extent = cell * (n + p) as f32
+            + if lc.prefix_mass.is_some() {
+                mass_w + 4.0
+            } else {
+                gap
+            };
+        let step = cell * n as f32 + gap;
+        let (x1, y0) = (x0 + raw_extent, block.top());
+        let origins: [Pos2; 4] = if grid {
+            let y1 = y0 + band_h;
+            [(x0, y0), (x1, y0), (x0, y1), (x1, y1)].map(|(x, y)| Pos2::new(x, y))
+        } else {
+            [x0, x1, x1 + step, x1 + 2.0 * step].map(|x| Pos2::new(x, y0))
+        };
+        // Row labels (query tokens), left of the first map of each band.
+        let band_tops: &[f32] = if grid { &[y0, y0 + band_h] } else { &[y0] };
+        for &band_top in band_tops {
+            for r in (0..n).step_by(every) {
+                painter.text(
+                    Pos2::new(
+                        block.left() + row_label_w - 4.0,
+                        band_top + title_h + (r as f32 + 0.5) * cell,
+                    ),
+                    egui::Align2::RIGHT_CENTER,
+                    axis_label(label(r)),
+                    font.clone(),
+                    text_col,
+                );
+            }
         }
 
-        let mut x = block.left() + row_label_w;
+        let mut diff_left = x0;
         let mut hovered: Option<(Which, usize, usize)> = None;
         let mut hovered_resp: Option<egui::Response> = None;
         let maps: [(Which, &str, usize); 4] = [
@@ -191,14 +218,18 @@ impl ViewsPanel {
             (Which::Pretrained, "pretrained (no prefix)", n),
             (Which::Diff, "renormalized − pretrained", n),
         ];
-        for (which, title, cols) in maps {
+        for ((which, title, cols), origin) in maps.into_iter().zip(origins) {
+            let top = origin.y + title_h;
             let source: Option<&Array> = match which {
                 Which::Raw => lc.with_prefix.as_ref(),
                 Which::Renorm => lc.renormalized.as_ref(),
                 Which::Pretrained => Some(&lc.pretrained),
                 Which::Diff => diff,
             };
-            let rect = Rect::from_min_size(Pos2::new(x, top), Vec2::new(cell * cols as f32, map_h));
+            let rect = Rect::from_min_size(
+                Pos2::new(origin.x, top),
+                Vec2::new(cell * cols as f32, map_h),
+            );
             // The full title when it fits above the map, a short one when it does not.
             let title_font = egui::FontId::proportional(13.0);
             let full = ui
@@ -215,7 +246,7 @@ impl ViewsPanel {
                 }
             };
             painter.text(
-                Pos2::new(rect.center().x, block.top() + 2.0),
+                Pos2::new(rect.center().x, origin.y + 2.0),
                 egui::Align2::CENTER_TOP,
                 shown_title,
                 title_font,
@@ -307,7 +338,9 @@ impl ViewsPanel {
                     );
                 }
             }
-            x = rect.right() + gap;
+            if which == Which::Diff {
+                diff_left = rect.left();
+            }
             if which == Which::Raw {
                 if let Some(mass) = &lc.prefix_mass {
                     // Prefix mass a_i of each query row, as a bar.
@@ -358,15 +391,13 @@ impl ViewsPanel {
                             ));
                         }
                     }
-                    x += mass_w - gap + 4.0;
                 }
             }
         }
 
         // Colour bars: one for the three attention maps, one (diverging) for the difference.
         ui.add_space(4.0);
-        let first_left = block.left() + row_label_w;
-        let diff_left = x - gap - cell * n as f32;
+        let first_left = x0;
         ui.horizontal(|ui| {
             let attn_w = (diff_left - gap - first_left).max(60.0);
             ui.add_space(first_left - ui.min_rect().left());
