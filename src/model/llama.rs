@@ -223,6 +223,9 @@ pub struct Llama {
     lm_head: Head,
     /// RoPE inverse frequencies, `(hd / 2,)`.
     inv_freq: Vec<f32>,
+    /// cos/sin tables for positions `0..len`, grown on demand: every layer of every run needs the
+    /// same rows, and computing them took 4,096 cos/sin pairs per layer at N = 128.
+    rope_cache: std::sync::Mutex<Option<(Tensor, Tensor)>>,
 }
 
 enum Head {
@@ -401,6 +404,7 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
+            rope_cache: std::sync::Mutex::new(None),
         }
     }
 
@@ -408,12 +412,29 @@ impl Llama {
         &self.cfg
     }
 
-    /// cos/sin tables `(t, hd/2)` for positions `start..start + t`.
+    /// cos/sin tables `(t, hd/2)` for positions `start..start + t`, from the cache.
     fn rope_tables(&self, start: usize, t: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let end = start + t;
+        let mut cache = self
+            .rope_cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let have = cache.as_ref().map_or(0, |(c, _)| c.dim(0).unwrap_or(0));
+        if have < end {
+            *cache = Some(self.compute_rope_tables(end.max(2 * have).max(256))?);
+        }
+        let Some((cos, sin)) = cache.as_ref() else {
+            candle_core::bail!("RoPE table cache is empty after filling it");
+        };
+        Ok((cos.narrow(0, start, t)?, sin.narrow(0, start, t)?))
+    }
+
+    /// cos/sin tables `(len, hd/2)` for positions `0..len`.
+    fn compute_rope_tables(&self, len: usize) -> candle_core::Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(t * half);
-        let mut sin = Vec::with_capacity(t * half);
-        for pos in start..start + t {
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for pos in 0..len {
             for &f in &self.inv_freq {
                 // Angles in f64 so long positions keep their precision, then f32 like the reference.
                 let a = pos as f64 * f as f64;
@@ -422,8 +443,8 @@ impl Llama {
             }
         }
         Ok((
-            Tensor::from_vec(cos, (t, half), &Device::Cpu)?,
-            Tensor::from_vec(sin, (t, half), &Device::Cpu)?,
+            Tensor::from_vec(cos, (len, half), &Device::Cpu)?,
+            Tensor::from_vec(sin, (len, half), &Device::Cpu)?,
         ))
     }
 
