@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 const N: usize = 400;
 
 /// Shipped files that do not reach the paper's qualitative result. The claim checks skip them; their
-/// accuracies are still checked against the manifest. The rank-1 LoRA on `double_hist` is a resumable
-/// checkpoint short of the authors' 10,000 steps (models/README.md; issue 3 stays open for it).
+/// accuracies are still checked against the manifest. The rank-1 LoRA on `double_hist` reaches 75%
+/// where the bar is 80% (models/README.md; issue 3 stays open for it).
 const SHORT_OF_PAPER: &[&str] = &["deep-4l4h128/lora1-double_hist.safetensors"];
 const TOL: f64 = 0.07;
 
