@@ -111,13 +111,14 @@ fn check_random_edits(loaded: &prefixscope::load::Loaded, ids: &[u32], seed: u64
                     "{kind:?} layer {l}: renormalized differs by {d:e}"
                 );
                 assert!(max_diff(&a.pretrained.data, &b.pretrained.data) <= 1e-6);
-                let d = max_diff(
-                    &a.z_prefixed.as_ref().unwrap().data,
-                    &b.z_prefixed.as_ref().unwrap().data,
-                );
+                // Head outputs are not bounded by 1 like attention weights: f32 rounding grows with
+                // their size, so the bound is relative to the largest one (at least 1).
+                let zb = &b.z_prefixed.as_ref().unwrap().data;
+                let d = max_diff(&a.z_prefixed.as_ref().unwrap().data, zb);
+                let size = zb.iter().fold(1f32, |m, x| m.max(x.abs()));
                 assert!(
-                    d <= 1e-6,
-                    "{kind:?} layer {l}: head output differs by {d:e}"
+                    d <= 1e-6 * size,
+                    "{kind:?} layer {l}: head output differs by {d:e} (largest {size})"
                 );
                 checked += 1;
             }
