@@ -267,20 +267,23 @@ impl candle_core::CustomOp2 for Gemm {
         if self.ta {
             candle_core::bail!("{}: no backward for a transposed left operand", self.name());
         }
-        let (da, db) = if self.tb {
-            // dA = G B, dB = G^T A.
-            (
-                g.apply_op2_no_bwd(b, &op(false, false))?,
-                g.apply_op2_no_bwd(a, &op(true, false))?,
-            )
-        } else {
-            // dA = G B^T, dB = A^T G.
-            (
-                g.apply_op2_no_bwd(b, &op(false, true))?,
-                a.apply_op2_no_bwd(&g, &op(true, false))?,
-            )
+        // A frozen operand (the model's weights under prefix or LoRA training) gets no gradient:
+        // computing it would be a third of the backward products, thrown away.
+        let da = match (a.track_op(), self.tb) {
+            (false, _) => None,
+            // dA = G B.
+            (true, true) => Some(g.apply_op2_no_bwd(b, &op(false, false))?),
+            // dA = G B^T.
+            (true, false) => Some(g.apply_op2_no_bwd(b, &op(false, true))?),
         };
-        Ok((Some(da), Some(db)))
+        let db = match (b.track_op(), self.tb) {
+            (false, _) => None,
+            // dB = G^T A.
+            (true, true) => Some(g.apply_op2_no_bwd(a, &op(true, false))?),
+            // dB = A^T G.
+            (true, false) => Some(a.apply_op2_no_bwd(&g, &op(true, false))?),
+        };
+        Ok((da, db))
     }
 }
 
