@@ -18,6 +18,7 @@ fn opts(out: &Path, task: Task, steps: usize, lr: f64, p: usize, wd: f64) -> Loo
             warmup: 0,
             cosine: false,
             weight_decay: wd,
+            beta2: 0.95,
             grad_clip: 1.0,
             seed: 5,
         },
@@ -48,6 +49,7 @@ fn held_out_loss(
         warmup: 0,
         cosine: false,
         weight_decay: 0.0,
+        beta2: 0.95,
         grad_clip: 0.0,
         seed: 999,
     };
@@ -141,6 +143,29 @@ fn every_kind_of_training_lowers_the_loss_and_resumes() {
     assert_eq!(lora.n_params(), (32 + 32) + (32 + 128) + (128 + 32));
     let a_lo = held_out_loss(&m, None, Some(&lora), Task::Descending, 1);
     assert!(a_lo < 0.8 * b_desc, "LoRA: {b_desc} -> {a_lo}");
+
+    // AdamW's beta2 reaches the optimizer (the same run with PyTorch's 0.999 takes other steps from
+    // the second one on) and the file records it.
+    let lo2 = dir.join("lora-beta2.safetensors");
+    let mut o2 = opts(&lo2, Task::Descending, 30, 1e-2, 0, 0.01);
+    o2.schedule.beta2 = 0.999;
+    train::lora::run(&base, &o2, 1, false).unwrap();
+    let lora2 = toy::load_lora(&lo2, &cfg).unwrap();
+    let a_lo2 = held_out_loss(&m, None, Some(&lora2), Task::Descending, 1);
+    assert!(
+        a_lo2 < 0.8 * b_desc,
+        "LoRA, beta2 0.999: {b_desc} -> {a_lo2}"
+    );
+    assert!(
+        (a_lo2 - a_lo).abs() > 1e-4,
+        "beta2 ignored: {a_lo} vs {a_lo2}"
+    );
+    let train_meta = toy::read(&lo2)
+        .unwrap()
+        .get(toy::TRAIN)
+        .unwrap()
+        .to_string();
+    assert!(train_meta.contains("\"beta2\":0.999"), "{train_meta}");
 }
 
 #[test]

@@ -81,6 +81,9 @@ pub struct Common {
     /// PyTorch's AdamW default).
     #[arg(long)]
     pub weight_decay: Option<f64>,
+    /// AdamW's beta2 (minGPT's 0.95; PyTorch's default is 0.999).
+    #[arg(long, default_value_t = 0.95)]
+    pub beta2: f64,
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f64,
     #[arg(long, default_value_t = 0)]
@@ -116,6 +119,7 @@ fn opts(c: &Common, p: usize, default_wd: f64) -> prefixscope::Result<LoopOpts> 
             warmup: c.warmup,
             cosine: c.cosine,
             weight_decay: c.weight_decay.unwrap_or(default_wd),
+            beta2: c.beta2,
             grad_clip: c.grad_clip,
             seed: c.seed,
         },

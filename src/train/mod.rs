@@ -35,8 +35,16 @@ pub struct Schedule {
     /// Cosine decay to 10% of `lr` over `steps` (false: constant, as the authors).
     pub cosine: bool,
     pub weight_decay: f64,
+    /// AdamW's second-moment decay: minGPT's 0.95 by default; PyTorch's default 0.999 is what the
+    /// authors' prefix and LoRA trainers got when they passed no betas.
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
     pub grad_clip: f64,
     pub seed: u64,
+}
+
+fn default_beta2() -> f64 {
+    0.95
 }
 
 impl Schedule {
@@ -144,7 +152,7 @@ fn clip_grads(
     Ok(norm)
 }
 
-/// The shared loop: AdamW (betas 0.9/0.95 as minGPT) on `decay` (with weight decay) and `no_decay`
+/// The shared loop: AdamW (beta1 0.9, beta2 from the schedule) on `decay` (with weight decay) and `no_decay`
 /// vars, gradient clipping, the schedule, a progress bar, periodic quick evaluations and checkpoints.
 /// `save(steps_done, wall_s, accuracy)` writes the output file.
 #[allow(clippy::too_many_arguments)]
@@ -162,7 +170,7 @@ pub fn drive(
     let params = |wd: f64| ParamsAdamW {
         lr: s.lr,
         beta1: 0.9,
-        beta2: 0.95,
+        beta2: s.beta2,
         eps: 1e-8,
         weight_decay: wd,
     };
