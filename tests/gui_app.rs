@@ -42,6 +42,25 @@ fn options(model: Option<PathBuf>, dir: &std::path::Path) -> AppOptions {
     }
 }
 
+/// The app on its bundled default toy (no --model) with `prompt`, in a `size` window, once its first
+/// views are on screen.
+fn default_toy(
+    dir: &std::path::Path,
+    prompt: &str,
+    size: (f32, f32),
+) -> egui_kittest::Harness<'static, PrefixScopeApp> {
+    let mut opts = options(None, dir);
+    opts.prompt = Some(prompt.into());
+    let mut h = egui_kittest::Harness::builder()
+        .with_size(egui::vec2(size.0, size.1))
+        .build_ui_state(
+            |ui, app: &mut PrefixScopeApp| app.show(ui),
+            PrefixScopeApp::new(None, opts),
+        );
+    step_until(&mut h, "the toy's first views", |a| a.is_current());
+    h
+}
+
 /// The largest change between two attention snapshots.
 fn max_change(before: &[f32], after: &[f32]) -> f32 {
     assert_eq!(before.len(), after.len());
@@ -80,10 +99,11 @@ fn toy_default_model_slider_moves_raw_attention_and_layer0_renormalized_stays_pr
     let (model, prefix) = default_model().expect("the bundled toy sorter in models/");
     let dir = temp_dir("gui-toy");
     // No --model: the app opens its default, with the bundled prefix.
-    let mut opts = options(None, &dir);
-    opts.prompt = Some("3 1 4 1 5 7 2 6 5 3 1 1 2 3 3 4 5 5 6".into());
-    let mut h = harness(PrefixScopeApp::new(None, opts));
-    step_until(&mut h, "the toy's first views", |a| a.is_current());
+    let mut h = default_toy(
+        &dir,
+        "3 1 4 1 5 7 2 6 5 3 1 1 2 3 3 4 5 5 6",
+        (1280.0, 800.0),
+    );
     assert_eq!(h.state().model_path(), Some(model.as_path()));
     let c = h.state().shown().unwrap();
     assert_eq!(c.capture.token_ids.len(), 19);
@@ -334,15 +354,7 @@ fn heatmap_rect(h: &egui_kittest::Harness<'_, PrefixScopeApp>, title: &str) -> e
 fn maps_go_in_a_grid_when_the_window_is_tall_and_in_a_row_otherwise() {
     for (size, grid) in [((1280.0, 800.0), false), ((1280.0, 1300.0), true)] {
         let dir = temp_dir("gui-grid");
-        let mut opts = options(None, &dir);
-        opts.prompt = Some("3 1 4 1 5 7 2 6 5 3 1 1 2 3 3 4 5 5 6".into());
-        let mut h = egui_kittest::Harness::builder()
-            .with_size(egui::vec2(size.0, size.1))
-            .build_ui_state(
-                |ui, app: &mut PrefixScopeApp| app.show(ui),
-                PrefixScopeApp::new(None, opts),
-            );
-        step_until(&mut h, "the toy's first views", |a| a.is_current());
+        let mut h = default_toy(&dir, "3 1 4 1 5 7 2 6 5 3 1 1 2 3 3 4 5 5 6", size);
         h.run_steps(2);
         let raw = heatmap_rect(&h, "raw, with prefix");
         let renorm = heatmap_rect(&h, "renormalized over content");
@@ -373,5 +385,53 @@ fn maps_go_in_a_grid_when_the_window_is_tall_and_in_a_row_otherwise() {
             assert!(!a.intersects(b), "{a:?} overlaps {b:?}");
         }
         assert!((diff.width() - diff.height()).abs() < 1.0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+#[test]
+fn prefix_saved_and_loaded_through_the_path_box() {
+    let dir = temp_dir("gui-prefix-file");
+    let mut h = default_toy(&dir, "3 1 4 1 5 7 2 6 5 3", (1280.0, 800.0));
+    let saved = h.state().editor.vector().expect("a prefix").to_vec();
+    let file = dir.join("kept.npz");
+
+    // Save: the typed path, no dialog.
+    type_into(
+        &mut h,
+        Role::TextInput,
+        "prefix file",
+        &file.display().to_string(),
+    );
+    h.get_by_label("save prefix…").click();
+    h.step();
+    assert!(file.exists(), "no file written");
+    let msg = h.state().editor.message.clone().expect("a message");
+    assert_eq!(msg, (false, format!("saved {}", file.display())));
+
+    // Edit, then load the file back: the saved vector returns.
+    let d0 = saved[0];
+    h.get_by_role_and_label(Role::Slider, "d0")
+        .set_value_accesskit((d0 + 1.0) as f64);
+    h.step();
+    assert_ne!(h.state().editor.vector().unwrap()[0], d0);
+    h.get_by_label("load prefix…").click();
+    h.step();
+    assert_eq!(h.state().editor.vector().unwrap(), saved.as_slice());
+    assert!(!h.state().editor.message.as_ref().unwrap().0);
+
+    // A path that is not there: an error that names it, and the prefix stays.
+    let missing = dir.join("missing.npz");
+    type_into(
+        &mut h,
+        Role::TextInput,
+        "prefix file",
+        &missing.display().to_string(),
+    );
+    h.get_by_label("load prefix…").click();
+    h.step();
+    let (is_err, text) = h.state().editor.message.clone().unwrap();
+    assert!(is_err && text.contains("missing.npz"), "{text}");
+    assert_eq!(h.state().editor.vector().unwrap(), saved.as_slice());
+    let _ = std::fs::remove_dir_all(&dir);
 }

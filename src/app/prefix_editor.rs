@@ -890,10 +890,7 @@ impl PrefixEditor {
                                 .hint_text("prefix file"),
                         );
                         if ui.button("…").clicked() {
-                            if let Some(p) = rfd::FileDialog::new()
-                                .add_filter("prefix", &["npz", "npy", "safetensors"])
-                                .pick_file()
-                            {
+                            if let Some(p) = prefix_dialog().pick_file() {
                                 *text = p.display().to_string();
                             }
                         }
@@ -921,6 +918,32 @@ impl PrefixEditor {
             });
     }
 
+    /// The path typed in the box, else one picked in a file dialog (and then shown in the box).
+    /// Neither (a cancelled dialog, or none on this system) leaves a message saying what to do.
+    fn chosen_path(&mut self, save: bool) -> Option<PathBuf> {
+        let typed = self.file_path.trim();
+        let path = if typed.is_empty() {
+            let dialog = prefix_dialog();
+            if save {
+                dialog.save_file()
+            } else {
+                dialog.pick_file()
+            }
+        } else {
+            Some(PathBuf::from(typed))
+        };
+        match &path {
+            Some(p) => self.file_path = p.display().to_string(),
+            None => {
+                self.message = Some((
+                    true,
+                    "no file chosen: type the prefix path in the box".into(),
+                ))
+            }
+        }
+        path
+    }
+
     fn files_ui(&mut self, ui: &mut egui::Ui, info: &ModelInfo) {
         ui.horizontal(|ui| {
             let r = ui.add(
@@ -930,49 +953,22 @@ impl PrefixEditor {
             );
             r.widget_info(|| egui::WidgetInfo::labeled(egui::Role::TextInput, true, "prefix file"));
             if ui.button("load prefix…").clicked() {
-                let path = if self.file_path.trim().is_empty() {
-                    rfd::FileDialog::new()
-                        .add_filter("prefix", &["npz", "npy", "safetensors"])
-                        .pick_file()
-                } else {
-                    Some(PathBuf::from(self.file_path.trim()))
-                };
-                match path {
-                    Some(p) => {
-                        self.file_path = p.display().to_string();
-                        self.load_file(&p, info);
-                    }
-                    None => {
-                        self.message = Some((
-                            true,
-                            "no file dialog here: type the prefix path in the box".into(),
-                        ))
-                    }
+                if let Some(p) = self.chosen_path(false) {
+                    self.load_file(&p, info);
                 }
             }
             if ui.button("save prefix…").clicked() {
-                let path = if self.file_path.trim().is_empty() {
-                    rfd::FileDialog::new()
-                        .add_filter("prefix", &["npz", "npy", "safetensors"])
-                        .save_file()
-                } else {
-                    Some(PathBuf::from(self.file_path.trim()))
-                };
-                match path {
-                    Some(p) => {
-                        self.file_path = p.display().to_string();
-                        self.save_file(&p);
-                    }
-                    None => {
-                        self.message = Some((
-                            true,
-                            "no file dialog here: type the prefix path in the box".into(),
-                        ))
-                    }
+                if let Some(p) = self.chosen_path(true) {
+                    self.save_file(&p);
                 }
             }
         });
     }
+}
+
+/// A file dialog for the prefix formats `Prefix::load` reads.
+fn prefix_dialog() -> rfd::FileDialog {
+    rfd::FileDialog::new().add_filter("prefix", &["npz", "npy", "safetensors"])
 }
 
 #[cfg(test)]
