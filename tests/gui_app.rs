@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::gui::{harness, step_until, type_into};
+use common::gui::{harness, harness_sized, step_until, type_into};
 use common::{smollm2_path, temp_dir};
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
@@ -51,12 +51,7 @@ fn default_toy(
 ) -> egui_kittest::Harness<'static, PrefixScopeApp> {
     let mut opts = options(None, dir);
     opts.prompt = Some(prompt.into());
-    let mut h = egui_kittest::Harness::builder()
-        .with_size(egui::vec2(size.0, size.1))
-        .build_ui_state(
-            |ui, app: &mut PrefixScopeApp| app.show(ui),
-            PrefixScopeApp::new(None, opts),
-        );
+    let mut h = harness_sized(PrefixScopeApp::new(None, opts), size);
     step_until(&mut h, "the toy's first views", |a| a.is_current());
     h
 }

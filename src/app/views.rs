@@ -209,7 +209,6 @@ impl ViewsPanel {
             }
         }
 
-        let mut diff_left = x0;
         let mut hovered: Option<(Which, usize, usize)> = None;
         let mut hovered_resp: Option<egui::Response> = None;
         let maps: [(Which, &str, usize); 4] = [
@@ -338,9 +337,6 @@ impl ViewsPanel {
                     );
                 }
             }
-            if which == Which::Diff {
-                diff_left = rect.left();
-            }
             if which == Which::Raw {
                 if let Some(mass) = &lc.prefix_mass {
                     // Prefix mass a_i of each query row, as a bar.
@@ -397,10 +393,11 @@ impl ViewsPanel {
 
         // Colour bars: one for the three attention maps, one (diverging) for the difference.
         ui.add_space(4.0);
-        let first_left = x0;
+        // The attention bar spans the columns up to the difference map, which has the other bar.
+        let diff_left = origins[3].x;
         ui.horizontal(|ui| {
-            let attn_w = (diff_left - gap - first_left).max(60.0);
-            ui.add_space(first_left - ui.min_rect().left());
+            let attn_w = (diff_left - gap - x0).max(60.0);
+            ui.add_space(x0 - ui.min_rect().left());
             self.colour_bar(ui, attn_w, false, 1.0);
             ui.add_space(gap - ui.spacing().item_spacing.x);
             self.colour_bar(ui, (cell * n as f32).max(80.0), true, diff_max);

@@ -152,8 +152,8 @@ fn clip_grads(
     Ok(norm)
 }
 
-/// The shared loop: AdamW (beta1 0.9, beta2 from the schedule) on `decay` (with weight decay) and `no_decay`
-/// vars, gradient clipping, the schedule, a progress bar, periodic quick evaluations and checkpoints.
+/// The shared loop: AdamW (beta1 0.9, beta2 from the schedule) on `decay` (with weight decay) and
+/// `no_decay` vars, gradient clipping, the schedule, a progress bar, periodic quick evaluations and checkpoints.
 /// `save(steps_done, wall_s, accuracy)` writes the output file.
 #[allow(clippy::too_many_arguments)]
 pub fn drive(

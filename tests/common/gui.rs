@@ -8,8 +8,13 @@ use std::time::{Duration, Instant};
 
 /// The app's `show`, what `eframe::App::ui` draws, in a 1280 x 800 window.
 pub fn harness(app: PrefixScopeApp) -> Harness<'static, PrefixScopeApp> {
+    harness_sized(app, (1280.0, 800.0))
+}
+
+/// [`harness`] in a `(width, height)` window.
+pub fn harness_sized(app: PrefixScopeApp, size: (f32, f32)) -> Harness<'static, PrefixScopeApp> {
     Harness::builder()
-        .with_size(egui::vec2(1280.0, 800.0))
+        .with_size(egui::vec2(size.0, size.1))
         .build_ui_state(|ui, app: &mut PrefixScopeApp| app.show(ui), app)
 }
 
