@@ -1,4 +1,4 @@
-//! The engine against the independent float64 reference on SmolLM2 (../shared/fixtures), and the
+//! The engine against the independent float64 reference on SmolLM2 (tests/fixtures/smollm2), and the
 //! paper's layer-0 claim on the program's own numbers.
 
 mod common;

@@ -1,6 +1,6 @@
 //! The paper's constructions (Theorems 1 and 2) as a model family.
 //!
-//! Exactly as the authors' `constructions.ipynb` computes them (`../shared/reference/paper-notes.md` §4):
+//! Exactly as the authors' `constructions.ipynb` computes them (`docs/paper-notes.md` §4):
 //! - one attention layer whose scores are `softmax(T · q_i·k_j / sqrt(L))`, where `L` is the **current
 //!   sequence length** (not the head dimension) and `T` an inverse temperature; causal mask;
 //! - the heads are **summed** (every head writes the same `d_head`-wide space); no residual connection,

@@ -1,7 +1,7 @@
 //! The one interface every architecture family implements: run the content tokens, optionally behind a
 //! prefix, and return every attention matrix of the content queries.
 //!
-//! Layout of one run (see `../shared/reference/conventions.md`): the key columns of every captured
+//! Layout of one run (see `docs/conventions.md`): the key columns of every captured
 //! attention row are `[prefix (p) | content (n)]`. With no prefix `p` is 0 for RoPE models; for
 //! learned-position toys the pretrained run keeps the content at its prefixed positions and puts the
 //! placeholder token the model was trained with at positions `0..p` ([`Transformer::pretrained`]).

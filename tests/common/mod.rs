@@ -67,9 +67,9 @@ pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// `../shared/fixtures` beside the checkout.
+/// The SmolLM2 float64 reference fixtures kept in the repository (`tests/fixtures/smollm2`).
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2")
 }
 
 /// Every array of `fixtures.npz`, as f64.
