@@ -62,6 +62,21 @@ pub fn smollm2_path() -> PathBuf {
     cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// The Gemma 3 270M GGUF that `.ci/fetch-gemma3.sh` caches (`PREFIXSCOPE_GEMMA3`, else the fetch
+/// script's cache). Tests that need it fail when it is absent, as for SmolLM2.
+pub fn gemma3() -> PathBuf {
+    let p = match std::env::var("PREFIXSCOPE_GEMMA3") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => smollm2_path().with_file_name("gemma-3-270m-q4_k_m.gguf"),
+    };
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash .ci/fetch-gemma3.sh` first",
+        p.display()
+    );
+    p
+}
+
 /// A file of this repository (`models/...`).
 pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
