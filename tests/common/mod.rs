@@ -177,7 +177,13 @@ pub fn tiny_llama_folder(
 ) {
     use prefixscope::model::llama::LlamaConfig;
     std::fs::create_dir_all(dir).unwrap();
-    let cfg: LlamaConfig = serde_json::from_value(config.clone()).unwrap();
+    // A model_type no family reads (to test its refusal) still gets Llama's tensors.
+    let mut known = config.clone();
+    let t = known["model_type"].as_str().unwrap_or("");
+    if prefixscope::model::family::by_model_type(t).is_none() {
+        known["model_type"] = "llama".into();
+    }
+    let cfg: LlamaConfig = serde_json::from_value(known).unwrap();
     let mut map = std::collections::HashMap::new();
     for (i, (name, shape)) in cfg.expected_tensors().into_iter().enumerate() {
         let n: usize = shape.iter().product();
