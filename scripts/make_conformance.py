@@ -387,8 +387,9 @@ def make(name):
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     hf = os.path.join(d, "hf")
-    model.to(torch.float16).save_pretrained(hf)
-    model.to(torch.float64)
+    # A copy: `.to()` casts in place, buffers included (RoPE's inv_freq), and the references must keep
+    # the float64 model.
+    copy.deepcopy(model).to(torch.float16).save_pretrained(hf)
     tok.save(os.path.join(hf, "tokenizer.json"))
     # Check the F16 files hold exactly the float64 weights.
     back = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float64)
