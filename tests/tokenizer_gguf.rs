@@ -239,3 +239,25 @@ fn the_cli_takes_ids_without_a_tokenizer_and_refuses_text_by_name() {
         "{err}"
     );
 }
+
+/// Tokens holding parts of emoji: no label is "�", and different ids never share a label (the issue's
+/// prompt with three emoji gave ten ids one label).
+#[test]
+fn emoji_pieces_get_distinct_labels_and_no_replacement_character() {
+    let path = common::smollm2();
+    let tok = Tokenizer::from_gguf(&path, &content(&path)).unwrap();
+    let ids = tok
+        .encode("Rain 🌧️ then sun ☀️ and a rocket 🚀! 👨‍👩‍👧", false)
+        .unwrap();
+    let labels = tok.labels(&ids);
+    assert!(labels.iter().all(|l| !l.contains('\u{FFFD}')), "{labels:?}");
+    for i in 0..ids.len() {
+        for j in 0..ids.len() {
+            if labels[i] == labels[j] {
+                assert_eq!(ids[i], ids[j], "{labels:?}");
+            }
+        }
+    }
+    // The rocket is split into byte pieces that join back into it.
+    assert!(labels.iter().any(|l| l.contains("🚀[")), "{labels:?}");
+}
