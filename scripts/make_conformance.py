@@ -175,11 +175,12 @@ def references(model, cfg, ids, soft, keys, values):
     emb = model.get_input_embeddings()(ids_t)
     x = torch.cat([soft[None], emb], dim=1)
     a, lg = attn_logits(model, inputs_embeds=x)
-    out["soft"] = ([m[:, P:, :] for m in a], lg)
+    out["soft"] = ([m[:, soft.shape[0]:, :] for m in a], lg)
     n = len(ids)
+    p = keys.shape[2]
     a, lg = attn_logits(model, input_ids=ids_t, past=kv_cache(cfg, keys, values),
-                        position_ids=torch.arange(P, P + n)[None],
-                        attention_mask=torch.ones(1, P + n, dtype=torch.long))
+                        position_ids=torch.arange(p, p + n)[None],
+                        attention_mask=torch.ones(1, p + n, dtype=torch.long))
     out["kv"] = (a, lg)
     return out
 
@@ -443,10 +444,60 @@ def make(name):
     print(name, "features ignored, max attention gap:", gaps, file=sys.stderr)
 
 
+GEMMA3_PROMPT = "The capital of France is Paris. 2 + 2 = 4, and émojis 🦀 too."
+GEMMA3_P = 2
+GEMMA3_TOP = 64
+
+
+def make_gemma3_real(path):
+    """Reference numbers for the real Gemma 3 270M GGUF (.ci/fetch-gemma3.sh), from transformers
+    loading the same file (`gguf_file=`, dequantized to float32, then run in float64), into
+    tests/fixtures/gemma3_270m/: the ids (llama.cpp's tokenizer with BOS), soft_prompt.npy,
+    prefix_kv.npz, and reference.npz with `{none,soft,kv}_attn_L{l}` for every layer and the
+    logits of the reference's top GEMMA3_TOP ids (`logits_top_ids`, `{case}_logits_top`)."""
+    from llama_cpp import Llama
+    d = os.path.join(OUT, "..", "gemma3_270m")
+    os.makedirs(d, exist_ok=True)
+    vocab = Llama(model_path=path, vocab_only=True, verbose=False)
+    ids = vocab.tokenize(GEMMA3_PROMPT.encode(), add_bos=True, special=False)
+    del vocab
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32,
+        attn_implementation="eager")
+    model = model.to(torch.float64).eval()
+    cfg = model.config
+    gen = np.random.default_rng(SEED)
+    L, kvh, hd = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
+    soft = torch.tensor(gen.normal(0, 1.0, (GEMMA3_P, cfg.hidden_size)), dtype=torch.float32)
+    keys = torch.tensor(gen.normal(0, 1.0, (L, kvh, GEMMA3_P, hd)), dtype=torch.float32)
+    values = torch.tensor(gen.normal(0, 1.0, (L, kvh, GEMMA3_P, hd)), dtype=torch.float32)
+    np.save(os.path.join(d, "soft_prompt.npy"), soft.numpy())
+    np.savez(os.path.join(d, "prefix_kv.npz"), keys=keys.numpy(), values=values.numpy())
+    refs = references(model, cfg, ids, soft.double(), keys.double(), values.double())
+    top = np.argsort(-refs["none"][1])[:GEMMA3_TOP]
+    arrays = {"token_ids": np.array(ids, dtype=np.int64), "logits_top_ids": top.astype(np.int64)}
+    for case, (attn, logits) in refs.items():
+        for l, a in enumerate(attn):
+            arrays[f"{case}_attn_L{l}"] = a.astype(np.float32)
+        arrays[f"{case}_logits_top"] = logits[top].astype(np.float32)
+    np.savez_compressed(os.path.join(d, "reference.npz"), **arrays)
+    meta = {"file": os.path.basename(path), "prompt": GEMMA3_PROMPT, "token_ids": ids,
+            "bos": True, "prefix_len": GEMMA3_P, "layers": L, "made_by": "scripts/make_conformance.py --gemma3-real",
+            "torch": torch.__version__, "transformers": transformers.__version__}
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2, ensure_ascii=False)
+    print("gemma3 270M references written", file=sys.stderr)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="")
+    ap.add_argument("--gemma3-real", default="",
+                    help="the Gemma 3 270M GGUF from .ci/fetch-gemma3.sh: write its references only")
     args = ap.parse_args()
+    if args.gemma3_real:
+        make_gemma3_real(args.gemma3_real)
+        return
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
     os.makedirs(OUT, exist_ok=True)
     for n in names:
