@@ -22,7 +22,7 @@ pub mod qwen2;
 pub mod qwen3;
 
 use crate::error::{Error, Result};
-use crate::model::llama::LlamaConfig;
+use crate::model::llama::{LlamaConfig, SlidingLayers};
 use crate::model::rope::RopeScaling;
 use candle_core::quantized::gguf_file;
 use serde_json::Value;
@@ -30,6 +30,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// One family: its names and how its files state its hyper-parameters.
+// `from_*` take `&self`: a family is a registry value (a trait object), not a constructor.
+#[allow(clippy::wrong_self_convention)]
 pub trait Family: Sync {
     /// The registry name; also the `model_type` written back into a `config.json`.
     fn name(&self) -> &'static str;
@@ -404,19 +406,19 @@ impl<'a> GgufKeys<'a> {
 
     /// Which of `n` layers are windowed, from a per-layer array of booleans or a period `p` (every
     /// layer but each `p`-th), when the key is present.
-    pub fn layer_pattern(&mut self, key: &str, n: usize) -> Result<Option<Vec<bool>>> {
+    pub fn layer_pattern(&mut self, key: &str, n: usize) -> Result<Option<SlidingLayers>> {
         let Some(v) = self.value(key) else {
             return Ok(None);
         };
         if let gguf_file::Value::Array(a) = v {
             let flags: Option<Vec<bool>> = a.iter().map(|x| x.to_bool().ok()).collect();
             return match flags {
-                Some(f) if f.len() == n => Ok(Some(f)),
+                Some(f) if f.len() == n => Ok(Some(SlidingLayers::Listed(f))),
                 _ => Err(self.bad(key, &format!("{n} booleans (one per layer)"), v)),
             };
         }
         match self.usize(key)? {
-            Some(p) if p > 0 => Ok(Some((0..n).map(|i| (i + 1) % p != 0).collect())),
+            Some(p) if p > 0 => Ok(Some(SlidingLayers::AllButEvery(p))),
             _ => Err(self.bad(key, "a positive period or one boolean per layer", v)),
         }
     }
@@ -764,7 +766,10 @@ pub fn qwen_window(keys: &mut HfKeys, cfg: &mut LlamaConfig) -> Result<()> {
         return Ok(());
     }
     cfg.sliding_window = window;
-    cfg.sliding_layers = Some(types.unwrap_or_else(|| (0..n).map(|i| i >= from).collect()));
+    cfg.sliding_layers = match types {
+        Some(t) => SlidingLayers::Listed(t),
+        None => SlidingLayers::From(from),
+    };
     Ok(())
 }
 
@@ -881,7 +886,17 @@ pub fn gguf_common(
     let vocab_size = match keys.usize("vocab_size")? {
         Some(v) => v,
         None => match tensors.shapes.get("token_embd.weight") {
-            Some(s) => s[0],
+            Some(s) => match s.as_slice() {
+                [vocab, _] => *vocab,
+                other => {
+                    return Err(Error::shape(
+                        &path,
+                        "token_embd.weight",
+                        "[vocabulary, embedding_length]",
+                        other,
+                    ))
+                }
+            },
             None => return Err(Error::missing(&path, "token_embd.weight")),
         },
     };
