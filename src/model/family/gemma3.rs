@@ -22,6 +22,8 @@ pub const HF_DEFAULTS: HfDefaults = HfDefaults {
     head_dim: Some(256),
     num_key_value_heads: Some(4),
     act_key: "hidden_activation",
+    attention_bias: true,
+    mlp_bias: false,
 };
 
 /// The RoPE bases transformers defaults to: global layers, local (sliding) layers.
