@@ -125,6 +125,7 @@ pub fn config_from_gguf(
     let cfg = fam.from_gguf(&mut keys, &tensors)?;
     keys.finish()?;
     cfg.validate(path)?;
+    cfg.check_layers_against_file(path, c.tensor_infos.len())?;
     Ok((cfg, fam))
 }
 

@@ -87,6 +87,7 @@ pub fn load(dir: &Path, ctl: &LoadControl) -> Result<Loaded> {
     let cfg = LlamaConfig::from_hf_json(&cfg_json, &cfg_path)?;
     let files = safetensors_files(dir)?;
     let st = mmap(&files)?;
+    cfg.check_layers_against_file(&files_label(&files), st.tensors().len())?;
     let wanted = cfg.expected_tensors();
     check_no_extra_tensors(&st, &files, &cfg)?;
     let mut weights = HashMap::new();

@@ -36,6 +36,21 @@ pub enum Activation {
     GeluErf,
 }
 
+/// Which layers a sliding window applies to. Stated by rule, not per layer, so that a hostile layer
+/// count sizes nothing before the file is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SlidingLayers {
+    /// Every layer (Mistral, Phi-3).
+    #[default]
+    All,
+    /// Per layer (`layer_types`: `sliding_attention` is true).
+    Listed(Vec<bool>),
+    /// Every layer but each `p`-th (`(l + 1) % p != 0`): Gemma 3's `sliding_window_pattern`.
+    AllButEvery(usize),
+    /// Layers from this one on (Qwen's `max_window_layers`).
+    From(usize),
+}
+
 /// The resolved hyper-parameters of one checkpoint: sizes, RoPE, and the features its family switches
 /// on. Made by a family ([`crate::model::family`]) from a `config.json` (both transformers spellings)
 /// or GGUF metadata; deserializing one goes through the same strict parser
@@ -76,9 +91,9 @@ pub struct LlamaConfig {
     /// Keys each query may see, itself included (`kv_idx > q_idx - window`), on the windowed layers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
-    /// Which layers are windowed; `None`: all of them when [`Self::sliding_window`] is set.
+    /// Which layers are windowed when [`Self::sliding_window`] is set.
     #[serde(skip)]
-    pub sliding_layers: Option<Vec<bool>>,
+    pub sliding_layers: SlidingLayers,
     /// RoPE of the windowed layers, when it differs (Gemma 3 `rope_local_base_freq`): base, scaling.
     #[serde(skip)]
     pub sliding_rope: Option<(f64, Option<RopeScaling>)>,
@@ -148,7 +163,7 @@ impl LlamaConfig {
             attention_bias: false,
             mlp_bias: false,
             sliding_window: None,
-            sliding_layers: None,
+            sliding_layers: SlidingLayers::All,
             sliding_rope: None,
             qkv_bias: false,
             qk_norm: false,
@@ -198,10 +213,12 @@ impl LlamaConfig {
     /// Whether layer `l` is windowed.
     pub fn is_sliding(&self, l: usize) -> bool {
         self.sliding_window.is_some()
-            && self
-                .sliding_layers
-                .as_ref()
-                .is_none_or(|v| v.get(l).copied().unwrap_or(false))
+            && match &self.sliding_layers {
+                SlidingLayers::All => true,
+                SlidingLayers::Listed(v) => v.get(l).copied().unwrap_or(false),
+                SlidingLayers::AllButEvery(p) => (l + 1) % p != 0,
+                SlidingLayers::From(first) => l >= *first,
+            }
     }
 
     /// The RoPE of layer `l`.
@@ -322,6 +339,26 @@ impl LlamaConfig {
         v
     }
 
+    /// Refuse a layer count the file cannot hold (every layer has several tensors) before any
+    /// per-layer list is built: a hostile `num_hidden_layers = 10^12` must not size an allocation.
+    pub fn check_layers_against_file(
+        &self,
+        file: &std::path::Path,
+        tensors_in_file: usize,
+    ) -> Result<()> {
+        if self.num_hidden_layers > tensors_in_file.max(1) {
+            return Err(Error::format(
+                file,
+                "num_hidden_layers / block_count",
+                format!(
+                    "at most the {tensors_in_file} tensors the file holds (each layer has several)"
+                ),
+                self.num_hidden_layers.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether a tensor holds RMSNorm weights (which get [`Self::norm_weight_offset`]).
     pub fn is_norm(name: &str) -> bool {
         name.ends_with("norm.weight")
@@ -376,7 +413,10 @@ impl LlamaConfig {
         if self.sliding_window == Some(0) {
             return bad("sliding_window", "at least 1".into(), "0".into());
         }
-        if let Some(v) = &self.sliding_layers {
+        if let SlidingLayers::AllButEvery(0) = self.sliding_layers {
+            return bad("sliding_window_pattern", "at least 1".into(), "0".into());
+        }
+        if let SlidingLayers::Listed(v) = &self.sliding_layers {
             if v.len() != self.num_hidden_layers {
                 return bad(
                     "layer_types",

@@ -9,7 +9,7 @@
 
 use super::{Family, GgufKeys, GgufTensors, HfDefaults, HfKeys};
 use crate::error::{Error, Result};
-use crate::model::llama::{Activation, LlamaConfig};
+use crate::model::llama::{Activation, LlamaConfig, SlidingLayers};
 use serde_json::Value;
 
 pub struct Gemma3;
@@ -22,6 +22,8 @@ pub const HF_DEFAULTS: HfDefaults = HfDefaults {
     head_dim: Some(256),
     num_key_value_heads: Some(4),
     act_key: "hidden_activation",
+    attention_bias: true,
+    mlp_bias: false,
 };
 
 /// The RoPE bases transformers defaults to: global layers, local (sliding) layers.
@@ -149,20 +151,10 @@ impl Family for Gemma3 {
         }
         .unwrap_or(6);
         let n = cfg.num_hidden_layers;
-        cfg.sliding_layers = Some(match super::hf_layer_types(keys, n)? {
-            Some(v) => v,
-            None => {
-                if pattern == 0 {
-                    return Err(Error::format(
-                        &path,
-                        "config key 'sliding_window_pattern'",
-                        "at least 1",
-                        "0",
-                    ));
-                }
-                (0..n).map(|i| (i + 1) % pattern != 0).collect()
-            }
-        });
+        cfg.sliding_layers = match super::hf_layer_types(keys, n)? {
+            Some(v) => SlidingLayers::Listed(v),
+            None => SlidingLayers::AllButEvery(pattern),
+        };
         Ok(cfg)
     }
 
@@ -181,10 +173,9 @@ impl Family for Gemma3 {
         });
         cfg.attention_bias = tensors.shapes.contains_key("blk.0.attn_q.bias");
         cfg.sliding_window = keys.usize("attention.sliding_window")?;
-        cfg.sliding_layers = Some(
-            keys.layer_pattern("attention.sliding_window_pattern", n)?
-                .unwrap_or_else(|| (0..n).map(|i| (i + 1) % 6 != 0).collect()),
-        );
+        cfg.sliding_layers = keys
+            .layer_pattern("attention.sliding_window_pattern", n)?
+            .unwrap_or(SlidingLayers::AllButEvery(6));
         let local = keys.f64("rope.freq_base_swa")?.unwrap_or(DEFAULT_THETA.1);
         cfg.sliding_rope = Some((local, None));
         Ok(cfg)

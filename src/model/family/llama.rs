@@ -16,6 +16,8 @@ pub const HF_DEFAULTS: HfDefaults = HfDefaults {
     head_dim: None,
     num_key_value_heads: None,
     act_key: "hidden_act",
+    attention_bias: true,
+    mlp_bias: true,
 };
 
 impl Family for Llama {

@@ -22,7 +22,7 @@ pub mod qwen2;
 pub mod qwen3;
 
 use crate::error::{Error, Result};
-use crate::model::llama::LlamaConfig;
+use crate::model::llama::{LlamaConfig, SlidingLayers};
 use crate::model::rope::RopeScaling;
 use candle_core::quantized::gguf_file;
 use serde_json::Value;
@@ -30,6 +30,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// One family: its names and how its files state its hyper-parameters.
+// `from_*` take `&self`: a family is a registry value (a trait object), not a constructor.
+#[allow(clippy::wrong_self_convention)]
 pub trait Family: Sync {
     /// The registry name; also the `model_type` written back into a `config.json`.
     fn name(&self) -> &'static str;
@@ -149,6 +151,9 @@ pub const NEUTRAL_HF_KEYS: &[&str] = &[
     "auto_map",
     "unsloth_version",
     "unsloth_fixed",
+    // SmolLM2's configs: a marker for nanotron exports and transformers.js serving settings.
+    "is_llama_config",
+    "transformers.js_config",
 ];
 
 /// GGUF metadata keys under `{arch}.` that do not change the numbers: the trained context length
@@ -404,19 +409,19 @@ impl<'a> GgufKeys<'a> {
 
     /// Which of `n` layers are windowed, from a per-layer array of booleans or a period `p` (every
     /// layer but each `p`-th), when the key is present.
-    pub fn layer_pattern(&mut self, key: &str, n: usize) -> Result<Option<Vec<bool>>> {
+    pub fn layer_pattern(&mut self, key: &str, n: usize) -> Result<Option<SlidingLayers>> {
         let Some(v) = self.value(key) else {
             return Ok(None);
         };
         if let gguf_file::Value::Array(a) = v {
             let flags: Option<Vec<bool>> = a.iter().map(|x| x.to_bool().ok()).collect();
             return match flags {
-                Some(f) if f.len() == n => Ok(Some(f)),
+                Some(f) if f.len() == n => Ok(Some(SlidingLayers::Listed(f))),
                 _ => Err(self.bad(key, &format!("{n} booleans (one per layer)"), v)),
             };
         }
         match self.usize(key)? {
-            Some(p) if p > 0 => Ok(Some((0..n).map(|i| (i + 1) % p != 0).collect())),
+            Some(p) if p > 0 => Ok(Some(SlidingLayers::AllButEvery(p))),
             _ => Err(self.bad(key, "a positive period or one boolean per layer", v)),
         }
     }
@@ -764,7 +769,10 @@ pub fn qwen_window(keys: &mut HfKeys, cfg: &mut LlamaConfig) -> Result<()> {
         return Ok(());
     }
     cfg.sliding_window = window;
-    cfg.sliding_layers = Some(types.unwrap_or_else(|| (0..n).map(|i| i >= from).collect()));
+    cfg.sliding_layers = match types {
+        Some(t) => SlidingLayers::Listed(t),
+        None => SlidingLayers::From(from),
+    };
     Ok(())
 }
 
@@ -826,6 +834,10 @@ pub struct HfDefaults {
     /// `num_key_value_heads` when absent (transformers: the query heads, or a class default).
     pub num_key_value_heads: Option<usize>,
     pub act_key: &'static str,
+    /// Whether the family reads `attention_bias` itself (else only `false` is accepted).
+    pub attention_bias: bool,
+    /// Whether the family reads `mlp_bias` itself (else only `false` is accepted).
+    pub mlp_bias: bool,
 }
 
 pub fn hf_common(family: &str, keys: &mut HfKeys, d: &HfDefaults) -> Result<LlamaConfig> {
@@ -845,6 +857,23 @@ pub fn hf_common(family: &str, keys: &mut HfKeys, d: &HfDefaults) -> Result<Llam
     };
     // transformers 4.x Llama splits its projections into `pretraining_tp` slices: the same sums.
     keys.get("pretraining_tp");
+    // nanotron's marker: transformers rotates halves whatever it says; refuse the interleaved claim.
+    keys.only(
+        "rope_interleaved",
+        &[Value::Bool(false)],
+        "false (rotate-half RoPE)",
+    )?;
+    // Bias flags of families that have no such biases are harmless only when false.
+    if !d.attention_bias {
+        keys.only(
+            "attention_bias",
+            &[Value::Bool(false)],
+            "false in this family",
+        )?;
+    }
+    if !d.mlp_bias {
+        keys.only("mlp_bias", &[Value::Bool(false)], "false in this family")?;
+    }
     let mut cfg = LlamaConfig::plain(family);
     cfg.hidden_size = hidden_size;
     cfg.intermediate_size = keys.req_usize("intermediate_size")?;
@@ -881,7 +910,17 @@ pub fn gguf_common(
     let vocab_size = match keys.usize("vocab_size")? {
         Some(v) => v,
         None => match tensors.shapes.get("token_embd.weight") {
-            Some(s) => s[0],
+            Some(s) => match s.as_slice() {
+                [vocab, _] => *vocab,
+                other => {
+                    return Err(Error::shape(
+                        &path,
+                        "token_embd.weight",
+                        "[vocabulary, embedding_length]",
+                        other,
+                    ))
+                }
+            },
             None => return Err(Error::missing(&path, "token_embd.weight")),
         },
     };
@@ -994,6 +1033,134 @@ mod tests {
         v["torch_dtype"] = "bfloat16".into();
         v["rope_scaling"] = Value::Null;
         parse(v).unwrap();
+    }
+
+    fn with(model_type: &str, extra: Value) -> Result<LlamaConfig> {
+        let mut v = base();
+        v["model_type"] = model_type.into();
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        parse(v)
+    }
+
+    fn names(cfg: &LlamaConfig) -> Vec<String> {
+        cfg.expected_tensors().into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn qwen2_has_qkv_biases_and_a_window_only_when_asked() {
+        let c = with(
+            "qwen2",
+            json!({"sliding_window": 8, "max_window_layers": 1}),
+        )
+        .unwrap();
+        let n = names(&c);
+        assert!(n.contains(&"model.layers.1.self_attn.v_proj.bias".to_string()));
+        assert!(!n.iter().any(|x| x.contains("o_proj.bias")));
+        assert!(
+            !c.is_sliding(0) && !c.is_sliding(1),
+            "use_sliding_window is false"
+        );
+        let c = with(
+            "qwen2",
+            json!({"sliding_window": 8, "max_window_layers": 1, "use_sliding_window": true}),
+        )
+        .unwrap();
+        assert!(!c.is_sliding(0) && c.is_sliding(1));
+        // Qwen2 has no o bias: a config claiming one is refused, not half-read.
+        assert!(with("qwen2", json!({"attention_bias": true})).is_err());
+    }
+
+    #[test]
+    fn mistral_window_defaults_to_4096_and_null_means_none() {
+        assert_eq!(
+            with("mistral", json!({})).unwrap().sliding_window,
+            Some(4096)
+        );
+        let c = with("mistral", json!({"sliding_window": null})).unwrap();
+        assert_eq!(c.sliding_window, None);
+        assert!(!c.is_sliding(0));
+    }
+
+    #[test]
+    fn qwen3_norms_each_head_and_llama_reads_its_biases() {
+        let c = with("qwen3", json!({"head_dim": 16})).unwrap();
+        assert!(names(&c).contains(&"model.layers.0.self_attn.k_norm.weight".to_string()));
+        // transformers' Qwen3 default head_dim is 128, not hidden / heads.
+        assert_eq!(with("qwen3", json!({})).unwrap().head_dim(), 128);
+        let c = with("llama", json!({"attention_bias": true, "mlp_bias": true})).unwrap();
+        let n = names(&c);
+        for t in [
+            "self_attn.o_proj.bias",
+            "self_attn.q_proj.bias",
+            "mlp.down_proj.bias",
+        ] {
+            assert!(n.contains(&format!("model.layers.0.{t}")), "{t}");
+        }
+        // Llama's modeling code rotates whole heads.
+        assert!(with("llama", json!({"partial_rotary_factor": 0.5})).is_err());
+    }
+
+    #[test]
+    fn gemma3_both_spellings_and_defaults() {
+        let v4 = with(
+            "gemma3_text",
+            json!({"head_dim": 16, "rope_theta": 1e6, "rope_local_base_freq": 1e4,
+                "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "sliding_window": 512,
+                "_sliding_window_pattern": 2, "query_pre_attn_scalar": 16}),
+        )
+        .unwrap();
+        let v5 = with(
+            "gemma3_text",
+            json!({"head_dim": 16, "sliding_window": 512, "query_pre_attn_scalar": 16,
+                "layer_types": ["sliding_attention", "full_attention"],
+                "rope_parameters": {
+                    "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}),
+        )
+        .unwrap();
+        for c in [&v4, &v5] {
+            assert!(c.is_sliding(0) && !c.is_sliding(1));
+            assert_eq!(c.rope(1).scaling, Some(RopeScaling::Linear { factor: 8.0 }));
+            assert_eq!((c.rope(0).theta, c.rope(0).scaling.clone()), (1e4, None));
+            assert_eq!(c.rope(1).theta, 1e6);
+            assert_eq!(c.query_scale(), 0.25);
+            assert_eq!(c.norm_weight_offset, 1.0);
+            assert_eq!(c.embed_scale, Some(8.0));
+            assert!(c.sandwich_norms && c.qk_norm);
+        }
+        // transformers' defaults: head_dim 256, query_pre_attn_scalar 256, pattern 6, bases 1e6/1e4.
+        let d = with("gemma3_text", json!({"num_hidden_layers": 6})).unwrap();
+        assert_eq!(d.head_dim(), 256);
+        assert_eq!(d.query_scale(), 1.0 / 16.0);
+        assert!((0..5).all(|l| d.is_sliding(l)) && !d.is_sliding(5));
+        assert_eq!((d.rope(5).theta, d.rope(0).theta), (1e6, 1e4));
+        assert!(with("gemma3_text", json!({"use_bidirectional_attention": true})).is_err());
+    }
+
+    #[test]
+    fn phi3_fuses_projections_and_rotates_part_of_each_head() {
+        let c = with(
+            "phi3",
+            json!({"partial_rotary_factor": 0.5, "attention_bias": false,
+                "original_max_position_embeddings": 4096, "sliding_window": 2047}),
+        )
+        .unwrap();
+        assert_eq!(c.rotary_dim(), 8);
+        let n = names(&c);
+        assert!(n.contains(&"model.layers.0.self_attn.qkv_proj.weight".to_string()));
+        assert!(n.contains(&"model.layers.0.mlp.gate_up_proj.weight".to_string()));
+        assert!(!n.iter().any(|x| x.contains("q_proj")));
+        assert_eq!(c.sliding_window, Some(2047));
+        assert!(with("phi3", json!({"attention_bias": true})).is_err());
+        let e = with(
+            "phi3",
+            json!({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("'longrope'"), "{e}");
     }
 
     #[test]

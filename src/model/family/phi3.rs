@@ -17,6 +17,8 @@ pub const HF_DEFAULTS: HfDefaults = HfDefaults {
     head_dim: None,
     num_key_value_heads: None,
     act_key: "hidden_act",
+    attention_bias: false,
+    mlp_bias: false,
 };
 
 impl Family for Phi3 {

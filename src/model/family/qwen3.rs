@@ -16,6 +16,8 @@ pub const HF_DEFAULTS: HfDefaults = HfDefaults {
     head_dim: Some(128),
     num_key_value_heads: Some(32),
     act_key: "hidden_act",
+    attention_bias: true,
+    mlp_bias: false,
 };
 
 impl Family for Qwen3 {
