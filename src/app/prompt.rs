@@ -33,7 +33,7 @@ pub fn default_text(tok: &Tokenizer) -> String {
                 .join(" ")
         }
         Tokenizer::Ascii { .. } => "hello world".into(),
-        Tokenizer::Hf { .. } => {
+        Tokenizer::Hf { .. } | Tokenizer::Gguf(_) | Tokenizer::Unavailable { .. } => {
             "The quick brown fox jumps over the lazy dog, and then it runs back home to sleep under the old oak tree by the river."
                 .into()
         }

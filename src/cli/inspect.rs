@@ -26,11 +26,17 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     if a.json {
         let mut v = serde_json::to_value(info).unwrap_or_default();
         v["tokenizer"] = loaded.tokenizer.describe().into();
+        for (k, d) in loaded.model.details() {
+            v[k] = d.into();
+        }
         v["path"] = a.model.display().to_string().into();
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         println!("model:        {}", a.model.display());
         println!("architecture: {} ({})", info.arch, info.source);
+        for (k, d) in loaded.model.details() {
+            println!("{:<14}{d}", format!("{k}:"));
+        }
         println!("layers:       {}", info.n_layers);
         println!(
             "heads:        {} query, {} key/value, head dim {}",

@@ -4,9 +4,10 @@
 
 use super::{LoadControl, Loaded};
 use crate::error::{Error, Result};
+use crate::model::family::{self, Family, GgufKeys, GgufTensors};
 use crate::model::llama::{Llama, LlamaConfig};
 use crate::tokenizer::Tokenizer;
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -44,148 +45,155 @@ pub fn read_content(path: &Path) -> Result<(Content, std::fs::File)> {
     Ok((content, f))
 }
 
-fn meta<'a>(c: &'a Content, path: &Path, key: &str) -> Result<&'a Value> {
-    c.metadata
-        .get(key)
-        .ok_or_else(|| Error::format(path, format!("metadata '{key}'"), "present", "missing"))
-}
-
-fn meta_usize(c: &Content, path: &Path, key: &str) -> Result<usize> {
-    let v = meta(c, path, key)?;
-    v.to_u32()
-        .map(|x| x as usize)
-        .or_else(|_| v.to_u64().map(|x| x as usize))
-        .or_else(|_| v.to_i32().map(|x| x.max(0) as usize))
-        .map_err(|_| {
-            Error::format(
+/// The model config as the GGUF metadata states it, by the family that reads `general.architecture`,
+/// every `{arch}.*` key implemented or on the neutral list (else refused by name). Returns the config
+/// and the family (for its tensor layout).
+pub fn config_from_gguf(
+    c: &Content,
+    path: &Path,
+    file: &mut std::fs::File,
+) -> Result<(LlamaConfig, &'static dyn Family)> {
+    let arch = match c.metadata.get("general.architecture") {
+        None => {
+            return Err(Error::format(
                 path,
-                format!("metadata '{key}'"),
-                "an integer",
-                format!("{v:?}"),
-            )
-        })
-}
-
-fn meta_f64(c: &Content, path: &Path, key: &str) -> Result<Option<f64>> {
-    match c.metadata.get(key) {
-        None => Ok(None),
-        Some(v) => v
-            .to_f32()
-            .map(|x| Some(x as f64))
-            .or_else(|_| v.to_f64().map(Some))
-            .map_err(|_| {
-                Error::format(
-                    path,
-                    format!("metadata '{key}'"),
-                    "a float",
-                    format!("{v:?}"),
-                )
-            }),
-    }
-}
-
-/// The model config as the GGUF metadata states it.
-pub fn config_from_gguf(c: &Content, path: &Path) -> Result<LlamaConfig> {
-    let arch = meta(c, path, "general.architecture")?
-        .to_string()
-        .map_err(|_| {
+                "metadata 'general.architecture'",
+                "present",
+                "missing",
+            ))
+        }
+        Some(v) => v.to_string().map_err(|_| {
             Error::format(
                 path,
                 "metadata 'general.architecture'",
                 "a string",
                 "another type",
             )
-        })?;
-    if arch != "llama" {
-        return Err(Error::unsupported(
+        })?,
+    };
+    let fam = family::by_gguf_arch(arch).ok_or_else(|| {
+        Error::unsupported(
             path,
             "architecture",
             format!("'{arch}'"),
-            "'llama'",
-        ));
-    }
-    let vocab_size = match c.metadata.get("llama.vocab_size") {
-        Some(_) => meta_usize(c, path, "llama.vocab_size")?,
-        None => match c.tensor_infos.get("token_embd.weight") {
-            Some(t) => t.shape.dims()[0],
-            None => return Err(Error::missing(path, "token_embd.weight")),
-        },
-    };
-    let d = meta_usize(c, path, "llama.embedding_length")?;
-    let h = meta_usize(c, path, "llama.attention.head_count")?;
-    let cfg = LlamaConfig {
-        hidden_size: d,
-        intermediate_size: meta_usize(c, path, "llama.feed_forward_length")?,
-        num_hidden_layers: meta_usize(c, path, "llama.block_count")?,
-        num_attention_heads: h,
-        num_key_value_heads: match c.metadata.get("llama.attention.head_count_kv") {
-            Some(_) => Some(meta_usize(c, path, "llama.attention.head_count_kv")?),
-            None => None,
-        },
-        head_dim: match c.metadata.get("llama.attention.key_length") {
-            Some(_) => Some(meta_usize(c, path, "llama.attention.key_length")?),
-            None => None,
-        },
-        vocab_size,
-        rms_norm_eps: meta_f64(c, path, "llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
-        rope_theta: meta_f64(c, path, "llama.rope.freq_base")?.unwrap_or(10_000.0),
-        tie_word_embeddings: !c.tensor_infos.contains_key("output.weight"),
-    };
-    if let Some(Ok(kind)) = c
-        .metadata
-        .get("llama.rope.scaling.type")
-        .map(|v| v.to_string())
-    {
-        if kind != "none" {
-            return Err(Error::unsupported(
-                path,
-                "RoPE scaling",
-                format!("'{kind}'"),
-                "none",
-            ));
+            family::all_gguf_archs(),
+        )
+    })?;
+    let shapes: HashMap<String, Vec<usize>> = c
+        .tensor_infos
+        .iter()
+        // candle reports GGUF dimensions rows first, like Hugging Face.
+        .map(|(k, t)| (k.clone(), t.shape.dims().to_vec()))
+        .collect();
+    let rope_freqs = match c.tensor_infos.get(ROPE_FREQS) {
+        None => None,
+        Some(info) => {
+            if info.ggml_dtype != GgmlDType::F32 || info.shape.rank() != 1 {
+                return Err(Error::unsupported(
+                    path,
+                    format!("tensor '{ROPE_FREQS}'"),
+                    format!("{:?} of shape {:?}", info.ggml_dtype, info.shape.dims()),
+                    "a 1-D F32 tensor",
+                ));
+            }
+            check_in_file(path, c, ROPE_FREQS, file)?;
+            let t = info
+                .read(file, c.tensor_data_offset, &Device::Cpu)
+                .and_then(|q| q.dequantize(&Device::Cpu))
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| {
+                    Error::format(
+                        path,
+                        format!("tensor '{ROPE_FREQS}'"),
+                        "its data",
+                        e.to_string(),
+                    )
+                })?;
+            if let Some(bad) = t.iter().find(|x| !x.is_finite() || **x <= 0.0) {
+                return Err(Error::format(
+                    path,
+                    format!("tensor '{ROPE_FREQS}'"),
+                    "positive finite factors",
+                    bad.to_string(),
+                ));
+            }
+            Some(t)
         }
-    }
-    if let Some(v) = c.metadata.get("llama.rope.dimension_count") {
-        let rd = v.to_u32().unwrap_or(0) as usize;
-        if rd != cfg.head_dim() {
-            return Err(Error::unsupported(
-                path,
-                "partial RoPE (llama.rope.dimension_count)",
-                rd.to_string(),
-                format!("RoPE over the whole head, {}", cfg.head_dim()),
-            ));
-        }
-    }
+    };
+    let tensors = GgufTensors { shapes, rope_freqs };
+    let mut keys = GgufKeys::new(path, arch, &c.metadata);
+    let cfg = fam.from_gguf(&mut keys, &tensors)?;
+    keys.finish()?;
     cfg.validate(path)?;
-    Ok(cfg)
+    cfg.check_layers_against_file(path, c.tensor_infos.len())?;
+    Ok((cfg, fam))
 }
 
-/// GGUF tensor name for a Hugging Face name.
-fn gguf_name(hf: &str) -> String {
-    if hf == "model.embed_tokens.weight" {
-        return "token_embd.weight".into();
+/// llama.cpp's tensor of RoPE frequency factors (Llama 3.1/3.2), read into the config.
+const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// Refuse a tensor whose data would end past the end of the file.
+fn check_in_file(path: &Path, c: &Content, g: &str, file: &mut std::fs::File) -> Result<()> {
+    let file_size = file
+        .seek(SeekFrom::End(0))
+        .map_err(|e| Error::io(path, e))?;
+    let Some(info) = c.tensor_infos.get(g) else {
+        return Err(Error::missing(path, g));
+    };
+    let bytes = (info.shape.elem_count() / info.ggml_dtype.block_size()
+        * info.ggml_dtype.type_size()) as u64;
+    let end = c
+        .tensor_data_offset
+        .saturating_add(info.offset)
+        .saturating_add(bytes);
+    if end > file_size {
+        return Err(Error::format(
+            path,
+            format!("tensor '{g}'"),
+            format!("its full data ({bytes} bytes ending at byte {end})"),
+            format!("a file of {file_size} bytes (truncated?)"),
+        ));
     }
-    if hf == "model.norm.weight" {
-        return "output_norm.weight".into();
-    }
-    if hf == "lm_head.weight" {
-        return "output.weight".into();
+    Ok(())
+}
+
+/// GGUF tensor name for a Hugging Face name, as llama.cpp's converter names it
+/// (`gguf-py/gguf/tensor_mapping.py`). `sandwich`: Gemma's layout, where
+/// `post_attention_layernorm` normalizes the attention output (`post_attention_norm`) and
+/// `pre_feedforward_layernorm` is the MLP's input norm (`ffn_norm`).
+pub fn gguf_name(hf: &str, sandwich: bool) -> String {
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
     }
     if let Some(rest) = hf.strip_prefix("model.layers.") {
         if let Some((i, tail)) = rest.split_once('.') {
-            let t = match tail {
-                "input_layernorm.weight" => "attn_norm.weight",
-                "self_attn.q_proj.weight" => "attn_q.weight",
-                "self_attn.k_proj.weight" => "attn_k.weight",
-                "self_attn.v_proj.weight" => "attn_v.weight",
-                "self_attn.o_proj.weight" => "attn_output.weight",
-                "post_attention_layernorm.weight" => "ffn_norm.weight",
-                "mlp.gate_proj.weight" => "ffn_gate.weight",
-                "mlp.up_proj.weight" => "ffn_up.weight",
-                "mlp.down_proj.weight" => "ffn_down.weight",
-                other => other,
+            let (stem, kind) = match tail.rsplit_once('.') {
+                Some((s, k @ ("weight" | "bias"))) => (s, k),
+                _ => return hf.to_string(),
             };
-            return format!("blk.{i}.{t}");
+            let t = match stem {
+                "input_layernorm" => "attn_norm",
+                "self_attn.q_proj" => "attn_q",
+                "self_attn.k_proj" => "attn_k",
+                "self_attn.v_proj" => "attn_v",
+                "self_attn.qkv_proj" => "attn_qkv",
+                "self_attn.o_proj" => "attn_output",
+                "self_attn.q_norm" => "attn_q_norm",
+                "self_attn.k_norm" => "attn_k_norm",
+                "post_attention_layernorm" if sandwich => "post_attention_norm",
+                "post_attention_layernorm" => "ffn_norm",
+                "pre_feedforward_layernorm" => "ffn_norm",
+                "post_feedforward_layernorm" => "post_ffw_norm",
+                "mlp.gate_proj" => "ffn_gate",
+                "mlp.up_proj" => "ffn_up",
+                "mlp.gate_up_proj" => "ffn_up",
+                "mlp.down_proj" => "ffn_down",
+                _ => return hf.to_string(),
+            };
+            return format!("blk.{i}.{t}.{kind}");
         }
     }
     hf.to_string()
@@ -223,13 +231,15 @@ pub fn gguf_row(hf: usize, rows: usize, n_heads: usize) -> usize {
 }
 
 /// An opened, checked GGUF file: every tensor the model needs is present, of the right shape and a
-/// supported type, and lies inside the file. Tensors are dequantized one at a time on request, so
-/// loading never holds the file's weights twice.
+/// supported type, and lies inside the file, and every tensor the file holds is one the model reads
+/// (or `rope_freqs.weight`, read into the config). Tensors are dequantized one at a time on request,
+/// so loading never holds the file's weights twice.
 pub struct GgufFile {
     path: std::path::PathBuf,
     content: Content,
     file: Mutex<std::fs::File>,
     pub cfg: LlamaConfig,
+    family: &'static dyn Family,
     /// The ggml types found, for `inspect`.
     pub dtypes: Vec<String>,
     ctl: LoadControl,
@@ -239,13 +249,11 @@ pub struct GgufFile {
 impl GgufFile {
     pub fn open(path: &Path, ctl: &LoadControl) -> Result<Self> {
         let (content, mut file) = read_content(path)?;
-        let cfg = config_from_gguf(&content, path)?;
-        let file_size = file
-            .seek(SeekFrom::End(0))
-            .map_err(|e| Error::io(path, e))?;
+        let (cfg, family) = config_from_gguf(&content, path, &mut file)?;
         let mut dtypes = Vec::new();
+        let mut wanted = std::collections::HashSet::new();
         for (hf, shape) in cfg.expected_tensors() {
-            let g = gguf_name(&hf);
+            let g = gguf_name(&hf, cfg.sandwich_norms);
             let info = content
                 .tensor_infos
                 .get(&g)
@@ -261,27 +269,37 @@ impl GgufFile {
                     "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K",
                 ));
             }
-            let bytes = (info.shape.elem_count() / info.ggml_dtype.block_size()
-                * info.ggml_dtype.type_size()) as u64;
-            let end = content.tensor_data_offset + info.offset + bytes;
-            if end > file_size {
-                return Err(Error::format(
-                    path,
-                    format!("tensor '{g}'"),
-                    format!("its full data ({bytes} bytes ending at byte {end})"),
-                    format!("a file of {file_size} bytes (truncated?)"),
-                ));
-            }
+            check_in_file(path, &content, &g, &mut file)?;
             let dt = format!("{:?}", info.ggml_dtype);
             if !dtypes.contains(&dt) {
                 dtypes.push(dt);
             }
+            wanted.insert(g);
+        }
+        // Strict: a tensor the model would not read is a feature we do not implement.
+        let mut extra: Vec<&String> = content
+            .tensor_infos
+            .keys()
+            .filter(|k| !wanted.contains(*k) && k.as_str() != ROPE_FREQS)
+            .collect();
+        extra.sort();
+        if let Some(x) = extra.first() {
+            return Err(Error::unsupported(
+                path,
+                format!("tensor '{x}'"),
+                format!(
+                    "present in the file, not read by family '{}' with this metadata",
+                    cfg.family
+                ),
+                "only the tensors the family reads (an unread tensor would be a silently dropped feature)",
+            ));
         }
         Ok(GgufFile {
             path: path.to_path_buf(),
             content,
             file: Mutex::new(file),
             cfg,
+            family,
             dtypes,
             ctl: ctl.clone(),
             done: Default::default(),
@@ -290,7 +308,7 @@ impl GgufFile {
 
     /// The raw (possibly quantized) tensor stored for a Hugging Face name, and the progress tick.
     fn read_raw(&self, hf: &str) -> Result<(candle_core::quantized::QTensor, GgmlDType)> {
-        let g = gguf_name(hf);
+        let g = gguf_name(hf, self.cfg.sandwich_norms);
         let info = self
             .content
             .tensor_infos
@@ -319,9 +337,12 @@ impl GgufFile {
 
     /// Heads whose rows llama.cpp's converter permuted, for a query or key projection.
     fn permuted_heads(&self, hf: &str) -> Option<usize> {
-        if hf.ends_with("q_proj.weight") {
+        if !self.family.gguf_permutes_qk() {
+            None
+        } else if hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias") {
+            // The converter permutes biases with their weights (`LlamaModel.modify_tensors`).
             Some(self.cfg.num_attention_heads)
-        } else if hf.ends_with("k_proj.weight") {
+        } else if hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias") {
             Some(self.cfg.n_kv_heads())
         } else {
             None
@@ -404,7 +425,9 @@ impl candle_nn::var_builder::SimpleBackend for GgufFile {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(&gguf_name(name))
+        self.content
+            .tensor_infos
+            .contains_key(&gguf_name(name, self.cfg.sandwich_norms))
     }
 }
 
@@ -416,12 +439,19 @@ pub fn read_weights(
 ) -> Result<(LlamaConfig, HashMap<String, Tensor>, Content, String)> {
     let g = GgufFile::open(path, ctl)?;
     let mut out = HashMap::new();
+    // Norm weights as Hugging Face stores them (Gemma's converter stored 1 + w).
+    let shift = g.family.gguf_norm_shift();
     for (hf, _) in g.cfg.expected_tensors() {
-        let w = g.dequantize(&hf)?;
+        let mut w = g.dequantize(&hf)?;
+        if shift != 0.0 && LlamaConfig::is_norm(&hf) {
+            w = w.affine(1.0, -(shift as f64))?;
+        }
         out.insert(hf, w);
     }
     let dtype = g.dtype_label();
-    Ok((g.cfg, out, g.content, dtype))
+    let mut cfg = g.cfg;
+    cfg.norm_weight_offset += shift;
+    Ok((cfg, out, g.content, dtype))
 }
 
 /// Whether f32 weights of `f32_bytes` would take more than 80% of the `available` memory (unknown
@@ -440,7 +470,7 @@ fn available_memory() -> Option<u64> {
 
 pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
     let g = GgufFile::open(path, ctl)?;
-    let tokenizer = Tokenizer::from_gguf(path, &g.content)?;
+    let tokenizer = Tokenizer::from_gguf_or_ids_only(path, &g.content);
     // Quantized when asked, or when the f32 weights would take more than 80% of the memory left.
     let f32_bytes: u64 = g
         .content

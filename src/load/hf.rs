@@ -10,9 +10,6 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// `model_type` values that are LLaMA-style for our purposes.
-const LLAMA_TYPES: &[&str] = &["llama", "mistral", "smollm", "smollm2"];
-
 pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let cfg_path = dir.join("config.json");
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
@@ -85,37 +82,14 @@ pub fn load(dir: &Path, ctl: &LoadControl) -> Result<Loaded> {
     if model_type == "gpt2" {
         return super::hf_gpt2::load(dir, &cfg_json, ctl);
     }
-    if !LLAMA_TYPES.contains(&model_type) {
-        return Err(Error::unsupported(
-            dir.join("config.json"),
-            "model_type",
-            format!("'{model_type}'"),
-            "llama (LLaMA-style), gpt2",
-        ));
-    }
     let cfg_path = dir.join("config.json");
-    let cfg: LlamaConfig = serde_json::from_value(cfg_json.clone()).map_err(|e| {
-        Error::format(
-            &cfg_path,
-            "LLaMA config",
-            "the fields of a LLaMA config.json",
-            e.to_string(),
-        )
-    })?;
-    if let Some(s) = cfg_json.get("rope_scaling") {
-        if !s.is_null() {
-            return Err(Error::unsupported(
-                &cfg_path,
-                "rope_scaling",
-                s.to_string(),
-                "null",
-            ));
-        }
-    }
-    cfg.validate(&cfg_path)?;
+    // The family by model_type; every key implemented, neutral, or refused by name.
+    let cfg = LlamaConfig::from_hf_json(&cfg_json, &cfg_path)?;
     let files = safetensors_files(dir)?;
     let st = mmap(&files)?;
+    cfg.check_layers_against_file(&files_label(&files), st.tensors().len())?;
     let wanted = cfg.expected_tensors();
+    check_no_extra_tensors(&st, &files, &cfg)?;
     let mut weights = HashMap::new();
     for (idx, (name, shape)) in wanted.iter().enumerate() {
         ctl.step(idx as f32 / wanted.len() as f32)?;
@@ -144,13 +118,78 @@ pub fn load(dir: &Path, ctl: &LoadControl) -> Result<Loaded> {
         .get("bos_token_id")
         .and_then(|v| v.as_u64())
         .map(|x| x as u32);
-    let tokenizer = Tokenizer::from_file(&tok_path, bos)?;
+    let tokenizer = Tokenizer::from_file_or_ids_only(&tok_path, bos);
     ctl.step(1.0)?;
     Ok(Loaded {
         model: Box::new(model),
         tokenizer,
         path: dir.to_path_buf(),
     })
+}
+
+/// Strict loading: every tensor in the files is one the model reads, or the load is refused naming
+/// it (a tensor we would skip is a feature we would silently drop: a bias, a norm, a scale).
+///
+/// The one exception is a stored RoPE table (`...rotary_emb.inv_freq`, a buffer older checkpoints
+/// saved), accepted only when it equals the frequencies computed from the config.
+pub fn check_no_extra_tensors(
+    st: &MmapedSafetensors,
+    files: &[PathBuf],
+    cfg: &LlamaConfig,
+) -> Result<()> {
+    let wanted: std::collections::HashSet<String> =
+        cfg.expected_tensors().into_iter().map(|(n, _)| n).collect();
+    let mut names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+    names.sort();
+    for name in names {
+        if wanted.contains(&name) {
+            continue;
+        }
+        if let Some(layer) = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.strip_suffix(".self_attn.rotary_emb.inv_freq"))
+            .and_then(|l| l.parse::<usize>().ok())
+        {
+            let stored = st
+                .load(&name, &Device::Cpu)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| {
+                    Error::format(
+                        files_label(files),
+                        format!("tensor '{name}'"),
+                        "readable data",
+                        e.to_string(),
+                    )
+                })?;
+            let ours = cfg.rope(layer).inv_freq();
+            let same = stored.len() == ours.len()
+                && stored
+                    .iter()
+                    .zip(&ours)
+                    .all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs().max(1e-30) + 1e-12);
+            if same {
+                continue;
+            }
+            return Err(Error::format(
+                files_label(files),
+                format!("tensor '{name}'"),
+                "the RoPE frequencies the config states",
+                "other frequencies",
+            ));
+        }
+        return Err(Error::unsupported(
+            files_label(files),
+            format!("tensor '{name}'"),
+            format!(
+                "present in the checkpoint, not read by family '{}' with this config",
+                cfg.family
+            ),
+            "only the tensors the family reads (an unread tensor would be a silently dropped feature)",
+        ));
+    }
+    Ok(())
 }
 
 fn files_label(files: &[PathBuf]) -> PathBuf {

@@ -8,8 +8,10 @@
 
 pub mod attention;
 pub mod blas;
+pub mod family;
 pub mod gpt;
 pub mod llama;
+pub mod rope;
 pub mod train_ops;
 
 use crate::error::Result;
@@ -115,6 +117,12 @@ pub trait Transformer: Send + Sync {
     /// (see [`crate::incremental::on_compute_pool`]).
     fn blas_projections(&self) -> bool {
         false
+    }
+
+    /// Labelled facts about the model beyond [`ModelInfo`] for `inspect` (family, RoPE variant,
+    /// sliding window), in display order.
+    fn details(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
     }
 
     /// Layer-by-layer access for the incremental evaluator; `None` means "recompute everything".

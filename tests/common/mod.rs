@@ -63,6 +63,21 @@ pub fn smollm2_path() -> PathBuf {
     cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// The Gemma 3 270M GGUF that `.ci/fetch-gemma3.sh` caches (`PREFIXSCOPE_GEMMA3`, else the fetch
+/// script's cache). Tests that need it fail when it is absent, as for SmolLM2.
+pub fn gemma3() -> PathBuf {
+    let p = match std::env::var("PREFIXSCOPE_GEMMA3") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => smollm2_path().with_file_name("gemma-3-270m-q4_k_m.gguf"),
+    };
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash .ci/fetch-gemma3.sh` first",
+        p.display()
+    );
+    p
+}
+
 /// A file of this repository (`models/...`).
 pub fn repo_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -163,7 +178,13 @@ pub fn tiny_llama_folder(
 ) {
     use prefixscope::model::llama::LlamaConfig;
     std::fs::create_dir_all(dir).unwrap();
-    let cfg: LlamaConfig = serde_json::from_value(config.clone()).unwrap();
+    // A model_type no family reads (to test its refusal) still gets Llama's tensors.
+    let mut known = config.clone();
+    let t = known["model_type"].as_str().unwrap_or("");
+    if prefixscope::model::family::by_model_type(t).is_none() {
+        known["model_type"] = "llama".into();
+    }
+    let cfg: LlamaConfig = serde_json::from_value(known).unwrap();
     let mut map = std::collections::HashMap::new();
     for (i, (name, shape)) in cfg.expected_tensors().into_iter().enumerate() {
         let n: usize = shape.iter().product();
