@@ -501,3 +501,62 @@ fn the_app_construction_reaches_both_ends_of_the_alphabet_and_names_it() {
     let e = p.error().unwrap();
     assert!(e.contains("space to '}'") && e.contains("found '~'"), "{e}");
 }
+
+/// An `.npy` header for `descr`, `fortran` and `shape` followed by `data`.
+fn npy(descr: &str, fortran: bool, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+        if fortran { "True" } else { "False" }
+    );
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut v = b"\x93NUMPY\x01\x00".to_vec();
+    v.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    v.extend_from_slice(h.as_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+#[test]
+fn npz_members_declaring_huge_shapes_are_refused_and_fortran_big_endian_reads_right() {
+    use std::io::Write;
+    let dir = common::temp_dir("hostile-npz");
+    // A member declaring (10^12, 576) floats with 8 bytes of data.
+    let f = dir.join("huge.npz");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&f).unwrap());
+    z.start_file("soft_prompt.npy", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    z.write_all(&npy("<f4", false, "(1000000000000, 576)", &[0; 8]))
+        .unwrap();
+    z.finish().unwrap();
+    let e = prefixscope::prefix::Prefix::load(&f, prefixscope::prefix::PrefixKind::SoftPrompt)
+        .unwrap_err()
+        .one_line();
+    assert!(
+        e.contains("soft_prompt") && e.contains("'<f4'") && e.contains("C order"),
+        "{e}"
+    );
+    // The same (2, 64) soft prompt as C-order little-endian (our writer) and as Fortran-order
+    // big-endian: the same prefix.
+    let mut a = Array::zeros(&[2, 64]);
+    for (i, x) in a.data.iter_mut().enumerate() {
+        *x = i as f32 * 0.01 - 0.3;
+    }
+    let c = dir.join("c.npy");
+    prefixscope::arrays::write_arrays(&c, &[("soft_prompt", &a)]).unwrap();
+    let mut col = Vec::new();
+    for j in 0..64 {
+        for i in 0..2 {
+            col.extend_from_slice(&a.data[i * 64 + j].to_be_bytes());
+        }
+    }
+    let fo = dir.join("f.npy");
+    std::fs::write(&fo, npy(">f4", true, "(2, 64)", &col)).unwrap();
+    let kind = prefixscope::prefix::PrefixKind::SoftPrompt;
+    assert_eq!(
+        prefixscope::prefix::Prefix::load(&c, kind).unwrap(),
+        prefixscope::prefix::Prefix::load(&fo, kind).unwrap()
+    );
+}

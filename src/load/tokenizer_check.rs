@@ -162,7 +162,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
         } as u32)
     };
     let bytes = body.as_bytes();
-    if bytes.len() % 4 == 1 || (s.len() != body.len() && s.len() % 4 != 0) {
+    if bytes.len() % 4 == 1 || (s.len() != body.len() && !s.len().is_multiple_of(4)) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3 + 3);
