@@ -632,7 +632,11 @@ pub fn two_token_prefix(model: &Construction, map: &Map) -> Result<Prefix> {
                 } else {
                     Err(Error::input(
                         field.clone(),
-                        format!("letters {}", alphabet_range(lay.first, lay.k)),
+                        format!(
+                            "letters {:?}..={:?}",
+                            id_char(lay.first),
+                            id_char(lay.first + lay.k as u32 - 1)
+                        ),
                         format!("{:?}", id_char(id)),
                     ))
                 }

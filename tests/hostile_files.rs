@@ -427,7 +427,7 @@ fn the_alphabet_edges_are_accepted_and_the_next_character_refused_by_its_real_ra
     let e = prefixscope::construct::two_token_prefix(&c, &map)
         .unwrap_err()
         .one_line();
-    assert!(e.contains("letters 'A' to 'J'") && e.contains("'K'"), "{e}");
+    assert!(e.contains("letters 'A'..='J'") && e.contains("'K'"), "{e}");
     // The last alphabet that fits ends at '}'; one more letter is refused.
     assert!(prefixscope::construct::two_token('t', 10, 5, 100.0).is_ok());
     assert!(prefixscope::construct::two_token('u', 10, 5, 100.0).is_err());

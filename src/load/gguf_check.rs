@@ -100,7 +100,7 @@ impl<'a> Cur<'a> {
         if n > self.remaining() {
             return Err(Error::format(
                 self.path,
-                what,
+                format!("GGUF header: {what}"),
                 format!("{n} bytes"),
                 format!(
                     "{} bytes left in the file at byte {}",
@@ -285,27 +285,27 @@ pub fn check_bytes(path: &Path, bytes: &[u8]) -> Result<Checked> {
         b: bytes,
         pos: 0,
     };
-    let magic = c.take(4, "GGUF magic")?;
+    let magic = c.take(4, "magic")?;
     if magic != b"GGUF" {
         return Err(Error::format(
             path,
-            "GGUF magic",
+            "GGUF header (magic)",
             "'GGUF' (a little-endian GGUF file)",
             format!("{:?}", String::from_utf8_lossy(magic)),
         ));
     }
-    let version = c.u32("GGUF version")?;
+    let version = c.u32("version")?;
     if !(1..=3).contains(&version) {
         return Err(Error::format(
             path,
-            "GGUF version",
+            "GGUF header (version)",
             "1, 2 or 3",
             version.to_string(),
         ));
     }
     let v1 = version == 1;
-    let n_tensors = c.len(v1, "GGUF tensor count")?;
-    let n_kv = c.len(v1, "GGUF metadata count")?;
+    let n_tensors = c.len(v1, "tensor count")?;
+    let n_kv = c.len(v1, "metadata count")?;
     let prefix = if v1 { 4 } else { 8 };
     let needed = n_kv
         .saturating_mul(prefix + 4 + 1)
@@ -461,8 +461,11 @@ pub fn check_bytes(path: &Path, bytes: &[u8]) -> Result<Checked> {
             return Err(Error::format(
                 path,
                 format!("tensor '{}'", t.name),
-                format!("data inside the data section ({data_len} bytes from byte {data_offset})"),
-                format!("bytes {}..{end} of it", t.offset),
+                format!(
+                    "its full data inside the data section (bytes {}..{end} of its {data_len}, from file byte {data_offset})",
+                    t.offset
+                ),
+                format!("a file of {file_len} bytes (truncated, or a bad offset)"),
             ));
         }
     }

@@ -158,8 +158,10 @@ pub fn check_header(path: &Path, bytes: &[u8]) -> Result<Vec<Entry>> {
         if end > data_len {
             return bad(
                 &what,
-                &format!("data inside the file's {data_len} data bytes"),
-                format!("bytes {begin}..{end}"),
+                &format!(
+                    "a complete safetensors file, with this tensor's data inside its {data_len} data bytes"
+                ),
+                format!("bytes {begin}..{end} (truncated, or a bad offset)"),
             );
         }
         if end - begin != bytes_needed {
