@@ -915,23 +915,26 @@ fn npz_bytes(r: &mut R) -> Vec<u8> {
     // Patch the size fields of local and central headers, or flip bytes.
     for _ in 0..r.below(3) {
         if r.chance(0.6) {
-            let sigs: Vec<(usize, bool)> = b
+            let sigs: Vec<(usize, u8)> = b
                 .windows(4)
                 .enumerate()
                 .filter_map(|(i, w)| match w {
-                    [0x50, 0x4b, 3, 4] => Some((i, true)),
-                    [0x50, 0x4b, 1, 2] => Some((i, false)),
+                    [0x50, 0x4b, 3, 4] => Some((i, 0)),
+                    [0x50, 0x4b, 1, 2] => Some((i, 1)),
+                    [0x50, 0x4b, 5, 6] => Some((i, 2)),
                     _ => None,
                 })
                 .collect();
             if sigs.is_empty() {
                 continue;
             }
-            let (at, local) = *r.pick(&sigs);
-            let field = if local {
-                *r.pick(&[18usize, 22, 26, 28])
-            } else {
-                *r.pick(&[20usize, 24, 28, 42])
+            // Local header: sizes and name/extra lengths; central header: sizes, lengths, local
+            // offset; end of central directory: entry counts, directory size and offset.
+            let (at, kind) = *r.pick(&sigs);
+            let field = match kind {
+                0 => *r.pick(&[18usize, 22, 26, 28]),
+                1 => *r.pick(&[20usize, 24, 28, 30, 42]),
+                _ => *r.pick(&[8usize, 10, 12, 16, 20]),
             };
             let v = r.int() as u32;
             if at + field + 4 <= b.len() {

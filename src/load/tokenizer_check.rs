@@ -48,6 +48,73 @@ pub fn check_bytes(path: &Path, text: &[u8]) -> Result<()> {
     if let Some(n) = v.get("normalizer") {
         check_normalizer(path, n, "normalizer")?;
     }
+    if let Some(m) = v.get("model") {
+        check_bpe(path, m)?;
+    }
+    Ok(())
+}
+
+/// A BPE model's merges as tokenizers 0.23 builds them (`models/bpe/model.rs`, `BpeBuilder::build`):
+/// it concatenates `a` and `b` minus the `continuing_subword_prefix` into a buffer as long as the
+/// longest vocabulary entry, subtracting the prefix length from `b`'s without a check and slicing
+/// `b` there as if it were a character boundary. So every merge whose parts are in the vocabulary
+/// must have `b` at least as long as the prefix, cut on a character boundary, and a concatenation
+/// no longer than the longest entry; otherwise building panics (or reads a broken string).
+fn check_bpe(path: &Path, m: &serde_json::Value) -> Result<()> {
+    let is_bpe = match m.get("type").and_then(|t| t.as_str()) {
+        Some(t) => t == "BPE",
+        None => m.get("merges").is_some(),
+    };
+    let (Some(vocab), Some(merges)) = (
+        m.get("vocab").and_then(|v| v.as_object()),
+        m.get("merges").and_then(|v| v.as_array()),
+    ) else {
+        return Ok(());
+    };
+    if !is_bpe {
+        return Ok(());
+    }
+    let prefix = m
+        .get("continuing_subword_prefix")
+        .and_then(|p| p.as_str())
+        .unwrap_or("");
+    let max_len = vocab.keys().map(|k| k.len()).max().unwrap_or(0);
+    for (i, merge) in merges.iter().enumerate() {
+        let pair = match merge {
+            serde_json::Value::String(s) => {
+                let parts: Vec<&str> = s.split(' ').collect();
+                match parts.as_slice() {
+                    [a, b] => Some((a.to_string(), b.to_string())),
+                    _ => None,
+                }
+            }
+            serde_json::Value::Array(a) => match a.as_slice() {
+                [serde_json::Value::String(a), serde_json::Value::String(b)] => {
+                    Some((a.clone(), b.clone()))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        // Other shapes are refused by the crate with an error.
+        let Some((a, b)) = pair else { continue };
+        if !vocab.contains_key(&a) || !vocab.contains_key(&b) {
+            continue;
+        }
+        let ok = b.len() >= prefix.len()
+            && b.is_char_boundary(prefix.len())
+            && a.len() + b.len() - prefix.len() <= max_len;
+        if !ok {
+            return Err(Error::format(
+                path,
+                format!("model (BPE) merges[{i}]"),
+                format!(
+                    "a merge whose second part extends the continuing_subword_prefix {prefix:?} and whose result is no longer than the longest token ({max_len} bytes)"
+                ),
+                format!("{:?}", format!("{a} {b}").chars().take(80).collect::<String>()),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -202,6 +269,18 @@ mod tests {
         assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
         assert!(base64_decode("!!notbase64").is_none());
         assert!(base64_decode("aGVsbG9=").is_none()); // trailing bits set
+    }
+
+    #[test]
+    fn bpe_merges_the_crate_would_panic_on_are_refused() {
+        let p = Path::new("tokenizer.json");
+        let ok = br#"{"model":{"type":"BPE","vocab":{"a":0,"b":1,"ab":2},"merges":["a b"]}}"#;
+        check_bytes(p, ok).unwrap();
+        let prefix = br#"{"model":{"type":"BPE","continuing_subword_prefix":"gpt2","vocab":{"a":0,"b":1,"ab":2},"merges":["a b"]}}"#;
+        let e = check_bytes(p, prefix).unwrap_err().one_line();
+        assert!(e.contains("merges[0]"), "{e}");
+        let long = br#"{"model":{"type":"BPE","vocab":{"ab":0,"cd":1},"merges":[["ab","cd"]]}}"#;
+        assert!(check_bytes(p, long).is_err());
     }
 
     #[test]
