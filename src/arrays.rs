@@ -1,5 +1,7 @@
 //! Named f32 arrays and their files (.npy, .npz, .safetensors), written atomically.
 
+pub mod npy;
+
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -33,7 +35,15 @@ impl Array {
 }
 
 /// Read every array of an `.npy`, `.npz` or `.safetensors` file as f32.
+///
+/// Every size a file states is checked against the bytes it holds before anything is allocated
+/// ([`npy`] for `.npy` and `.npz` members, [`crate::load::safetensors_check`] for safetensors); a
+/// panic inside a reader becomes an error naming the file.
 pub fn read_arrays(path: &Path) -> Result<HashMap<String, Array>> {
+    crate::load::guard::catch(path, "array file", || read_arrays_unguarded(path))
+}
+
+fn read_arrays_unguarded(path: &Path) -> Result<HashMap<String, Array>> {
     if !path.exists() {
         return Err(Error::io(
             path,
@@ -42,18 +52,33 @@ pub fn read_arrays(path: &Path) -> Result<HashMap<String, Array>> {
     }
     let ext = extension(path);
     let bad = |e: candle_core::Error, what: &str| {
-        Error::format(path, what, format!("a valid {what}"), e.to_string())
+        Error::format(
+            path,
+            what,
+            format!("a valid {what}"),
+            crate::error::candle_message(&e),
+        )
     };
-    let tensors: Vec<(String, Tensor)> = match ext.as_str() {
-        "npy" => vec![(
-            "array".to_string(),
-            Tensor::read_npy(path).map_err(|e| bad(e, ".npy file"))?,
-        )],
-        "npz" => Tensor::read_npz(path).map_err(|e| bad(e, ".npz file"))?,
-        "safetensors" => candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| bad(e, "safetensors file"))?
-            .into_iter()
-            .collect(),
+    let mut out = HashMap::new();
+    match ext.as_str() {
+        "npy" => {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            out.insert("array".to_string(), npy::read(path, "array", &bytes)?);
+        }
+        "npz" => {
+            for (name, a) in read_npz(path)? {
+                out.insert(name, a);
+            }
+        }
+        "safetensors" => {
+            crate::load::safetensors_check::check_file(path)?;
+            let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+                .map_err(|e| bad(e, "safetensors file"))?;
+            for (name, t) in tensors {
+                let a = Array::from_tensor(&t).map_err(|e| bad(e, "f32-convertible array"))?;
+                out.insert(name, a);
+            }
+        }
         other => {
             return Err(Error::unsupported(
                 path,
@@ -63,10 +88,82 @@ pub fn read_arrays(path: &Path) -> Result<HashMap<String, Array>> {
             ))
         }
     };
-    let mut out = HashMap::new();
-    for (name, t) in tensors {
-        let a = Array::from_tensor(&t).map_err(|e| bad(e, "f32-convertible array"))?;
-        out.insert(name, a);
+    Ok(out)
+}
+
+/// Deflate's largest expansion is about 1032:1; a member whose declared size exceeds that over its
+/// compressed bytes is corrupt (or a bomb) and is refused before it is read.
+const MAX_DEFLATE_RATIO: u64 = 1100;
+
+/// The `.npy` members of an `.npz` (zip) archive, each read through a reader capped at its declared
+/// size, which must itself be plausible for its compressed size.
+fn read_npz(path: &Path) -> Result<Vec<(String, Array)>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| {
+        Error::format(
+            path,
+            ".npz archive",
+            "a zip archive of .npy files",
+            e.to_string(),
+        )
+    })?;
+    let mut out = Vec::new();
+    for i in 0..zip.len() {
+        let mut m = zip.by_index(i).map_err(|e| {
+            Error::format(
+                path,
+                format!(".npz member {i}"),
+                "a readable member",
+                e.to_string(),
+            )
+        })?;
+        let raw_name = match m.name() {
+            Ok(n) => n.to_string(),
+            Err(_) => String::from_utf8_lossy(m.name_raw()).into_owned(),
+        };
+        let Some(name) = raw_name.strip_suffix(".npy").map(str::to_string) else {
+            return Err(Error::format(
+                path,
+                format!(".npz member '{raw_name}'"),
+                "a member named *.npy",
+                format!("'{raw_name}'"),
+            ));
+        };
+        let (size, packed) = (m.size(), m.compressed_size());
+        if size
+            > packed
+                .saturating_mul(MAX_DEFLATE_RATIO)
+                .saturating_add(4096)
+        {
+            return Err(Error::format(
+                path,
+                format!("array '{name}'"),
+                format!("at most {MAX_DEFLATE_RATIO} times its {packed} compressed bytes"),
+                format!("{size} bytes declared"),
+            ));
+        }
+        let mut bytes = Vec::new();
+        (&mut m)
+            .take(size.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| {
+                Error::format(
+                    path,
+                    format!("array '{name}'"),
+                    "readable data",
+                    e.to_string(),
+                )
+            })?;
+        if bytes.len() as u64 != size {
+            return Err(Error::format(
+                path,
+                format!("array '{name}'"),
+                format!("{size} bytes (its declared size)"),
+                format!("{} bytes", bytes.len()),
+            ));
+        }
+        out.push((name.clone(), npy::read(path, &name, &bytes)?));
     }
     Ok(out)
 }

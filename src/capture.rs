@@ -203,13 +203,34 @@ pub fn build(ids: &[u32], pre: &Run, with: Option<&Run>) -> Result<Capture> {
         let lw = with.and_then(|w| w.layers.iter().find(|x| x.layer == lp.layer));
         layers.push(build_layer(lp, pre.p, lw, with.map_or(0, |w| w.p))?);
     }
-    Ok(Capture {
+    let cap = Capture {
         token_ids: ids.to_vec(),
         p: with.map_or(0, |w| w.p),
         layers,
         logits_last_pretrained: pre.logits_last.to_vec1::<f32>()?,
         logits_last_prefixed: with.map(|w| w.logits_last.to_vec1::<f32>()).transpose()?,
-    })
+    };
+    for (what, x) in [
+        (
+            "final logits (pretrained run)",
+            Some(&cap.logits_last_pretrained),
+        ),
+        (
+            "final logits (with the prefix)",
+            cap.logits_last_prefixed.as_ref(),
+        ),
+    ] {
+        if let Some(x) = x {
+            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    at: "the output".into(),
+                    what: format!("{what} at token id {i}"),
+                    found: x[i].to_string(),
+                });
+            }
+        }
+    }
+    Ok(cap)
 }
 
 /// Attention restricted to the content columns, each row divided by its sum.
@@ -286,5 +307,97 @@ pub fn layer_views(
         lc.z_prefixed = Some(Array::from_tensor(&w.z)?);
         lc.prefix_values = Some(Array::from_tensor(&pv.contiguous()?)?);
     }
+    lc.check_finite()?;
     Ok(lc)
+}
+
+/// The first NaN or infinity of `a`: its index in each dimension and its value.
+fn first_non_finite(a: &Array) -> Option<(Vec<usize>, f32)> {
+    let i = a.data.iter().position(|x| !x.is_finite())?;
+    let mut at = vec![0; a.shape.len()];
+    let mut rest = i;
+    for (k, &d) in a.shape.iter().enumerate().rev() {
+        at[k] = rest % d.max(1);
+        rest /= d.max(1);
+    }
+    Some((at, a.data[i]))
+}
+
+/// Refuse an array holding a NaN or an infinity: `layer` and `what` say where it came from.
+pub fn check_array_finite(layer: usize, what: &str, a: &Array) -> Result<()> {
+    match first_non_finite(a) {
+        Some((at, x)) => Err(Error::NonFinite {
+            at: format!("layer {layer}"),
+            what: format!("{what} at index {at:?}"),
+            found: x.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Arrays about to be written (`prefixscope attention`): every one finite, else an error naming the
+/// array (and so its layer: the names end in `_L{layer}`).
+pub fn check_named_finite(named: &[(String, Array)]) -> Result<()> {
+    for (name, a) in named {
+        let at = match name
+            .rsplit_once("_L")
+            .and_then(|(_, l)| l.parse::<usize>().ok())
+        {
+            Some(l) => format!("layer {l}"),
+            None => "the output".to_string(),
+        };
+        if let Some((i, x)) = first_non_finite(a) {
+            return Err(Error::NonFinite {
+                at,
+                what: format!("array '{name}' at index {i:?}"),
+                found: x.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl LayerCapture {
+    /// A run that produced a NaN or an infinity is refused, naming the layer and the view, instead
+    /// of being drawn or written (a NaN weight, an overflow, a row whose content attention sums to
+    /// zero).
+    pub fn check_finite(&self) -> Result<()> {
+        let l = self.layer;
+        let views: [(&str, Option<&Array>); 7] = [
+            (
+                "pretrained attention (head, query, key)",
+                Some(&self.pretrained),
+            ),
+            (
+                "attention with the prefix (head, query, key)",
+                self.with_prefix.as_ref(),
+            ),
+            (
+                "renormalized attention (head, query, key)",
+                self.renormalized.as_ref(),
+            ),
+            (
+                "prefix attention mass (head, query)",
+                self.prefix_mass.as_ref(),
+            ),
+            (
+                "head output with the prefix (head, query, dim)",
+                self.z_prefixed.as_ref(),
+            ),
+            (
+                "pretrained head output (head, query, dim)",
+                Some(&self.z_pretrained),
+            ),
+            (
+                "prefix values (head, position, dim)",
+                self.prefix_values.as_ref(),
+            ),
+        ];
+        for (what, a) in views {
+            if let Some(a) = a {
+                check_array_finite(l, what, a)?;
+            }
+        }
+        Ok(())
+    }
 }

@@ -35,7 +35,14 @@ fn main() {
         .init();
     match args.command {
         Some(cmd) => {
-            if let Err(e) = cli::run(cmd) {
+            // The loaders already turn a reader's panic into an error naming the file; this catches
+            // any other (a bug of ours) so that the command still ends with one line and status 2.
+            let guarded = prefixscope::load::guard::catch(
+                std::path::Path::new("prefixscope"),
+                "command",
+                || cli::run(cmd),
+            );
+            if let Err(e) = guarded {
                 eprintln!("error: {}", e.one_line());
                 std::process::exit(2);
             }

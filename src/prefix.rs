@@ -13,6 +13,19 @@ use crate::error::{Error, Result};
 use crate::model::ModelInfo;
 use std::path::Path;
 
+/// The first NaN or infinity of `a`, refused naming the array and its flat index.
+fn finite(source: &Path, name: &str, a: &Array) -> Result<()> {
+    match a.data.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(Error::format(
+            source,
+            format!("tensor '{name}' element {i}"),
+            "a finite number",
+            a.data[i].to_string(),
+        )),
+        None => Ok(()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PrefixKind {
     SoftPrompt,
@@ -142,17 +155,11 @@ impl Prefix {
             if a.shape != want {
                 return Err(Error::shape(source, name, want, &a.shape));
             }
-            if a.data.len() != a.shape.iter().product::<usize>() {
+            let count = a.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            if count != Some(a.data.len()) {
                 return Err(Error::shape(source, name, &a.shape, [a.data.len()]));
             }
-            if let Some(i) = a.data.iter().position(|x| !x.is_finite()) {
-                return Err(Error::format(
-                    source,
-                    format!("tensor '{name}' element {i}"),
-                    "a finite number",
-                    a.data[i].to_string(),
-                ));
-            }
+            finite(source, name, a)?;
         }
         if p == 0 {
             return Err(Error::input(
@@ -201,14 +208,28 @@ impl Prefix {
                 format!("{found:?}"),
             ))
         };
-        Ok(match kind {
+        let p = match kind {
             PrefixKind::SoftPrompt => Prefix::SoftPrompt(pick(&["soft_prompt", "prefix"])?),
             PrefixKind::Hidden => Prefix::Hidden(pick(&["prefix", "hidden"])?),
             PrefixKind::KeyValue => Prefix::KeyValue {
                 keys: pick(&["keys"])?,
                 values: pick(&["values"])?,
             },
-        })
+        };
+        // Values are checked as soon as they are read, whatever they are used for next.
+        for (name, a) in p.named() {
+            finite(path, name, a)?;
+        }
+        Ok(p)
+    }
+
+    /// The arrays of this prefix under their file names.
+    fn named(&self) -> Vec<(&'static str, &Array)> {
+        match self {
+            Prefix::SoftPrompt(a) => vec![("soft_prompt", a)],
+            Prefix::Hidden(a) => vec![("prefix", a)],
+            Prefix::KeyValue { keys, values } => vec![("keys", keys), ("values", values)],
+        }
     }
 
     /// Load and check against the model in one step.

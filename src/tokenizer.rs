@@ -159,7 +159,7 @@ impl Tokenizer {
                     if !(32..32 + *vocab as u32).contains(&code) {
                         return Err(Error::input(
                             format!("text character {i}"),
-                            "a printable ASCII character",
+                            crate::construct::vocabulary_text(*vocab),
                             format!("{c:?}"),
                         ));
                     }

@@ -9,6 +9,7 @@ pub mod model_panel;
 pub mod overview;
 pub mod prefix_editor;
 pub mod prompt;
+pub mod session_file;
 pub mod views;
 pub mod worker;
 
@@ -131,6 +132,8 @@ pub struct PrefixScopeApp {
     filled_at: Option<Instant>,
     fonts_set: bool,
     stats: FrameStats,
+    /// What went wrong reading the app's own files at start (shown on the status line).
+    pub startup_note: Option<String>,
 }
 
 /// egui's proportional font lacks arrows and many symbols that its monospace font (Hack) has: use Hack
@@ -167,12 +170,18 @@ impl PrefixScopeApp {
     /// Build the app; `storage` is eframe's (None in tests). Starts loading a model at once.
     pub fn new(storage: Option<&dyn eframe::Storage>, opts: AppOptions) -> Self {
         let mut session = Session::default();
+        let mut startup_note = None;
         if !opts.fresh {
             let from_eframe = storage.and_then(|s| eframe::get_value::<Session>(s, SESSION_KEY));
-            let from_file = autosave_dir(&opts)
-                .map(|d| d.join(SESSION_FILE))
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .and_then(|s| serde_json::from_str::<Session>(&s).ok());
+            // A corrupt session file is moved aside and reported, never a reason not to start.
+            let from_file = match autosave_dir(&opts).map(|d| d.join(SESSION_FILE)) {
+                Some(p) => {
+                    let (s, note) = session_file::read(&p);
+                    startup_note = note;
+                    s
+                }
+                None => None,
+            };
             session = from_file.or(from_eframe).unwrap_or_default();
         }
         let mut app = PrefixScopeApp {
@@ -209,6 +218,7 @@ impl PrefixScopeApp {
             },
             session,
             opts,
+            startup_note,
         };
         app.editor.token = app.session.editor_token;
         app.editor.layer = app.session.editor_layer;
@@ -391,9 +401,22 @@ impl PrefixScopeApp {
         if self.session.autosave_model.as_deref() == Some(path) {
             if let (Some(dir), Some(kind)) = (autosave_dir(&self.opts), self.session.autosave_kind)
             {
-                if let Ok(p) = Prefix::load_for(&dir.join(AUTOSAVE_PREFIX), kind, info) {
-                    self.editor.message = Some((false, "restored the autosaved prefix".into()));
-                    return p;
+                let file = dir.join(AUTOSAVE_PREFIX);
+                match Prefix::load(&file, kind) {
+                    Ok(p) if p.check(info, &file).is_ok() => {
+                        self.editor.message = Some((false, "restored the autosaved prefix".into()));
+                        return p;
+                    }
+                    // Readable but for another shape: not corrupt, just not this model's.
+                    Ok(_) => {}
+                    Err(e) if file.exists() => {
+                        // Unreadable: moved aside so that it is not read again, and reported.
+                        let moved = session_file::move_aside(&file);
+                        self.startup_note =
+                            Some(session_file::note(&file, &e.one_line(), moved.as_deref()));
+                        self.session.autosave_model = None;
+                    }
+                    Err(_) => {}
                 }
             }
         }
@@ -686,6 +709,9 @@ impl PrefixScopeApp {
             }
             if let Some(e) = &self.compute_error {
                 ui.colored_label(ui.visuals().error_fg_color, e);
+            }
+            if let Some(n) = &self.startup_note {
+                ui.colored_label(ui.visuals().warn_fg_color, format!("· {n}"));
             }
         });
     }

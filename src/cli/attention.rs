@@ -67,8 +67,9 @@ pub struct PromptArgs {
     /// Prompt text (tokenized by the model's tokenizer; no BOS unless --bos).
     #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
     pub text: Option<String>,
-    /// Token ids, comma separated.
-    #[arg(long, value_delimiter = ',')]
+    /// Token ids, comma separated. Values starting with '-' are taken as ids (and refused by our own
+    /// message), not as unknown flags.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     pub ids: Option<Vec<String>>,
     /// Prepend the tokenizer's BOS token.
     #[arg(long)]
@@ -128,6 +129,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     let layers = parse_layers(&a.layers, info.n_layers)?;
     let cap = capture(loaded.model.as_ref(), &ids, prefix.as_ref(), &layers)?;
     let named = cap.named_arrays();
+    prefixscope::capture::check_named_finite(&named)?;
     match arrays::extension(&a.out).as_str() {
         "json" => arrays::write_json(&a.out, &named),
         _ => {

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Text for the unconditional construction to write from one virtual token (at most 20 printable
-    /// ASCII characters).
+    /// Text for the unconditional construction to write from one virtual token (at most 20
+    /// characters from space to '}': the notebook's 94-character vocabulary, without '~').
     #[arg(long, conflicts_with = "map", required_unless_present = "map")]
     pub target: Option<String>,
     /// A map for the conditional constructions: `case-flip`, `random2[:SEED]`, or `KEY=VALUE` entries

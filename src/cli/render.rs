@@ -97,6 +97,10 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         prefix.as_ref(),
         &LayerSel::Only(vec![a.layer]),
     )?;
+    // (capture refuses NaN/Inf views by layer; checked again here, where the figure is drawn.)
+    for l in &cap.layers {
+        l.check_finite()?;
+    }
     let labels = loaded.tokenizer.labels(&ids);
     let opts = ExportOptions {
         scale: a.scale,

@@ -2,8 +2,9 @@
 //! experiment (one hard token against many virtual tokens).
 //!
 //! Every builder returns a [`Construction`] (the model, independent of the target) and a
-//! [`Prefix::SoftPrompt`] (the virtual tokens, which hold the target). Vocabulary: the 94 printable
-//! ASCII characters, token = code point - 32 (space = 0), `V = 94`.
+//! [`Prefix::SoftPrompt`] (the virtual tokens, which hold the target). Vocabulary: the notebook's 94
+//! characters, token = code point - 32, from space (0) to '}' (93), `V = 94`: '~' (126) is not one
+//! of them. Messages name the alphabet from its own first and last ids ([`alphabet_range`]).
 //!
 //! - (a) [`unconditional`]: one virtual token makes the model write any string of up to N characters
 //!   (N = 20, T = 50). Embedding `[content (N) | position (N)]`; the virtual token's content is
@@ -32,7 +33,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::path::Path;
 
-/// The vocabulary: printable ASCII.
+/// The vocabulary: the printable ASCII characters from space to '}' (the notebook's 94).
 pub const V: usize = 94;
 
 /// Token id of a printable ASCII character.
@@ -49,6 +50,34 @@ pub fn decode(ids: &[u32]) -> String {
     ids.iter().map(|&i| id_char(i)).collect()
 }
 
+/// A character for messages: `space` for ' ', else quoted.
+fn show_char(c: char) -> String {
+    if c == ' ' {
+        "space".to_string()
+    } else {
+        format!("{c:?}")
+    }
+}
+
+/// The characters of ids `first..first + k`, for messages: "space to '}'". Derived from the
+/// alphabet itself, so that a message can never name a character the alphabet lacks.
+pub fn alphabet_range(first: u32, k: usize) -> String {
+    let last = first + (k.max(1) as u32) - 1;
+    format!(
+        "{} to {}",
+        show_char(id_char(first)),
+        show_char(id_char(last))
+    )
+}
+
+/// What [`encode`] accepts: "a character of the vocabulary (space to '}', 94 characters)".
+pub fn vocabulary_text(vocab: usize) -> String {
+    format!(
+        "a character of the vocabulary ({}, {vocab} characters)",
+        alphabet_range(0, vocab)
+    )
+}
+
 /// Token ids of `s`, or a one-line error naming `field` and the first bad character.
 pub fn encode(field: &str, s: &str) -> Result<Vec<u32>> {
     s.chars()
@@ -57,7 +86,7 @@ pub fn encode(field: &str, s: &str) -> Result<Vec<u32>> {
             char_id(c).ok_or_else(|| {
                 Error::input(
                     format!("{field} character {}", i + 1),
-                    "a printable ASCII character (space to '~')",
+                    vocabulary_text(V),
                     format!("{c:?}"),
                 )
             })
@@ -398,13 +427,8 @@ impl TwoLayout {
 /// unpacked with a Python function; this one fits f32 virtual tokens and does the unpacking in the
 /// model.
 pub fn two_token(first: char, k: usize, digits: usize, t: f64) -> Result<Construction> {
-    let f = char_id(first).ok_or_else(|| {
-        Error::input(
-            "alphabet start",
-            "a printable ASCII character",
-            format!("{first:?}"),
-        )
-    })?;
+    let f = char_id(first)
+        .ok_or_else(|| Error::input("alphabet start", vocabulary_text(V), format!("{first:?}")))?;
     if k < 2 || f as usize + k > V {
         return Err(Error::input(
             "alphabet size",
@@ -826,7 +850,10 @@ pub fn build_target(target: &str) -> Result<Built> {
     if target.is_empty() {
         return Err(Error::input(
             "target",
-            format!("1 to {UNCONDITIONAL_N} printable ASCII characters"),
+            format!(
+                "1 to {UNCONDITIONAL_N} characters, each {}",
+                vocabulary_text(V)
+            ),
             "an empty string",
         ));
     }

@@ -7,8 +7,13 @@
 //!   `prefixscope.kind`.
 
 pub mod gguf;
+pub mod gguf_check;
+pub mod guard;
 pub mod hf;
 pub mod hf_gpt2;
+pub mod limits;
+pub mod safetensors_check;
+pub mod tokenizer_check;
 pub mod toy;
 
 use crate::error::{Error, Result};
@@ -59,13 +64,25 @@ pub fn load(path: &Path) -> Result<Loaded> {
     load_with(path, &LoadControl::default())
 }
 
+/// Load `path` with progress and cancellation. Every size the files state is bounded before the
+/// family loaders build anything from it ([`limits::check_hf_folder`], [`gguf_check::check`]; our
+/// own files in [`toy::read`]), and a panic inside any reader becomes a one-line error naming the
+/// file ([`guard::catch`]).
 pub fn load_with(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
+    guard::catch(path, "checkpoint", || load_checked(path, ctl))
+}
+
+fn load_checked(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
+        limits::check_hf_folder(path)?;
         return hf::load(path, ctl);
     }
     match crate::arrays::extension(path).as_str() {
-        "gguf" => gguf::load(path, ctl),
+        "gguf" => {
+            gguf_check::check(path)?;
+            gguf::load(path, ctl)
+        }
         "safetensors" => toy::load(path, ctl),
         other => Err(Error::unsupported(
             path,

@@ -73,6 +73,7 @@ impl ToyFile {
                 e.to_string(),
             )
         })?;
+        super::limits::check_gpt(path, &cfg)?;
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -83,9 +84,15 @@ impl ToyFile {
     }
 }
 
-/// Read a safetensors file with its metadata.
+/// Read a safetensors file with its metadata: checked first by our own bounded reader (sizes,
+/// offsets, finite weights: every error names the tensor), any panic below reported as an error.
 pub fn read(path: &Path) -> Result<ToyFile> {
+    super::guard::catch(path, "safetensors file", || read_unguarded(path))
+}
+
+fn read_unguarded(path: &Path) -> Result<ToyFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    super::safetensors_check::check_bytes(path, &bytes)?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
         Error::format(
             path,
