@@ -202,8 +202,18 @@ pub fn write_arrays(path: &Path, named: &[(&str, &Array)]) -> Result<()> {
             ))
         }
     };
-    res.map_err(|e| Error::format(path, "write", "a writable file", e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let done = res
+        .map_err(|e| Error::format(path, "write", "a writable file", e.to_string()))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    remove_on_error(&tmp, done)
+}
+
+/// A failed write or rename leaves no temporary file behind.
+fn remove_on_error(tmp: &Path, done: Result<()>) -> Result<()> {
+    if done.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    done
 }
 
 pub fn extension(path: &Path) -> String {
@@ -252,6 +262,8 @@ pub fn write_json(path: &Path, named: &[(String, Array)]) -> Result<()> {
 /// Write bytes to `path` atomically (temporary file beside it, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let done = std::fs::write(&tmp, bytes)
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    remove_on_error(&tmp, done)
 }

@@ -5,12 +5,21 @@
 //! of the paper's prefix (or a key/value prefix) at layer `l` cannot change anything that enters layers
 //! `0..=l`, so viewing layer `l` after such an edit costs one small attention over cached content
 //! keys; a soft-prompt edit viewed at layer `L` recomputes layers `0..=L` and nothing above. The
-//! pretrained run is computed once per prompt. [`full_run`] uses the same pieces, so the incremental
-//! and the full results come from one code path.
+//! pretrained run is computed once per prompt.
+//!
+//! Two ways to attend over `[prefix | content]`, kept apart on purpose:
+//! - [`attend_cached`] (the full forward, [`full_run`], and every layer whose output feeds a
+//!   recomputed layer): a genuine softmax over the concatenated `T x (P + T)` scores. The paper's
+//!   layer-0 claim (renormalized == pretrained) and the head-output identity are then checked on
+//!   numbers that could break, not assumed;
+//! - [`attend_split`] (a viewed layer whose output nothing recomputed reads, e.g. the layer a slider
+//!   edits): the content part taken as `(1 - a_i)` times the cached content-only softmax, which
+//!   needs only the `T x P` prefix scores. It is the paper's identity used as a shortcut; the unit
+//!   tests below and `tests/incremental.rs` check it against [`attend_cached`] to 1e-6.
 
 use crate::capture::{self, Capture, PretrainedViews};
 use crate::error::{Error, Result};
-use crate::model::attention::{causal_softmax_stats, content_rows, repeat_kv};
+use crate::model::attention::{attend, causal_softmax_stats, content_rows, repeat_kv};
 use crate::model::{LayerRun, LayerSel, Run, Transformer};
 use crate::prefix::{Prefix, PrefixKind};
 use candle_core::Tensor;
@@ -117,18 +126,25 @@ pub trait Stepper: Send + Sync {
     fn n_layers(&self) -> usize;
 }
 
-/// Attention of the cached content queries over `[prefix | content]` keys.
+/// Attention of the cached content queries over `[prefix | content]` keys: one softmax over the
+/// concatenated scores `q [pk | k]^T * scale` (prefix columns open, content columns causal), as the
+/// reference implementations compute it (HF `past_key_values`, `docs/conventions.md` rules 4, 6, 7).
 /// Returns `(z (H, T, hd), probs (H, T, P + T), values (KV, P + T, hd))`.
 ///
-/// Both the full and the incremental path come through here, so they agree exactly: the content
-/// part of the softmax is computed once per layer input ([`ContentKv`] keeps it), and a prefix only
-/// adds its `T x P` scores (see [`attend_split`]).
+/// Without a prefix the content-only softmax is made once per layer input and kept in [`ContentKv`]
+/// (the split path reuses it).
 pub fn attend_cached(
     c: &ContentKv,
     extra: Option<&(Tensor, Tensor)>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     match extra {
-        Some((pk, pv)) => attend_split(c, pk, pv),
+        Some((pk, pv)) => {
+            let p = pk.dim(1)?;
+            let keys = Tensor::cat(&[pk, &c.k], 1)?;
+            let values = Tensor::cat(&[pv, &c.v], 1)?;
+            let (z, probs) = attend(&c.q, &keys, &values, p, c.scale)?;
+            Ok((z, probs, values))
+        }
         None => {
             let ca = c.content_attn()?;
             let (h, t, _) = c.q.dims3()?;
@@ -410,9 +426,12 @@ impl Evaluator {
                     .as_ref()
                     .ok_or(Error::Internal("incremental cache out of order"))?;
                 let extra = stepper.prefix_kv(l, prefix)?;
-                // A layer viewed again after an edit reuses its content attention (the paper's identity).
+                // A viewed layer whose output no recomputed layer reads (the top one) reuses its
+                // content attention (the paper's identity); a layer that feeds the next one takes
+                // the full path's genuine softmax, so every layer input stays the full pass's own.
+                let feeds_next = l < top && l + 1 >= self.valid_in;
                 let (z, probs, values) = match &extra {
-                    Some((pk, pv)) if viewed => attend_split(c, pk, pv)?,
+                    Some((pk, pv)) if viewed && !feeds_next => attend_split(c, pk, pv)?,
                     _ => attend_cached(c, extra.as_ref())?,
                 };
                 if viewed {
@@ -502,4 +521,113 @@ fn finish(
     let mut cap = capture::build(ids, &pre_sel, with)?;
     cap.logits_last_prefixed = logits.map(|t| t.to_vec1::<f32>()).transpose()?;
     Ok(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t3(data: &[f32], shape: (usize, usize, usize)) -> Tensor {
+        Tensor::from_slice(data, shape, &Device::Cpu).unwrap()
+    }
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// One head, head size 1, two content rows behind one prefix column, written out by hand:
+    /// row 0 sees `[prefix, c0]`, row 1 sees `[prefix, c0, c1]`, softmax over exactly those.
+    #[test]
+    fn full_path_is_a_softmax_over_prefix_and_causal_content() {
+        let c = ContentKv::new(
+            t3(&[1.0, 2.0], (1, 2, 1)),
+            t3(&[1.0, -1.0], (1, 2, 1)),
+            t3(&[10.0, 20.0], (1, 2, 1)),
+            1.0,
+        )
+        .unwrap();
+        let (pk, pv) = (t3(&[0.5], (1, 1, 1)), t3(&[-4.0], (1, 1, 1)));
+        let (z, probs, values) = attend_cached(&c, Some(&(pk, pv))).unwrap();
+        let e = f64::exp;
+        let r0 = [e(0.5), e(1.0), 0.0];
+        let r1 = [e(1.0), e(2.0), e(-2.0)];
+        let mut want = Vec::new();
+        for r in [r0, r1] {
+            let s: f64 = r.iter().sum();
+            want.extend(r.iter().map(|x| x / s));
+        }
+        let got = flat(&probs);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "probs {got:?}, want {want:?}");
+        }
+        let zw: Vec<f64> = want
+            .chunks(3)
+            .map(|r| r[0] * -4.0 + r[1] * 10.0 + r[2] * 20.0)
+            .collect();
+        for (g, w) in flat(&z).iter().zip(&zw) {
+            assert!(
+                (*g as f64 - w).abs() < 1e-5,
+                "z {:?}, want {zw:?}",
+                flat(&z)
+            );
+        }
+        assert_eq!(flat(&values), vec![-4.0, 10.0, 20.0]);
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn unit(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+        fn tensor(&mut self, shape: (usize, usize, usize), scale: f32) -> Tensor {
+            let n = shape.0 * shape.1 * shape.2;
+            let v: Vec<f32> = (0..n).map(|_| self.unit() * scale).collect();
+            t3(&v, shape)
+        }
+    }
+
+    /// The shortcut the evaluator takes for a viewed layer (`(1 - a_i)` times the cached content
+    /// softmax) against the genuine softmax over `[prefix | content]`, with grouped-query heads,
+    /// prefixes that take almost all or almost none of the mass, and large scores.
+    #[test]
+    fn split_attention_equals_the_genuine_softmax() {
+        let mut rng = Rng(0x1234_5678_9ABC_DEF1);
+        let (h, kv, t, hd) = (4, 2, 9, 8);
+        for (p, key_scale, prefix_scale) in
+            [(1, 1.0, 1.0), (3, 3.0, 0.1), (5, 1.0, 6.0), (2, 8.0, 8.0)]
+        {
+            let c = ContentKv::new(
+                rng.tensor((h, t, hd), 1.0),
+                rng.tensor((kv, t, hd), key_scale),
+                rng.tensor((kv, t, hd), 1.0),
+                1.0 / (hd as f64).sqrt(),
+            )
+            .unwrap();
+            let pk = rng.tensor((kv, p, hd), prefix_scale);
+            let pv = rng.tensor((kv, p, hd), 2.0);
+            let (z_full, probs_full, v_full) =
+                attend_cached(&c, Some(&(pk.clone(), pv.clone()))).unwrap();
+            let (z_split, probs_split, v_split) = attend_split(&c, &pk, &pv).unwrap();
+            let d = |a: &Tensor, b: &Tensor| {
+                flat(a)
+                    .iter()
+                    .zip(flat(b))
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max)
+            };
+            assert!(d(&probs_full, &probs_split) <= 1e-6, "p {p}: probs differ");
+            assert!(d(&z_full, &z_split) <= 1e-5, "p {p}: head outputs differ");
+            assert_eq!(flat(&v_full), flat(&v_split));
+            // Rows sum to 1 and future content columns are exactly 0 in both.
+            for (r, row) in flat(&probs_full).chunks(p + t).enumerate() {
+                let s: f32 = row.iter().sum();
+                assert!((s - 1.0).abs() < 1e-5, "row {r} sums to {s}");
+                assert!(row[p + r % t + 1..].iter().all(|&x| x == 0.0));
+            }
+        }
+    }
 }

@@ -4,7 +4,6 @@
 mod common;
 
 use prefixscope::arrays::{read_arrays, write_arrays, Array};
-use prefixscope::figure::paper;
 use prefixscope::figure::raster;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -186,9 +185,22 @@ fn render_smollm2_with_a_soft_prompt() {
 #[test]
 fn figures_regenerates_what_the_models_allow() {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-    let all = paper::scan_models(&models).unwrap_or_default();
-    let have_sorter = paper::find_sorter(&models, &all).is_ok();
-    let have_four = paper::find_four_task(&models, &all).is_ok();
+    // The repository ships the models of figures (a)-(c) (models/manifest.json lists them): every
+    // figure must be made, not only those a lookup happens to find.
+    let manifest = std::fs::read_to_string(models.join("manifest.json")).unwrap();
+    for f in [
+        "sort-1l1h/ascending.safetensors",
+        "sort-1l1h/finetuned-descending.safetensors",
+        "sort-1l1h/prefix-descending.safetensors",
+        "mix-1l4h256/random.safetensors",
+        "mix-1l4h256/prefix-ascending.safetensors",
+        "mix-1l4h256/prefix-descending.safetensors",
+        "mix-1l4h256/prefix-add1.safetensors",
+        "mix-1l4h256/prefix-add2.safetensors",
+    ] {
+        assert!(manifest.contains(f), "{f} not in models/manifest.json");
+        assert!(models.join(f).is_file(), "models/{f} is missing");
+    }
     let smol = common::smollm2();
     let dir = tempdir("all");
     let out = dir.join("figs");
@@ -205,14 +217,14 @@ fn figures_regenerates_what_the_models_allow() {
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "{err}");
     eprintln!("figures took {:.1} s\n{err}", t.elapsed().as_secs_f32());
-    let mut expect: Vec<&str> = Vec::new();
-    if have_sorter {
-        expect.push("a_sorter");
-    }
-    if have_four {
-        expect.extend(["b_four_task_raw", "b_four_task_renormalized", "c_bias"]);
-    }
-    expect.push("d_smollm2");
+    assert!(!err.contains("skipped"), "a figure was skipped: {err}");
+    let expect = [
+        "a_sorter",
+        "b_four_task_raw",
+        "b_four_task_renormalized",
+        "c_bias",
+        "d_smollm2",
+    ];
     let captions = std::fs::read_to_string(out.join("captions.md")).unwrap();
     for name in &expect {
         let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();
@@ -239,13 +251,12 @@ fn figures_regenerates_what_the_models_allow() {
     assert!(d["max_abs_renormalized_minus_pretrained"].as_f64().unwrap() < 1e-5);
     let svg = std::fs::read_to_string(out.join("d_smollm2.svg")).unwrap();
     assert!(svg.contains("TABLE") && svg.contains("Pretrained \u{00d7} (1 \u{2212} prefix mass)"));
-    if have_four {
-        let b: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out.join("b_four_task_renormalized.json")).unwrap(),
-        )
-        .unwrap();
-        assert!(b["max_abs_renormalized_minus_pretrained"].as_f64().unwrap() < 1e-5);
-    }
+    let b: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("b_four_task_renormalized.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(b["max_abs_renormalized_minus_pretrained"].as_f64().unwrap() < 1e-5);
+    check_bias_figure_against_reference(&out.join("c_bias.json"));
     // A second run refuses to overwrite; --force replaces.
     let o = bin()
         .args(["figures", "--no-smollm2", "--models"])
@@ -255,4 +266,62 @@ fn figures_regenerates_what_the_models_allow() {
         .output()
         .unwrap();
     assert!(one_line_error(&o).contains("existing file"));
+}
+
+/// Figure (c)'s numbers against an independent float64 NumPy implementation of the four-task toy's
+/// layer 0 (`scripts/make_bias_figure_reference.py`, output `tests/fixtures/bias_figure/`): the
+/// attention block output at the last input position in dimensions 143 and 212, without a prefix and
+/// with each task prefix, for the figure's 20 inputs (checked to be the same), to 1e-5; and each
+/// prefix's mean shift length in the full 256 dimensions, as the caption states it, to 1e-5 relative.
+fn check_bias_figure_against_reference(json: &Path) {
+    let got: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bias_figure/reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got["dims"], want["dims"], "bias plot dimensions");
+    assert_eq!(got["inputs"], want["inputs"], "the figure's inputs");
+    let points = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect()
+    };
+    let close = |a: &[f64], b: &[f64], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        let d = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            d < 1e-5,
+            "figure (c), {what}: max abs {d:e} against the reference"
+        );
+    };
+    close(
+        &points(&got["without_prefix"]),
+        &points(&want["without_prefix"]),
+        "without prefix",
+    );
+    let with = got["with_prefix"].as_array().unwrap();
+    assert_eq!(with.len(), 4, "one series per task prefix");
+    for series in with {
+        let task = series["task"].as_str().unwrap();
+        close(
+            &points(&series["points"]),
+            &points(&want["with_prefix"][task]),
+            &format!("{task} prefix"),
+        );
+        let (g, w) = (
+            series["mean_shift_length"].as_f64().unwrap(),
+            want["mean_shift_length"][task].as_f64().unwrap(),
+        );
+        assert!((g - w).abs() < 1e-5 * w, "{task}: mean shift {g} vs {w}");
+    }
 }

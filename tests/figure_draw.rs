@@ -108,14 +108,18 @@ fn png_has_the_expected_size_at_each_scale_and_is_not_blank() {
         let frac = non_white as f32 / (img.width() * img.height()) as f32;
         assert!(frac > 0.05 && frac < 0.9, "ink fraction {frac} at {scale}x");
         // Crisp cells: the exact colour of value 1 (the pretrained diagonal) is painted, unblended,
-        // over at least 10 cells' interiors.
-        let (r, g, b) = Scale::probability().color(1.0);
-        let exact = img.pixels().filter(|p| p.0[..3] == [r, g, b]).count();
+        // over at least 10 cells' interiors. The scale is magma reversed (1 is dark), so value 1 is
+        // magma's first entry and value 0 its last: matplotlib's `_magma_data[0]` =
+        // (0.001462, 0.000466, 0.013866) -> #000004 and `_magma_data[255]` =
+        // (0.987053, 0.991438, 0.749504) -> #fcfdbf, written out here, not asked of the painter.
         let cell_px = 30.0 * scale * 30.0 * scale; // cell size for an 11-column matrix: 340 / 11 = 30
-        assert!(
-            exact as f32 > 10.0 * cell_px * 0.5,
-            "{exact} pixels of the value-1 colour at {scale}x"
-        );
+        for (value, rgb, cells) in [(1.0, [0u8, 0, 4], 10.0), (0.0, [252, 253, 191], 40.0)] {
+            let exact = img.pixels().filter(|p| p.0[..3] == rgb).count();
+            assert!(
+                exact as f32 > cells * cell_px * 0.5,
+                "{exact} pixels of the value-{value} colour {rgb:?} at {scale}x"
+            );
+        }
     }
 }
 
@@ -238,7 +242,58 @@ fn difference_panels_use_a_diverging_scale_and_tiny_ticks() {
     h.value_label = "difference".into();
     let mut fig = Figure::new(vec![Panel::Heatmap(h)], 1);
     fig.annotate = Annotate::Auto;
-    let tree = raster::parse(&fig.to_svg()).unwrap();
+    let svg = fig.to_svg();
+    // The cells' colours, by hand from ColorBrewer's published 11-class RdBu (#67001f #b2182b
+    // #d6604d #f4a582 #fddbc7 #f7f7f7 #d1e5f0 #92c5de #4393c3 #2166ac #053061), reversed so that
+    // positive is red, through d3's uniform B-spline (colorous is its port), whose ends are the
+    // end colours and whose value at a control point c is (c[-1] + 4 c + c[+1]) / 6:
+    // - +limit: #67001f; -limit: #053061;
+    // - 0 (the middle control point #f7f7f7 between #fddbc7 and #d1e5f0):
+    //   ((253,219,199) + 4 (247,247,247) + (209,229,240)) / 6 = (241.7, 239.3, 237.8) -> (242, 239, 238);
+    // - -limit/2 (halfway between control points 7 and 8, weights (1, 23, 23, 1) / 48 over
+    //   #d1e5f0 #92c5de #4393c3 #2166ac): (107.1, 171.7, 208.4) -> (107, 172, 208).
+    let cell = |row: &str, col: &str| -> [u8; 3] {
+        let key = format!("<title>{row} \u{2192} {col}: ");
+        let at = svg
+            .find(&key)
+            .unwrap_or_else(|| panic!("no cell {row} -> {col}"));
+        let fill = svg[..at].rfind("fill=\"#").expect("the cell's fill") + 7;
+        let hex = &svg[fill..fill + 6];
+        let c = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).unwrap();
+        [c(0), c(2), c(4)]
+    };
+    let near = |got: [u8; 3], want: [u8; 3]| got.iter().zip(want).all(|(&g, w)| g.abs_diff(w) <= 1);
+    // colorous truncates to 8 bits where the tables round: one unit of slack everywhere.
+    assert!(
+        near(cell("b", "a"), [103, 0, 31]),
+        "+2e-7 is the red end: {:?}",
+        cell("b", "a")
+    );
+    assert!(
+        near(cell("c", "c"), [5, 48, 97]),
+        "-2e-7 is the blue end: {:?}",
+        cell("c", "c")
+    );
+    for (r, c) in [("a", "a"), ("c", "a")] {
+        assert!(
+            near(cell(r, c), [242, 239, 238]),
+            "0 is near-white: {:?}",
+            cell(r, c)
+        );
+    }
+    assert!(
+        near(cell("b", "b"), [107, 172, 208]),
+        "-1e-7: {:?}",
+        cell("b", "b")
+    );
+    // +limit/2: halfway between control points 2 and 3 of the red half, over #b2182b #d6604d
+    // #f4a582 #fddbc7: (228.4, 130.1, 104.2) -> (228, 130, 104).
+    assert!(
+        near(cell("c", "b"), [228, 130, 104]),
+        "+1e-7: {:?}",
+        cell("c", "b")
+    );
+    let tree = raster::parse(&svg).unwrap();
     let t = svg_texts(&tree);
     assert!(t.iter().any(|x| x == "2.0e-7"), "{t:?}");
     assert!(t.iter().any(|x| x == "-2.0e-7"), "{t:?}");

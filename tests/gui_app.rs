@@ -4,33 +4,24 @@
 //!
 //! The toy tests open the bundled default model (the 1-layer sorter and its `descending` prefix);
 //! the others use SmolLM2 (the GGUF test checkpoint, fetched by `.ci/fetch-smollm2.sh`, which
-//! `.ci/run` runs) and print a notice and return when the cached file is absent.
+//! `.ci/run` runs) and print a notice and return when the cached file is absent, except under CI
+//! (`CI` set, as `.ci/run` does), where its absence fails them.
 #![cfg(feature = "gui")]
 
 mod common;
 
 use common::gui::{harness, harness_sized, step_until, type_into};
-use common::{smollm2_path, temp_dir};
+use common::{repo_path, temp_dir};
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
 use prefixscope::app::worker::Computed;
 use prefixscope::app::{default_model, AppOptions, PrefixScopeApp};
 use prefixscope::prefix::PrefixKind;
 use std::path::PathBuf;
-use std::time::Instant;
 
-/// The cached SmolLM2, or a notice and `None` when it is absent.
+/// The cached SmolLM2, or a notice and `None` when it is absent (a failure under CI).
 fn smollm2() -> Option<PathBuf> {
-    let p = smollm2_path();
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent (run .ci/fetch-smollm2.sh; .ci/run does)",
-            p.display()
-        );
-        None
-    }
+    common::smollm2_or_skip()
 }
 
 fn options(model: Option<PathBuf>, dir: &std::path::Path) -> AppOptions {
@@ -90,6 +81,18 @@ fn raw_layer0(app: &PrefixScopeApp) -> Vec<f32> {
         .clone()
 }
 
+fn mass_layer0(app: &PrefixScopeApp) -> Vec<f32> {
+    let c = app.shown().expect("a result on screen");
+    c.capture
+        .layer(0)
+        .expect("layer 0")
+        .prefix_mass
+        .as_ref()
+        .expect("prefixed run")
+        .data
+        .clone()
+}
+
 #[test]
 fn toy_default_model_slider_moves_raw_attention_and_layer0_renormalized_stays_pretrained() {
     let (model, prefix) = default_model().expect("the bundled toy sorter in models/");
@@ -115,6 +118,7 @@ fn toy_default_model_slider_moves_raw_attention_and_layer0_renormalized_stays_pr
         );
     }
     let before = raw_layer0(h.state());
+    let mass_before = mass_layer0(h.state());
     let gen0 = c.gen;
     let d0 = h.state().editor.vector().unwrap()[0];
     let target = if d0 > 1.0 { d0 - 1.5 } else { d0 + 1.5 };
@@ -132,7 +136,12 @@ fn toy_default_model_slider_moves_raw_attention_and_layer0_renormalized_stays_pr
         "raw attention did not change (max change {moved})"
     );
     assert_layer0_claims(h.state().shown().unwrap());
-    // The prefix mass moved too (it is what the prefix changes in layer 0).
+    // The prefix mass moved too (it is what the prefix changes in layer 0), and its bars are drawn.
+    let mass_moved = max_change(&mass_before, &mass_layer0(h.state()));
+    assert!(
+        mass_moved > 1e-3,
+        "the layer-0 prefix mass did not change (max change {mass_moved})"
+    );
     assert!(h
         .query_by_label_contains("raw, with prefix heatmap")
         .is_some());
@@ -253,22 +262,85 @@ fn corrupt_file_shows_the_library_message_and_keeps_the_model() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A copy of the small valid HF folder whose `config.json` is a named pipe: the loader blocks
+/// opening it until the test opens the other end, so the load runs exactly as long as the test
+/// wants (a gate, not a race with the clock).
+struct GatedFolder {
+    dir: PathBuf,
+    config: Vec<u8>,
+}
+
+impl GatedFolder {
+    fn new(parent: &std::path::Path) -> Self {
+        let src = repo_path("tests/regressions/hostile-files/tiny-hf-folder-valid");
+        let dir = parent.join("gated-model");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let st = std::process::Command::new("mkfifo")
+            .arg(dir.join("config.json"))
+            .status()
+            .expect("run mkfifo");
+        assert!(st.success(), "mkfifo failed");
+        GatedFolder {
+            dir,
+            config: std::fs::read(src.join("config.json")).unwrap(),
+        }
+    }
+
+    /// Open the gate: wait (polling, no assertion on time) until the loader has the pipe open for
+    /// reading, then hand it the real config and close.
+    fn open(&self) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join("config.json");
+        let t0 = std::time::Instant::now();
+        let mut w = loop {
+            // Non-blocking: fails (ENXIO) until a reader has the pipe open.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+            {
+                Ok(f) => break f,
+                Err(e) => {
+                    assert!(
+                        t0.elapsed().as_secs() < 120,
+                        "the loader never opened {}: {e}",
+                        path.display()
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        };
+        w.write_all(&self.config).unwrap();
+    }
+
+    /// Replace the pipe by the real config (for a load that runs to the end).
+    fn make_plain(&self) {
+        let path = self.dir.join("config.json");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, &self.config).unwrap();
+    }
+}
+
 #[test]
 fn window_keeps_responding_while_a_load_runs_and_cancel_works() {
-    let Some(model) = smollm2() else { return };
     let dir = temp_dir("gui-responsive");
+    let gate = GatedFolder::new(&dir);
     let mut h = harness(PrefixScopeApp::new(
         None,
-        options(Some(model.clone()), &dir),
+        options(Some(gate.dir.clone()), &dir),
     ));
     h.step();
     assert!(
         h.state().is_loading(),
         "the load should run in the background"
     );
-    // While it loads: the progress bar and Cancel are there, and the prompt box takes typing.
+    // While it loads (held at the gate): frames run, the progress bar and Cancel are there, and the
+    // prompt box takes typing.
     assert!(h.query_by_label_contains("Cancel").is_some());
-    let frames_before = Instant::now();
     for _ in 0..5 {
         h.step();
     }
@@ -279,20 +351,25 @@ fn window_keeps_responding_while_a_load_runs_and_cancel_works() {
         "typed while loading",
     );
     assert_eq!(h.state().prompt.text, "typed while loading");
-    assert!(
-        h.state().is_loading(),
-        "the load finished within {:?}: the UI did not get to run alongside it",
-        frames_before.elapsed()
-    );
-    // Cancel: the load stops with a message and no model appears.
+    assert!(h.state().is_loading(), "the gate is shut: still loading");
+    assert!(h.state().model_info().is_none());
+    // Cancel, then let the loader go on: it stops at its next step with a message, no model appears.
     h.get_by_label("Cancel").click();
+    h.step();
+    gate.open();
     step_until(&mut h, "the cancelled load", |a| !a.is_loading());
     assert!(h.state().model_info().is_none());
-    assert!(h.state().load_error().unwrap_or("").contains("cancelled"));
+    assert!(
+        h.state().load_error().unwrap_or("").contains("cancelled"),
+        "{:?}",
+        h.state().load_error()
+    );
 
     // Load again to the end: the typed prompt is kept and tokenized.
-    h.state_mut().open_model(model);
+    gate.make_plain();
+    h.state_mut().open_model(gate.dir.clone());
     step_until(&mut h, "the model", |a| a.is_current());
+    assert_eq!(h.state().model_info().map(|i| i.d_model), Some(64));
     assert_eq!(h.state().prompt.text, "typed while loading");
     assert!(h.state().prompt.ids.len() >= 3);
     let _ = std::fs::remove_dir_all(&dir);

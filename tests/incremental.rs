@@ -149,3 +149,84 @@ fn check_random_edits(loaded: &prefixscope::load::Loaded, ids: &[u32], seed: u64
     }
     assert!(checked >= 24);
 }
+
+/// The evaluator's caches across the changes the app makes between updates: the prefix length
+/// changes (while the caller says only one layer was edited), the prefix is removed and comes back,
+/// its kind changes, and the prompt changes (the app then starts a new evaluator for the new ids;
+/// the old one must not leak into it). Each answer is checked against a full recompute, on the small
+/// HF folder (2 layers, GQA 2:1).
+#[test]
+fn evaluator_across_length_change_removal_kind_change_and_new_prompt() {
+    let loaded = load(&repo_path(
+        "tests/regressions/hostile-files/tiny-hf-folder-valid",
+    ))
+    .unwrap();
+    let model = loaded.model.as_ref();
+    let info = model.info().clone();
+    let mut rng = Rng(0x5EED_1234_ABCD_0003);
+    let mut random = |kind: PrefixKind, p: usize| {
+        let mut pf = Prefix::zeros(kind, p, &info);
+        for x in pf.values_mut() {
+            *x = rng.unit() * 2.0;
+        }
+        pf
+    };
+    let check =
+        |ev: &mut Evaluator, ids: &[u32], prefix: Option<&Prefix>, edit: Edit, what: &str| {
+            let layers = [0usize, 1];
+            let inc = ev.update(model, prefix, edit, &layers).unwrap();
+            let full = capture(model, ids, prefix, &LayerSel::All).unwrap();
+            assert_eq!(inc.token_ids, ids, "{what}: token ids");
+            assert_eq!(
+                inc.p,
+                prefix.map_or(0, |p| p.len()),
+                "{what}: prefix length"
+            );
+            for l in layers {
+                let (a, b) = (inc.layer(l).unwrap(), full.layer(l).unwrap());
+                assert!(
+                    max_diff(&a.pretrained.data, &b.pretrained.data) <= 1e-6,
+                    "{what}: L{l} pretrained"
+                );
+                match (&a.with_prefix, &b.with_prefix) {
+                    (Some(x), Some(y)) => {
+                        assert_eq!(x.shape, y.shape, "{what}: L{l} shape");
+                        let d = max_diff(&x.data, &y.data);
+                        assert!(d <= 1e-6, "{what}: L{l} with-prefix differs by {d:e}");
+                    }
+                    (None, None) => {}
+                    _ => panic!("{what}: L{l}: prefixed views present in one answer only"),
+                }
+            }
+        };
+    let ids_a: Vec<u32> = vec![5, 17, 200, 3, 44, 9, 120];
+    let ids_b: Vec<u32> = vec![8, 8, 250, 1];
+    let mut ev = Evaluator::new(&ids_a);
+    let p2 = random(PrefixKind::Hidden, 2);
+    check(&mut ev, &ids_a, Some(&p2), Edit::All, "paper P=2");
+    // A longer prefix announced as a one-layer edit: the evaluator must notice the new shape.
+    let p3 = random(PrefixKind::Hidden, 3);
+    check(
+        &mut ev,
+        &ids_a,
+        Some(&p3),
+        Edit::Layer(1),
+        "paper P=3 as a layer-1 edit",
+    );
+    check(&mut ev, &ids_a, None, Edit::Layer(1), "prefix removed");
+    check(&mut ev, &ids_a, Some(&p3), Edit::Layer(1), "prefix back");
+    let kv = random(PrefixKind::KeyValue, 3);
+    check(
+        &mut ev,
+        &ids_a,
+        Some(&kv),
+        Edit::Layer(1),
+        "same length, key/value kind",
+    );
+    let sp = random(PrefixKind::SoftPrompt, 2);
+    check(&mut ev, &ids_a, Some(&sp), Edit::Layer(0), "soft prompt");
+    // A new prompt: a new evaluator, as the worker makes one; and the old one still answers its own.
+    let mut ev_b = Evaluator::new(&ids_b);
+    check(&mut ev_b, &ids_b, Some(&p2), Edit::All, "new prompt");
+    check(&mut ev, &ids_a, Some(&p2), Edit::All, "old prompt again");
+}

@@ -193,3 +193,132 @@ fn lora_budget_equals_a_twelve_token_prefix_on_the_four_layer_toy() {
     assert_eq!(n, 12_288);
     assert_eq!(n, cfg.n_layer * 12 * cfg.n_embd);
 }
+
+/// Every tensor of two toy files, as `(name, values)`, sorted by name.
+fn tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let f = toy::read(path).unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = f
+        .tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn max_weight_diff(a: &Path, b: &Path) -> f32 {
+    let (ta, tb) = (tensors(a), tensors(b));
+    assert_eq!(ta.len(), tb.len());
+    ta.iter()
+        .zip(&tb)
+        .map(|((na, va), (nb, vb))| {
+            assert_eq!(na, nb);
+            va.iter()
+                .zip(vb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        })
+        .fold(0f32, f32::max)
+}
+
+/// A run stopped by its wall budget after each of its first steps (`max_minutes: 0` stops after one
+/// step) and resumed each time ends with exactly the weights of the same run never interrupted, with
+/// a warm-up and a cosine schedule; and a resume continues from the file: the same interrupted run
+/// with its file's weights nudged ends elsewhere (a resume that restarted from scratch would not
+/// see the nudge and land on the uninterrupted run's weights).
+#[test]
+fn an_interrupted_and_resumed_run_equals_an_uninterrupted_one() {
+    let dir = toy_common::tmp_dir("resume-exact");
+    let cfg = small_cfg();
+    let schedule = |out: &Path| {
+        let mut o = opts(out, Task::Ascending, 24, 3e-3, 1, 0.1);
+        o.schedule.warmup = 4;
+        o.schedule.cosine = true;
+        o
+    };
+    let whole = dir.join("whole.safetensors");
+    let o = train::pretrain::run(&cfg, &schedule(&whole), false).unwrap();
+    assert_eq!(o.steps_done, 24);
+
+    let legs = |out: &Path, nudge: bool| {
+        let mut o = schedule(out);
+        o.max_minutes = Some(0.0);
+        assert_eq!(train::pretrain::run(&cfg, &o, false).unwrap().steps_done, 1);
+        for k in 2..=5 {
+            assert_eq!(train::pretrain::run(&cfg, &o, true).unwrap().steps_done, k);
+        }
+        if nudge {
+            let mut f = toy::read(out).unwrap();
+            for t in f.tensors.values_mut() {
+                *t = (&*t * 1.01).unwrap();
+            }
+            let named: Vec<(String, candle_core::Tensor)> = f.tensors.into_iter().collect();
+            toy::write(out, &named, &f.meta).unwrap();
+        }
+        let o = train::pretrain::run(&cfg, &schedule(out), true).unwrap();
+        assert_eq!(o.steps_done, 24);
+    };
+    let resumed = dir.join("resumed.safetensors");
+    legs(&resumed, false);
+    let d = max_weight_diff(&whole, &resumed);
+    assert!(
+        d <= 1e-6,
+        "interrupted and resumed 5 times: the weights differ from the uninterrupted run by {d:e}"
+    );
+    let nudged = dir.join("nudged.safetensors");
+    legs(&nudged, true);
+    let d = max_weight_diff(&whole, &nudged);
+    assert!(
+        d > 1e-4,
+        "a resume from a changed file ended on the uninterrupted run's weights ({d:e}): it did not continue from the file"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--resume` on a file of another configuration or another kind is refused with one line naming
+/// the file and the field; the file is left as it was.
+#[test]
+fn resuming_a_mismatched_file_is_refused() {
+    let dir = toy_common::tmp_dir("resume-mismatch");
+    let cfg = small_cfg();
+    let out = dir.join("model.safetensors");
+    train::pretrain::run(&cfg, &opts(&out, Task::Ascending, 3, 3e-3, 1, 0.1), false).unwrap();
+    let before = std::fs::read(&out).unwrap();
+    let mut wider = small_cfg();
+    wider.n_embd = 48;
+    let err = train::pretrain::run(&wider, &opts(&out, Task::Ascending, 6, 3e-3, 1, 0.1), true)
+        .unwrap_err()
+        .one_line();
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("config to resume")
+            && err.contains("n_embd: 48"),
+        "{err}"
+    );
+    // A prefix-tuning run resuming a pretrained model's file.
+    let err = train::prefix::run(
+        &out,
+        &opts(&out, Task::Descending, 6, 3e-2, 1, 0.01),
+        1.0,
+        true,
+    )
+    .unwrap_err()
+    .one_line();
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("prefixscope.kind to resume")
+            && err.contains("'toy-gpt'"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the refused file changed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

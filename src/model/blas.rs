@@ -293,18 +293,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blas_matmul_equals_candle_matmul() {
+    fn blas_matmul_equals_a_naive_f64_product() {
         let dev = candle_core::Device::Cpu;
         // Large enough for OpenBLAS.
-        let x = Tensor::randn(0f32, 1.0, (130, 177), &dev).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (177, 301), &dev).unwrap();
-        let want = x.matmul(&w).unwrap();
+        let (m, k, n) = (130, 177, 301);
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (k, n), &dev).unwrap();
+        // The expected product from a naive f64 triple loop, not from candle: without OpenBLAS
+        // `matmul` is candle's own, and candle against candle would prove nothing.
+        let (xs, ws) = (flat(&x), flat(&w));
+        let mut naive = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                naive[i * n + j] = (0..k)
+                    .map(|t| xs[i * k + t] as f64 * ws[t * n + j] as f64)
+                    .sum();
+            }
+        }
+        let want = Tensor::from_vec(
+            naive.iter().map(|&v| v as f32).collect::<Vec<f32>>(),
+            (m, n),
+            &dev,
+        )
+        .unwrap();
+        // f32 sums of 177 products of unit normals: rounding well below 1e-3.
         let d = max_abs_diff(&matmul(&x, &w).unwrap(), &want);
-        assert!(d < 1e-3, "{} vs candle: {d}", backend());
+        assert!(d < 1e-3, "{} vs the f64 product: {d}", backend());
         // The transposed-weight form.
         let wt = w.t().unwrap().contiguous().unwrap();
         let d = max_abs_diff(&matmul_t(&x, &wt).unwrap(), &want);
-        assert!(d < 1e-3, "{} transposed vs candle: {d}", backend());
+        assert!(d < 1e-3, "{} transposed vs the f64 product: {d}", backend());
         // A narrowed (non-contiguous) view falls back to candle and is still right.
         let wv = w.narrow(1, 3, 7).unwrap();
         assert_eq!(

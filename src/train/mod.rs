@@ -2,10 +2,12 @@
 //! paper-form prefix and rank-r LoRA, all with candle autograd and `candle_nn::AdamW`.
 //!
 //! Every run is seeded, writes its output file atomically every few minutes (the same file, with the
-//! steps done so far in its metadata) and can resume from it. A resumed run restarts AdamW's moment
-//! estimates (candle keeps them private) but sees exactly the batches it would have seen (see
-//! [`data::batch_rng`]).
+//! steps done so far in its metadata) and can resume from it. Beside it, `FILE.adamw` keeps the
+//! optimizer's moments and step count ([`adamw`]); a resumed run restores them and sees exactly the
+//! batches it would have seen (see [`data::batch_rng`]), so it continues as if never interrupted.
+//! Without a matching `FILE.adamw` the moments restart from zero (with a notice).
 
+pub mod adamw;
 pub mod data;
 pub mod eval;
 pub mod finetune;
@@ -16,8 +18,8 @@ pub mod pretrain;
 use crate::error::{Error, Result};
 use crate::load::toy;
 use crate::model::gpt::{Gpt, GptConfig, Lora, PrefixTensors};
+use adamw::{AdamW, ParamsAdamW};
 use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use data::{Split, Task};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -177,6 +179,17 @@ pub fn drive(
     let all: Vec<Var> = decay.iter().chain(no_decay.iter()).cloned().collect();
     let mut opt_d = AdamW::new(decay, params(s.weight_decay))?;
     let mut opt_n = AdamW::new(no_decay, params(0.0))?;
+    if start_step > 0 && !adamw::load_state(&opts.out, start_step, &mut [&mut opt_d, &mut opt_n])? {
+        eprintln!(
+            "note: no optimizer state for step {start_step} in {}: AdamW's moments restart from zero",
+            adamw::state_path(&opts.out).display()
+        );
+    }
+    // The output file, then the optimizer state of the same step (a resume checks the step).
+    let mut save = |steps: usize, wall: f64, acc: Option<f64>, d: &AdamW, n: &AdamW| {
+        save(steps, wall, acc)?;
+        adamw::save_state(&opts.out, steps, &[d, n])
+    };
     let tty = std::io::stderr().is_terminal();
     let pb = if tty {
         indicatif::ProgressBar::new(s.steps as u64)
@@ -256,7 +269,13 @@ pub fn drive(
             break;
         }
         if last_save.elapsed().as_secs_f64() > opts.ckpt_secs {
-            save(step, wall_before + t0.elapsed().as_secs_f64(), None)?;
+            save(
+                step,
+                wall_before + t0.elapsed().as_secs_f64(),
+                None,
+                &opt_d,
+                &opt_n,
+            )?;
             last_save = Instant::now();
         }
     }
@@ -264,10 +283,10 @@ pub fn drive(
     let run_s = t0.elapsed().as_secs_f64();
     let wall = wall_before + run_s;
     let done = step - start_step;
-    save(step, wall, None)?;
+    save(step, wall, None, &opt_d, &opt_n)?;
     let accuracy = if opts.final_samples > 0 {
         let a = quick_eval(usize::MAX)?;
-        save(step, wall, Some(a))?;
+        save(step, wall, Some(a), &opt_d, &opt_n)?;
         Some(a)
     } else {
         acc

@@ -45,6 +45,37 @@ pub fn smollm2() -> PathBuf {
     p
 }
 
+/// Whether this is a CI run (`CI` set to anything but "", "0" or "false", as CI services set it and
+/// `.ci/run` exports it). There a test whose file or tool is missing fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// For tests that may skip on a developer machine: `true` when `what` is available; otherwise a
+/// notice and `false`, or, under CI, a failure naming `what` and `how` to get it.
+pub fn available_or_skip(available: bool, what: &str, how: &str) -> bool {
+    if available {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "{what} is missing and CI is set: a skipped test would pass without checking ({how})"
+    );
+    eprintln!("SKIPPED: {what} is missing ({how})");
+    false
+}
+
+/// The cached SmolLM2 for tests that skip without it outside CI (see [`available_or_skip`]).
+pub fn smollm2_or_skip() -> Option<PathBuf> {
+    let p = smollm2_path();
+    available_or_skip(
+        p.exists(),
+        &p.display().to_string(),
+        "run `bash .ci/fetch-smollm2.sh`; .ci/run does",
+    )
+    .then_some(p)
+}
+
 /// Where the SmolLM2 GGUF is expected (`PREFIXSCOPE_SMOLLM2`, else the fetch script's cache).
 pub fn smollm2_path() -> PathBuf {
     if let Ok(p) = std::env::var("PREFIXSCOPE_SMOLLM2") {
