@@ -16,6 +16,7 @@ pub mod figure;
 pub mod incremental;
 pub mod load;
 pub mod model;
+pub mod peft;
 pub mod prefix;
 pub mod tokenizer;
 pub mod train;
