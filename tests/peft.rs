@@ -33,8 +33,11 @@ fn ids() -> String {
         .join(",")
 }
 
+/// An array's shape and its numbers as f64.
+type Arr = (Vec<usize>, Vec<f64>);
+
 /// Every array of an `.npz`, as f64.
-fn npz(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
+fn npz(path: &Path) -> HashMap<String, Arr> {
     candle_core::Tensor::read_npz(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .into_iter()
@@ -50,7 +53,7 @@ fn npz(path: &Path) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
         .collect()
 }
 
-fn max_diff(a: &(Vec<usize>, Vec<f64>), b: &(Vec<usize>, Vec<f64>)) -> f64 {
+fn max_diff(a: &Arr, b: &Arr) -> f64 {
     assert_eq!(a.0, b.0, "shapes differ");
     a.1.iter()
         .zip(&b.1)
@@ -65,7 +68,7 @@ fn attention(
     prefix: &Path,
     out: &Path,
     extra: &[&str],
-) -> (HashMap<String, (Vec<usize>, Vec<f64>)>, String) {
+) -> (HashMap<String, Arr>, String) {
     let m = fixture(model);
     let ids = ids();
     let mut args = vec![

@@ -557,6 +557,13 @@ impl PrefixScopeApp {
                 .collect()
         });
         for p in dropped {
+            if crate::peft::is_adapter_path(&p) {
+                if let Some(m) = &self.loaded {
+                    let (info, path) = (m.info.clone(), m.path.clone());
+                    self.editor.open_adapter(&p, &info, &path);
+                }
+                continue;
+            }
             let ext = crate::arrays::extension(&p);
             match (&self.loaded, ext.as_str()) {
                 (Some(m), "npz" | "npy") => {
@@ -799,12 +806,20 @@ impl PrefixScopeApp {
         egui::Panel::bottom("checks").show(ui, |ui| self.checks_ui(ui));
         ui.label(egui::RichText::new("Prefix").strong().size(15.0));
         let info = self.loaded.as_ref().map(|l| l.info.clone());
-        if let Some(EditorRequest::Embedding(id)) =
-            self.editor.ui(ui, info.as_ref(), tok.as_deref())
-        {
-            if let Some(m) = &self.loaded {
-                self.worker.embedding(m.model_gen, id);
+        let request = self.editor.ui(ui, info.as_ref(), tok.as_deref());
+        let Some(m) = &self.loaded else { return };
+        match request {
+            Some(EditorRequest::Embedding(id)) => self.worker.embedding(m.model_gen, id),
+            Some(EditorRequest::OpenAdapter(p)) => {
+                let (info, path) = (m.info.clone(), m.path.clone());
+                self.editor.open_adapter(&p, &info, &path);
             }
+            Some(EditorRequest::SaveAdapter(dir, replace)) => {
+                let (model, path) = (m.model.clone(), m.path.clone());
+                self.editor
+                    .save_adapter(&dir, model.as_ref(), &path, replace);
+            }
+            None => {}
         }
     }
 

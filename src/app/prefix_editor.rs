@@ -9,6 +9,8 @@ use crate::tokenizer::Tokenizer;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
+mod peft_adapter;
+
 const MAX_UNDO: usize = 200;
 
 /// For a key/value prefix: which of the two arrays is edited.
@@ -41,6 +43,11 @@ pub struct Interpolation {
 pub enum EditorRequest {
     /// The embedding row of this token id.
     Embedding(u32),
+    /// Open this PEFT adapter (folder or file) for the loaded model ([`PrefixEditor::open_adapter`]).
+    OpenAdapter(PathBuf),
+    /// Save the prefix as a PEFT adapter folder, replacing an adapter folder there when the flag is
+    /// set ([`PrefixEditor::save_adapter`]).
+    SaveAdapter(PathBuf, bool),
 }
 
 pub struct PrefixEditor {
@@ -792,6 +799,9 @@ impl PrefixEditor {
         });
         self.interpolation_ui(ui, info);
         self.files_ui(ui, info);
+        if let Some(r) = self.adapter_ui(ui) {
+            request = Some(r);
+        }
         ui.horizontal(|ui| {
             if ui
                 .add_enabled(self.can_undo(), egui::Button::new("↶ undo"))

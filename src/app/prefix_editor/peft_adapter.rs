@@ -1,0 +1,114 @@
+//! The prefix editor's PEFT adapter row: open an adapter (typed path, else a folder dialog; dropped
+//! folders and files come through [`PrefixEditor::open_adapter`] too) and save the prefix as one.
+//! Both go out as [`EditorRequest`]s because they need the loaded model, which the editor does not hold.
+
+use super::{EditorRequest, PrefixEditor};
+use crate::model::{ModelInfo, Transformer};
+use std::path::{Path, PathBuf};
+
+impl PrefixEditor {
+    /// Open the adapter at `path` for the model loaded from `model_path`. On success the prefix
+    /// becomes the adapter's (one undo step; its kind follows the adapter); on failure the current
+    /// prefix stays and the message is the one-line refusal.
+    pub fn open_adapter(&mut self, path: &Path, info: &ModelInfo, model_path: &Path) {
+        match crate::peft::open(path, info, model_path) {
+            Ok(a) => {
+                self.begin_edit(None);
+                self.kind = a.prefix.kind();
+                self.p = a.prefix.len();
+                let what = format!(
+                    "opened {} ({} as a {}, P = {})",
+                    a.weights_path.display(),
+                    a.peft_type.name(),
+                    a.prefix.kind().label(),
+                    a.prefix.len()
+                );
+                self.prefix = Some(a.prefix);
+                self.direction = None;
+                self.clamp_selection(Some(info));
+                self.changed();
+                self.message = Some(match a.warning {
+                    Some(w) => (false, format!("{what}; warning: {w}")),
+                    None => (false, what),
+                });
+            }
+            Err(e) => self.message = Some((true, e.one_line())),
+        }
+    }
+
+    /// Save the prefix as a PEFT adapter folder `dir` for `model` (loaded from `model_path`).
+    pub fn save_adapter(
+        &mut self,
+        dir: &Path,
+        model: &dyn Transformer,
+        model_path: &Path,
+        replace: bool,
+    ) {
+        let Some(p) = &self.prefix else { return };
+        let base = model_path.display().to_string();
+        self.message = Some(match crate::peft::save(dir, p, model, &base, replace) {
+            Ok(t) => (false, format!("saved {} ({})", dir.display(), t.name())),
+            Err(e) => (true, e.one_line()),
+        });
+    }
+
+    /// The row under the prefix files: "open adapter…", "save as PEFT adapter…" and "replace".
+    pub(super) fn adapter_ui(&mut self, ui: &mut egui::Ui) -> Option<EditorRequest> {
+        let mut request = None;
+        ui.horizontal(|ui| {
+            if ui
+                .button("open adapter…")
+                .on_hover_text("a PEFT adapter folder or its adapter_model.safetensors: the path in the box, else a folder dialog")
+                .clicked()
+            {
+                if let Some(p) = self.adapter_path(false) {
+                    request = Some(EditorRequest::OpenAdapter(p));
+                }
+            }
+            let id = ui.scope_id().with("replace adapter");
+            let mut replace = ui.data(|d| d.get_temp::<bool>(id)).unwrap_or(false);
+            if ui
+                .button("save as PEFT adapter…")
+                .on_hover_text("soft prompt: PROMPT_TUNING; key/value prefix and the paper's prefix: PREFIX_TUNING")
+                .clicked()
+            {
+                if let Some(p) = self.adapter_path(true) {
+                    request = Some(EditorRequest::SaveAdapter(p, replace));
+                }
+            }
+            if ui
+                .checkbox(&mut replace, "replace")
+                .on_hover_text("replace an existing adapter folder")
+                .changed()
+            {
+                ui.data_mut(|d| d.insert_temp(id, replace));
+            }
+        });
+        request
+    }
+
+    /// The typed path, else a folder dialog (a new folder's name for saving).
+    fn adapter_path(&mut self, save: bool) -> Option<PathBuf> {
+        let typed = self.file_path.trim();
+        let path = if typed.is_empty() {
+            let dialog = rfd::FileDialog::new();
+            if save {
+                dialog.set_file_name("adapter").save_file()
+            } else {
+                dialog.pick_folder()
+            }
+        } else {
+            Some(PathBuf::from(typed))
+        };
+        match &path {
+            Some(p) => self.file_path = p.display().to_string(),
+            None => {
+                self.message = Some((
+                    true,
+                    "no folder chosen: type the adapter's path in the box".into(),
+                ))
+            }
+        }
+        path
+    }
+}
