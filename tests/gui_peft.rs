@@ -126,3 +126,32 @@ fn adapter_opened_in_the_app_matches_the_cli_and_bad_ones_keep_the_prefix() {
     assert_eq!(h.state().editor.prefix.as_ref(), Some(&opened));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `prefixscope --adapter DIR` (AppOptions::prefix naming an adapter folder) starts from the adapter,
+/// of the adapter's kind; a refused one leaves the one-line message.
+#[test]
+fn the_window_starts_from_an_adapter() {
+    let dir = temp_dir("gui-peft-start");
+    let start = |adapter: &str| {
+        let opts = AppOptions {
+            model: Some(repo_path("tests/fixtures/peft/tiny-llama")),
+            prefix: Some(repo_path(adapter)),
+            prompt: Some("the cat".into()),
+            session_dir: Some(dir.clone()),
+            fresh: true,
+            ..Default::default()
+        };
+        let mut h = harness(PrefixScopeApp::new(None, opts));
+        step_until(&mut h, "the first views", |a| a.is_current());
+        h
+    };
+    let h = start("tests/fixtures/peft/tiny-llama/p_tuning");
+    assert_eq!(h.state().editor.kind, PrefixKind::SoftPrompt);
+    assert_eq!(h.state().editor.prefix.as_ref().map(|p| p.len()), Some(3));
+    let h = start("tests/fixtures/peft/tiny-llama/cartridge");
+    assert_eq!(h.state().editor.kind, PrefixKind::KeyValue);
+    let h = start("tests/fixtures/peft/tiny-gqa/cartridge");
+    let (is_err, text) = h.state().editor.message.clone().unwrap();
+    assert!(is_err && text.contains("num_layers"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -465,3 +465,51 @@ fn save_adapter_never_replaces_a_folder_silently() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// An adapter saved in bf16 or f16 (PEFT keeps the training dtype) opens exactly as the f32 adapter of
+/// the same rounded numbers; a non-finite number is refused naming the file.
+#[test]
+fn half_precision_and_non_finite_adapters() {
+    use candle_core::{DType, Device, Tensor};
+    let dir = temp_dir("peft-dtypes");
+    let src = fixture("tiny-llama/prefix_tuning");
+    let rows = prefixscope::arrays::read_arrays(&src.join("adapter_model.safetensors")).unwrap()
+        ["prompt_embeddings"]
+        .clone();
+    let t = Tensor::from_slice(&rows.data, rows.shape.as_slice(), &Device::Cpu).unwrap();
+    let write = |name: &str, t: &Tensor| {
+        let d = copy_adapter("tiny-llama/prefix_tuning", &dir.join(name), |_| {});
+        let map = HashMap::from([("prompt_embeddings".to_string(), t.clone())]);
+        candle_core::safetensors::save(&map, d.join("adapter_model.safetensors")).unwrap();
+        d
+    };
+    for dt in [DType::BF16, DType::F16] {
+        let half = t.to_dtype(dt).unwrap();
+        let a = write(&format!("{dt:?}"), &half);
+        let b = write(
+            &format!("{dt:?}-as-f32"),
+            &half.to_dtype(DType::F32).unwrap(),
+        );
+        let (x, _) = attention("tiny-llama", "--adapter", &a, &dir.join("x.npz"), &[]);
+        let (y, _) = attention("tiny-llama", "--adapter", &b, &dir.join("y.npz"), &[]);
+        for (k, v) in &x {
+            assert_eq!(max_diff(v, &y[k]), 0.0, "{dt:?}: {k}");
+        }
+    }
+    let mut bad = rows.data.clone();
+    bad[5] = f32::NAN;
+    let nan = write(
+        "nan",
+        &Tensor::from_vec(bad, rows.shape.as_slice(), &Device::Cpu).unwrap(),
+    );
+    refuse(
+        "tiny-llama",
+        &nan,
+        &[
+            "nan/adapter_model.safetensors",
+            "'prompt_embeddings' element 5 (row 0, column 5)",
+            "finite",
+            "NaN",
+        ],
+    );
+}

@@ -444,7 +444,16 @@ impl PrefixScopeApp {
     fn initial_prefix(&mut self, path: &Path, info: &ModelInfo) -> Prefix {
         let kind_hint = self.opts.prefix_kind;
         if let Some(pf) = self.opts.prefix.take() {
-            match Prefix::load_for(&pf, kind_hint.unwrap_or(PrefixKind::SoftPrompt), info) {
+            // A PEFT adapter (folder or file) carries its own kind; prefix files are never folders.
+            let adapter = pf.is_dir()
+                || crate::peft::is_adapter_path(&pf)
+                || crate::arrays::extension(&pf) == "bin";
+            let opened = if adapter {
+                crate::peft::open(&pf, info, path).map(|a| a.prefix)
+            } else {
+                Prefix::load_for(&pf, kind_hint.unwrap_or(PrefixKind::SoftPrompt), info)
+            };
+            match opened {
                 Ok(p) => return p,
                 Err(e) => self.editor.message = Some((true, e.one_line())),
             }

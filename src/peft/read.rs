@@ -244,6 +244,19 @@ fn read_tensor(path: &Path, p: usize, width: usize) -> Result<Vec<f32>> {
     if out.len() != p * width {
         return Err(Error::shape(path, TENSOR, [p * width], [out.len()]));
     }
+    // Named here by the file's own tensor and flat index (Prefix::check would name our arrays).
+    if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+        return Err(Error::format(
+            path,
+            format!(
+                "tensor '{TENSOR}' element {i} (row {}, column {})",
+                i / width,
+                i % width
+            ),
+            "a finite number",
+            out[i].to_string(),
+        ));
+    }
     Ok(out)
 }
 
