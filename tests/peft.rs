@@ -513,3 +513,45 @@ fn half_precision_and_non_finite_adapters() {
         ],
     );
 }
+
+/// `render` takes `--adapter` and `--save-adapter` too.
+#[test]
+fn render_opens_and_saves_adapters() {
+    let dir = temp_dir("peft-render");
+    let m = fixture("tiny-gqa");
+    let a = fixture("tiny-gqa/prefix_tuning_proj");
+    let out = dir.join("fig.json");
+    let saved = dir.join("again");
+    let ids = ids();
+    let (code, _, err) = run_bin(&[
+        "render",
+        "--model",
+        m.to_str().unwrap(),
+        "--ids",
+        &ids,
+        "--adapter",
+        a.to_str().unwrap(),
+        "--layer",
+        "2",
+        "--head",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+        "--save-adapter",
+        saved.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_file() && saved.join("adapter_model.safetensors").is_file());
+    // PEFT's projected prefix saved back as a plain PREFIX_TUNING adapter: the same numbers.
+    let read = |p: &Path| {
+        prefixscope::arrays::read_arrays(&p.join("adapter_model.safetensors")).unwrap()
+            ["prompt_embeddings"]
+            .clone()
+    };
+    assert_eq!(read(&saved), read(&a));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(saved.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "PREFIX_TUNING");
+    assert_eq!(cfg["prefix_projection"], false);
+}

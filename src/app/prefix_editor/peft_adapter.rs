@@ -6,6 +6,13 @@ use super::{EditorRequest, PrefixEditor};
 use crate::model::{ModelInfo, Transformer};
 use std::path::{Path, PathBuf};
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    Folder,
+    File,
+    NewFolder,
+}
+
 impl PrefixEditor {
     /// Open the adapter at `path` for the model loaded from `model_path`. On success the prefix
     /// becomes the adapter's (one undo step; its kind follows the adapter); on failure the current
@@ -61,7 +68,16 @@ impl PrefixEditor {
                 .on_hover_text("a PEFT adapter folder or its adapter_model.safetensors: the path in the box, else a folder dialog")
                 .clicked()
             {
-                if let Some(p) = self.adapter_path(false) {
+                if let Some(p) = self.adapter_path(Pick::Folder) {
+                    request = Some(EditorRequest::OpenAdapter(p));
+                }
+            }
+            if ui
+                .small_button("file…")
+                .on_hover_text("pick an adapter's adapter_model.safetensors in a file dialog")
+                .clicked()
+            {
+                if let Some(p) = self.adapter_path(Pick::File) {
                     request = Some(EditorRequest::OpenAdapter(p));
                 }
             }
@@ -72,7 +88,7 @@ impl PrefixEditor {
                 .on_hover_text("soft prompt: PROMPT_TUNING; key/value prefix and the paper's prefix: PREFIX_TUNING")
                 .clicked()
             {
-                if let Some(p) = self.adapter_path(true) {
+                if let Some(p) = self.adapter_path(Pick::NewFolder) {
                     request = Some(EditorRequest::SaveAdapter(p, replace));
                 }
             }
@@ -87,15 +103,18 @@ impl PrefixEditor {
         request
     }
 
-    /// The typed path, else a folder dialog (a new folder's name for saving).
-    fn adapter_path(&mut self, save: bool) -> Option<PathBuf> {
+    /// The typed path, else a dialog: an adapter folder, an adapter file, or a new folder's name.
+    /// "file…" always opens its dialog (the box may hold the folder just opened).
+    fn adapter_path(&mut self, pick: Pick) -> Option<PathBuf> {
         let typed = self.file_path.trim();
-        let path = if typed.is_empty() {
+        let path = if typed.is_empty() || pick == Pick::File {
             let dialog = rfd::FileDialog::new();
-            if save {
-                dialog.set_file_name("adapter").save_file()
-            } else {
-                dialog.pick_folder()
+            match pick {
+                Pick::Folder => dialog.pick_folder(),
+                Pick::File => dialog
+                    .add_filter("PEFT adapter", &["safetensors", "json", "bin"])
+                    .pick_file(),
+                Pick::NewFolder => dialog.set_file_name("adapter").save_file(),
             }
         } else {
             Some(PathBuf::from(typed))
@@ -105,7 +124,7 @@ impl PrefixEditor {
             None => {
                 self.message = Some((
                     true,
-                    "no folder chosen: type the adapter's path in the box".into(),
+                    "nothing chosen: type the adapter's path in the box".into(),
                 ))
             }
         }
