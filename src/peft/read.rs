@@ -13,6 +13,8 @@ use crate::model::ModelInfo;
 use crate::prefix::Prefix;
 use std::path::{Path, PathBuf};
 
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// An adapter read for a model.
 #[derive(Debug, Clone)]
 pub struct Adapter {
@@ -87,6 +89,18 @@ fn pickle(path: &Path) -> Error {
 /// Read the adapter at `path` (folder or file) for the model `info` loaded from `model_path`.
 pub fn open(path: &Path, info: &ModelInfo, model_path: &Path) -> Result<Adapter> {
     let (config_path, weights_path) = locate(path)?;
+    // PEFT's configs are under 2 KB; never read an arbitrarily large file into memory.
+    let len = std::fs::metadata(&config_path)
+        .map_err(|e| Error::io(&config_path, e))?
+        .len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(Error::format(
+            &config_path,
+            "size",
+            format!("at most {MAX_CONFIG_BYTES} bytes"),
+            format!("{len} bytes"),
+        ));
+    }
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
     let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         Error::format(
