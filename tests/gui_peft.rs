@@ -44,6 +44,7 @@ fn adapter_opened_in_the_app_matches_the_cli_and_bad_ones_keep_the_prefix() {
     assert_eq!(h.state().editor.kind, PrefixKind::KeyValue);
     let opened: Prefix = h.state().editor.prefix.clone().unwrap();
     assert_eq!(opened.len(), 3);
+    assert_eq!(h.state().editor.recent_adapters, vec![adapter.clone()]);
     step_until(&mut h, "the adapter's views", |a| {
         a.is_current() && a.shown().is_some_and(|c| c.capture.p == 3)
     });
@@ -121,9 +122,22 @@ fn adapter_opened_in_the_app_matches_the_cli_and_bad_ones_keep_the_prefix() {
     h.step();
     let (is_err, text) = h.state().editor.message.clone().unwrap();
     assert!(!is_err, "{text}");
-    // What was saved opens as the same prefix.
+    // What was saved opens as the same prefix, and heads the recent list (refused ones are not in it).
     open_adapter(&mut h, &saved);
     assert_eq!(h.state().editor.prefix.as_ref(), Some(&opened));
+    assert_eq!(
+        h.state().editor.recent_adapters,
+        vec![saved.clone(), adapter.clone()]
+    );
+    // "recent adapters" reopens one.
+    h.get_by_label("recent adapters").click();
+    h.step();
+    h.step();
+    h.get_by_label(&adapter.display().to_string()).click();
+    h.step();
+    let (is_err, text) = h.state().editor.message.clone().unwrap();
+    assert!(!is_err && text.contains("prefix_tuning"), "{text}");
+    assert_eq!(h.state().editor.recent_adapters[0], adapter);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -76,6 +76,8 @@ pub struct PrefixEditor {
     /// Last message (error or confirmation) and whether it is an error.
     pub message: Option<(bool, String)>,
     pub waiting_for_embedding: Option<u32>,
+    /// PEFT adapters opened, newest first (kept in egui's persisted memory; see `peft_adapter`).
+    pub recent_adapters: Vec<PathBuf>,
     undo: Vec<Prefix>,
     redo: Vec<Prefix>,
     /// Where the first visible dimension's slider was drawn (for `--bench-fps` to drag it).
@@ -109,6 +111,7 @@ impl Default for PrefixEditor {
             saved_version: 0,
             message: None,
             waiting_for_embedding: None,
+            recent_adapters: Vec::new(),
             undo: Vec::new(),
             redo: Vec::new(),
             first_slider: None,

@@ -1,10 +1,13 @@
-//! The prefix editor's PEFT adapter row: open an adapter (typed path, else a folder dialog; dropped
-//! folders and files come through [`PrefixEditor::open_adapter`] too) and save the prefix as one.
+//! The prefix editor's PEFT adapter row: open an adapter (typed path, else a folder or file dialog, or
+//! a recent one; dropped folders and files come through [`PrefixEditor::open_adapter`] too) and save
+//! the prefix as one.
 //! Both go out as [`EditorRequest`]s because they need the loaded model, which the editor does not hold.
 
 use super::{EditorRequest, PrefixEditor};
 use crate::model::{ModelInfo, Transformer};
 use std::path::{Path, PathBuf};
+
+const MAX_RECENT: usize = 8;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pick {
@@ -31,6 +34,9 @@ impl PrefixEditor {
                     a.prefix.len()
                 );
                 self.prefix = Some(a.prefix);
+                self.recent_adapters.retain(|x| x != path);
+                self.recent_adapters.insert(0, path.to_path_buf());
+                self.recent_adapters.truncate(MAX_RECENT);
                 self.direction = None;
                 self.clamp_selection(Some(info));
                 self.changed();
@@ -100,7 +106,36 @@ impl PrefixEditor {
                 ui.data_mut(|d| d.insert_temp(id, replace));
             }
         });
+        self.sync_recent(ui);
+        if !self.recent_adapters.is_empty() {
+            egui::ComboBox::from_label("recent adapters")
+                .selected_text("open again…")
+                .show_ui(ui, |ui| {
+                    for p in &self.recent_adapters {
+                        let name = p.display().to_string();
+                        if ui.selectable_label(false, name).clicked() {
+                            request = Some(EditorRequest::OpenAdapter(p.clone()));
+                        }
+                    }
+                });
+        }
         request
+    }
+
+    /// The recent list lives in egui's persisted memory (saved with the window's state): filled from
+    /// it when empty, written back when it changed.
+    fn sync_recent(&mut self, ui: &egui::Ui) {
+        let key = egui::Id::unique("prefixscope recent PEFT adapters");
+        ui.data_mut(|d| {
+            let kept = d.get_persisted::<Vec<PathBuf>>(key);
+            if self.recent_adapters.is_empty() {
+                if let Some(v) = kept {
+                    self.recent_adapters = v;
+                }
+            } else if kept.as_ref() != Some(&self.recent_adapters) {
+                d.insert_persisted(key, self.recent_adapters.clone());
+            }
+        });
     }
 
     /// The typed path, else a dialog: an adapter folder, an adapter file, or a new folder's name.
