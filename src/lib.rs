@@ -20,6 +20,7 @@ pub mod figure;
 pub mod incremental;
 pub mod load;
 pub mod model;
+pub mod peft;
 pub mod prefix;
 pub mod prefix_math;
 pub mod tokenizer;

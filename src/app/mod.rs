@@ -393,7 +393,16 @@ impl PrefixScopeApp {
     fn initial_prefix(&mut self, path: &Path, info: &ModelInfo) -> Prefix {
         let kind_hint = self.opts.prefix_kind;
         if let Some(pf) = self.opts.prefix.take() {
-            match Prefix::load_for(&pf, kind_hint.unwrap_or(PrefixKind::SoftPrompt), info) {
+            // A PEFT adapter (folder or file) carries its own kind; prefix files are never folders.
+            let adapter = pf.is_dir()
+                || crate::peft::is_adapter_path(&pf)
+                || crate::arrays::extension(&pf) == "bin";
+            let opened = if adapter {
+                crate::peft::open(&pf, info, path).map(|a| a.prefix)
+            } else {
+                Prefix::load_for(&pf, kind_hint.unwrap_or(PrefixKind::SoftPrompt), info)
+            };
+            match opened {
                 Ok(p) => return p,
                 Err(e) => self.editor.message = Some((true, e.one_line())),
             }
@@ -519,6 +528,13 @@ impl PrefixScopeApp {
                 .collect()
         });
         for p in dropped {
+            if crate::peft::is_adapter_path(&p) {
+                if let Some(m) = &self.loaded {
+                    let (info, path) = (m.info.clone(), m.path.clone());
+                    self.editor.open_adapter(&p, &info, &path);
+                }
+                continue;
+            }
             let ext = crate::arrays::extension(&p);
             match (&self.loaded, ext.as_str()) {
                 (Some(m), "npz" | "npy") => {
@@ -764,12 +780,20 @@ impl PrefixScopeApp {
         egui::Panel::bottom("checks").show(ui, |ui| self.checks_ui(ui));
         ui.label(egui::RichText::new("Prefix").strong().size(15.0));
         let info = self.loaded.as_ref().map(|l| l.info.clone());
-        if let Some(EditorRequest::Embedding(id)) =
-            self.editor.ui(ui, info.as_ref(), tok.as_deref())
-        {
-            if let Some(m) = &self.loaded {
-                self.worker.embedding(m.model_gen, id);
+        let request = self.editor.ui(ui, info.as_ref(), tok.as_deref());
+        let Some(m) = &self.loaded else { return };
+        match request {
+            Some(EditorRequest::Embedding(id)) => self.worker.embedding(m.model_gen, id),
+            Some(EditorRequest::OpenAdapter(p)) => {
+                let (info, path) = (m.info.clone(), m.path.clone());
+                self.editor.open_adapter(&p, &info, &path);
             }
+            Some(EditorRequest::SaveAdapter(dir, replace)) => {
+                let (model, path) = (m.model.clone(), m.path.clone());
+                self.editor
+                    .save_adapter(&dir, model.as_ref(), &path, replace);
+            }
+            None => {}
         }
     }
 

@@ -57,6 +57,9 @@ pub struct Computed {
 /// A model that finished loading.
 pub struct LoadedModel {
     pub model_gen: u64,
+    /// The model itself, for the little the UI thread computes with it (the keys and values the
+    /// paper's prefix induces, when it is saved as a PEFT adapter).
+    pub model: Arc<dyn Transformer>,
     pub path: PathBuf,
     pub info: ModelInfo,
     pub tokenizer: Arc<Tokenizer>,
@@ -206,9 +209,13 @@ impl Worker {
                         let info = model.info().clone();
                         // The model reaches the compute thread before the UI hears of it, so the
                         // UI's first request for it always finds it installed.
-                        let _ = tx.send(Msg::Install { model_gen, model });
+                        let _ = tx.send(Msg::Install {
+                            model_gen,
+                            model: model.clone(),
+                        });
                         Reply::Loaded(LoadedModel {
                             model_gen,
+                            model,
                             path: loaded.path,
                             info,
                             tokenizer: Arc::new(loaded.tokenizer),

@@ -22,6 +22,11 @@ pub struct Args {
     /// Output file: .npz or .json.
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub save: super::peft::SaveAdapterArgs,
+    /// Replace the --save-adapter folder if it exists (only an adapter folder is replaced).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn parse_layers(s: &str, n_layers: usize) -> prefixscope::Result<LayerSel> {
@@ -98,14 +103,22 @@ pub struct PrefixArgs {
     /// Key/value prefix: arrays `keys` and `values`, shape (n_layers, n_kv_heads, P, head_dim).
     #[arg(long, group = "prefix_kind")]
     pub prefix_kv: Option<PathBuf>,
+    /// A PEFT adapter (its folder or its adapter_model.safetensors): PROMPT_TUNING, P_TUNING,
+    /// PREFIX_TUNING or CARTRIDGE.
+    #[arg(long, group = "prefix_kind")]
+    pub adapter: Option<PathBuf>,
 }
 
 impl PrefixArgs {
-    /// The named prefix, checked against the model.
+    /// The named prefix, checked against the model (loaded from `model_path`).
     pub fn load(
         &self,
         info: &prefixscope::model::ModelInfo,
+        model_path: &std::path::Path,
     ) -> prefixscope::Result<Option<Prefix>> {
+        if let Some(f) = &self.adapter {
+            return super::peft::open_adapter(f, info, model_path).map(Some);
+        }
         Ok(match (&self.soft_prompt, &self.prefix, &self.prefix_kv) {
             (Some(f), _, _) => Some(Prefix::load_for(f, PrefixKind::SoftPrompt, info)?),
             (_, Some(f), _) => Some(Prefix::load_for(f, PrefixKind::Hidden, info)?),
@@ -116,6 +129,7 @@ impl PrefixArgs {
 }
 
 pub fn run(a: Args) -> prefixscope::Result<()> {
+    a.save.check(a.force)?;
     let loaded = load::load_with(
         &a.model,
         &load::LoadControl {
@@ -125,7 +139,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     )?;
     let info = loaded.model.info().clone();
     let ids = a.prompt.ids(&loaded)?;
-    let prefix = a.prefix.load(&info)?;
+    let prefix = a.prefix.load(&info, &loaded.path)?;
+    a.save.save(prefix.as_ref(), &loaded, a.force)?;
     let layers = parse_layers(&a.layers, info.n_layers)?;
     let cap = capture(loaded.model.as_ref(), &ids, prefix.as_ref(), &layers)?;
     let named = cap.named_arrays();

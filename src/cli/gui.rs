@@ -17,6 +17,9 @@ pub struct GuiArgs {
     /// Start from this prefix file (.npz/.npy/.safetensors); its kind comes from --prefix-kind.
     #[arg(long)]
     pub prefix: Option<PathBuf>,
+    /// Start from this PEFT adapter (folder or adapter_model.safetensors; its kind is the adapter's).
+    #[arg(long, conflicts_with = "prefix")]
+    pub adapter: Option<PathBuf>,
     /// Kind of the --prefix file: soft, hidden (the paper's per-layer prefix) or kv.
     #[arg(long, value_parser = ["soft", "hidden", "kv"])]
     pub prefix_kind: Option<String>,
@@ -87,7 +90,8 @@ impl GuiArgs {
         }
         Ok(AppOptions {
             model: self.model,
-            prefix: self.prefix,
+            // An adapter folder is recognised by its adapter_config.json when the prefix is opened.
+            prefix: self.adapter.or(self.prefix),
             prefix_kind: self.prefix_kind.as_deref().map(|k| match k {
                 "hidden" => PrefixKind::Hidden,
                 "kv" => PrefixKind::KeyValue,

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod figures;
 pub mod gui;
 pub mod inspect;
+pub mod peft;
 pub mod render;
 pub mod train;
 

@@ -42,7 +42,9 @@ pub struct Args {
     /// Figure title (default: "Layer L, head H").
     #[arg(long)]
     pub title: Option<String>,
-    /// Replace --out if it exists.
+    #[command(flatten)]
+    pub save: super::peft::SaveAdapterArgs,
+    /// Replace --out (and the --save-adapter folder, when it is an adapter folder) if it exists.
     #[arg(long)]
     pub force: bool,
 }
@@ -50,6 +52,7 @@ pub struct Args {
 pub fn run(a: Args) -> prefixscope::Result<()> {
     // Check the cheap things before loading a model.
     figure::ensure_writable(&a.out, a.force)?;
+    a.save.check(a.force)?;
     let annotate = match a.values.as_str() {
         "auto" => Annotate::Auto,
         "always" => Annotate::Always,
@@ -80,7 +83,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         ));
     }
     let ids = a.prompt.ids(&loaded)?;
-    let prefix = a.prefix.load(&info)?;
+    let prefix = a.prefix.load(&info, &loaded.path)?;
+    a.save.save(prefix.as_ref(), &loaded, a.force)?;
     let views = match asked_views {
         Some(v) => v,
         None if prefix.is_some() => vec![

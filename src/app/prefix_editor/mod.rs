@@ -3,6 +3,7 @@
 //! tools, prefix files, and undo/redo. The state (`PrefixEditor`, here) is apart from the drawing
 //! (`ui.rs`); the vector maths is the library's (`crate::prefix_math`).
 
+mod peft_adapter;
 mod ui;
 
 use crate::model::ModelInfo;
@@ -43,6 +44,11 @@ pub struct Interpolation {
 pub enum EditorRequest {
     /// The embedding row of this token id.
     Embedding(u32),
+    /// Open this PEFT adapter (folder or file) for the loaded model ([`PrefixEditor::open_adapter`]).
+    OpenAdapter(PathBuf),
+    /// Save the prefix as a PEFT adapter folder, replacing an adapter folder there when the flag is
+    /// set ([`PrefixEditor::save_adapter`]).
+    SaveAdapter(PathBuf, bool),
 }
 
 pub struct PrefixEditor {
@@ -71,6 +77,8 @@ pub struct PrefixEditor {
     /// Last message (error or confirmation) and whether it is an error.
     pub message: Option<(bool, String)>,
     pub waiting_for_embedding: Option<u32>,
+    /// PEFT adapters opened, newest first (kept in egui's persisted memory; see `peft_adapter`).
+    pub recent_adapters: Vec<PathBuf>,
     undo: Vec<Prefix>,
     redo: Vec<Prefix>,
     /// Where the first visible dimension's slider was drawn (for `--bench-fps` to drag it).
@@ -104,6 +112,7 @@ impl Default for PrefixEditor {
             saved_version: 0,
             message: None,
             waiting_for_embedding: None,
+            recent_adapters: Vec::new(),
             undo: Vec::new(),
             redo: Vec::new(),
             first_slider: None,

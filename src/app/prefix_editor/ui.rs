@@ -215,6 +215,9 @@ impl PrefixEditor {
         });
         self.interpolation_ui(ui, info);
         self.files_ui(ui, info);
+        if let Some(r) = self.adapter_ui(ui) {
+            request = Some(r);
+        }
         ui.horizontal(|ui| {
             if ui
                 .add_enabled(self.can_undo(), egui::Button::new("↶ undo"))
