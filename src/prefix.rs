@@ -10,8 +10,19 @@
 pub use crate::arrays::Array;
 use crate::arrays::{read_arrays, write_arrays};
 use crate::error::{Error, Result};
-use crate::model::ModelInfo;
 use std::path::Path;
+
+/// The sizes a prefix is checked against: what a model tells about itself (implemented by
+/// [`crate::model::ModelInfo`]). A trait here, so that this module does not depend on the models that
+/// take a prefix as input.
+pub trait PrefixSizes {
+    fn n_layers(&self) -> usize;
+    fn d_model(&self) -> usize;
+    fn n_kv_heads(&self) -> usize;
+    fn head_dim(&self) -> usize;
+    /// Longest sequence (prefix + content) the model accepts; `None` when unbounded.
+    fn max_positions(&self) -> Option<usize>;
+}
 
 /// The first NaN or infinity of `a`, refused naming the array and its flat index.
 fn finite(source: &Path, name: &str, a: &Array) -> Result<()> {
@@ -119,12 +130,14 @@ impl Prefix {
     }
 
     /// A zero prefix of the given kind and length for `info`.
-    pub fn zeros(kind: PrefixKind, p: usize, info: &ModelInfo) -> Self {
+    pub fn zeros(kind: PrefixKind, p: usize, info: &impl PrefixSizes) -> Self {
         match kind {
-            PrefixKind::SoftPrompt => Prefix::SoftPrompt(Array::zeros(&[p, info.d_model])),
-            PrefixKind::Hidden => Prefix::Hidden(Array::zeros(&[info.n_layers, p, info.d_model])),
+            PrefixKind::SoftPrompt => Prefix::SoftPrompt(Array::zeros(&[p, info.d_model()])),
+            PrefixKind::Hidden => {
+                Prefix::Hidden(Array::zeros(&[info.n_layers(), p, info.d_model()]))
+            }
             PrefixKind::KeyValue => {
-                let s = [info.n_layers, info.n_kv_heads, p, info.head_dim];
+                let s = [info.n_layers(), info.n_kv_heads(), p, info.head_dim()];
                 Prefix::KeyValue {
                     keys: Array::zeros(&s),
                     values: Array::zeros(&s),
@@ -134,16 +147,16 @@ impl Prefix {
     }
 
     /// Expected shapes of this kind for `info` (for messages and checks).
-    pub fn expected_shape(kind: PrefixKind, p: usize, info: &ModelInfo) -> Vec<usize> {
+    pub fn expected_shape(kind: PrefixKind, p: usize, info: &impl PrefixSizes) -> Vec<usize> {
         match kind {
-            PrefixKind::SoftPrompt => vec![p, info.d_model],
-            PrefixKind::Hidden => vec![info.n_layers, p, info.d_model],
-            PrefixKind::KeyValue => vec![info.n_layers, info.n_kv_heads, p, info.head_dim],
+            PrefixKind::SoftPrompt => vec![p, info.d_model()],
+            PrefixKind::Hidden => vec![info.n_layers(), p, info.d_model()],
+            PrefixKind::KeyValue => vec![info.n_layers(), info.n_kv_heads(), p, info.head_dim()],
         }
     }
 
     /// Check that this prefix fits `info`; `source` names the file (or "prefix") in messages.
-    pub fn check(&self, info: &ModelInfo, source: &Path) -> Result<()> {
+    pub fn check(&self, info: &impl PrefixSizes, source: &Path) -> Result<()> {
         let p = self.len();
         let arrays: Vec<(&str, &Array)> = match self {
             Prefix::SoftPrompt(a) => vec![("soft_prompt", a)],
@@ -168,7 +181,7 @@ impl Prefix {
                 "0",
             ));
         }
-        if let Some(maxp) = info.max_positions {
+        if let Some(maxp) = info.max_positions() {
             if p >= maxp {
                 return Err(Error::input(
                     format!("{}: prefix length", source.display()),
@@ -233,7 +246,7 @@ impl Prefix {
     }
 
     /// Load and check against the model in one step.
-    pub fn load_for(path: &Path, kind: PrefixKind, info: &ModelInfo) -> Result<Self> {
+    pub fn load_for(path: &Path, kind: PrefixKind, info: &impl PrefixSizes) -> Result<Self> {
         let p = Prefix::load(path, kind)?;
         p.check(info, path)?;
         Ok(p)

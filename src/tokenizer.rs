@@ -93,18 +93,32 @@ impl Tokenizer {
         let made = if path.exists() {
             Self::from_file(path, bos_id)
         } else {
-            Err(Error::missing(path, "tokenizer.json"))
+            Err(Error::format(
+                path,
+                "tokenizer",
+                "tokenizer.json beside config.json",
+                "no such file",
+            ))
         };
         made.unwrap_or_else(|e| Self::unavailable(e, Vec::new(), bos_id))
     }
 
     fn unavailable(e: Error, tokens: Vec<String>, bos_id: Option<u32>) -> Self {
+        // No warning printed here: the library does not write to the terminal. Callers that take
+        // token ids say it ([`Tokenizer::unavailable_reason`]); text is refused with the reason.
         let reason = e.one_line();
-        eprintln!("warning: no tokenizer, token ids only (--ids): {reason}");
         Tokenizer::Unavailable {
             reason,
             tokens,
             bos_id,
+        }
+    }
+
+    /// Why there is no tokenizer (token ids only), or `None` when there is one.
+    pub fn unavailable_reason(&self) -> Option<&str> {
+        match self {
+            Tokenizer::Unavailable { reason, .. } => Some(reason),
+            _ => None,
         }
     }
 

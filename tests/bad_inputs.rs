@@ -170,7 +170,36 @@ fn prompt_longer_than_the_context() {
 fn folder_without_its_tokenizer() {
     let dir = temp_dir("bad-tokenizer");
     let m = tiny_copy(&dir, &["tokenizer.json"]);
-    assert_clean_error(&["inspect", "--model", s(&m)], &["tokenizer.json"]);
+    // Text cannot be tokenized: refused, naming the missing file.
+    let out = dir.join("text.json");
+    assert_clean_error(
+        &[
+            "attention",
+            "--model",
+            s(&m),
+            "--text",
+            "hello",
+            "--out",
+            s(&out),
+        ],
+        &["tokenizer.json"],
+    );
+    // Token ids need no tokenizer (the model-families issue): the run goes on with a warning
+    // naming the file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_prefixscope"))
+        .args(["attention", "--model", s(&m), "--ids", "1,2", "--out"])
+        .arg(dir.join("ids.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "--ids without tokenizer.json: {stderr}"
+    );
+    assert!(
+        stderr.contains("warning") && stderr.contains("tokenizer.json"),
+        "{stderr}"
+    );
 }
 
 #[test]

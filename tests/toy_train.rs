@@ -301,7 +301,7 @@ fn resuming_a_mismatched_file_is_refused() {
         "{err}"
     );
     // A prefix-tuning run resuming a pretrained model's file.
-    let err = train::prefix::run(
+    let err = train::prefix_tuning::run(
         &out,
         &opts(&out, Task::Descending, 6, 3e-2, 1, 0.01),
         1.0,

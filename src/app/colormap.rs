@@ -1,4 +1,4 @@
-//! Colour maps (from real tables, see `colormap_tables.rs`) and the value scales of the heatmaps.
+//! The value scales of the heatmaps (linear, log, power) and egui colours from the library's maps (`crate::colormap`).
 
 use egui::Color32;
 

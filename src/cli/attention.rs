@@ -85,7 +85,12 @@ impl PromptArgs {
     pub fn ids(&self, loaded: &load::Loaded) -> prefixscope::Result<Vec<u32>> {
         match (&self.text, &self.ids) {
             (Some(t), _) => loaded.tokenizer.encode(t, self.bos),
-            (None, Some(raw)) => parse_ids(raw),
+            (None, Some(raw)) => {
+                if let Some(why) = loaded.tokenizer.unavailable_reason() {
+                    eprintln!("warning: no tokenizer, token ids only (--ids): {why}");
+                }
+                parse_ids(raw)
+            }
             (None, None) => Err(Error::input("prompt", "--text or --ids", "neither")),
         }
     }

@@ -9,9 +9,9 @@
 //! batched, differentiable training forward ([`Gpt::logits`]), so what is trained is what is shown.
 
 use super::attention::{attend, concat_heads, content_rows};
+use super::stepper::{ContentKv, Stepper};
 use super::{Arch, LayerRun, LayerSel, ModelInfo, Run, Transformer};
 use crate::error::{Error, Result};
-use crate::incremental::{ContentKv, Stepper};
 use crate::prefix::Prefix;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -646,7 +646,7 @@ impl Transformer for Gpt {
         };
         self.check_len("prompt length", p + ids.len())?;
         let pt = prefix.map(PrefixTensors::from_prefix).transpose()?;
-        crate::incremental::on_compute_pool(self, p + ids.len(), || {
+        super::stepper::on_compute_pool(self, p + ids.len(), || {
             self.run_one(ids, pt.as_ref(), p, layers)
         })
     }
@@ -656,7 +656,7 @@ impl Transformer for Gpt {
         // The content stays at p..p+n with the placeholder token (id 0, as in training) before it.
         let mut all = vec![0u32; p];
         all.extend_from_slice(ids);
-        crate::incremental::on_compute_pool(self, all.len(), || self.run_one(&all, None, p, layers))
+        super::stepper::on_compute_pool(self, all.len(), || self.run_one(&all, None, p, layers))
     }
 
     fn blas_projections(&self) -> bool {

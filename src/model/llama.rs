@@ -15,9 +15,9 @@
 
 use super::attention::concat_heads;
 use super::rope::{Rope, RopeScaling, RopeTables};
+use super::stepper::{ContentKv, Stepper};
 use super::{Arch, LayerSel, ModelInfo, Run, Transformer};
 use crate::error::{Error, Result};
-use crate::incremental::{ContentKv, Stepper};
 use crate::prefix::Prefix;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -934,8 +934,8 @@ impl Llama {
 
     fn run(&self, ids: &[u32], prefix: Option<&Prefix>, sel: &LayerSel) -> Result<Run> {
         let positions = ids.len() + prefix.map_or(0, |p| p.len());
-        crate::incremental::on_compute_pool(self, positions, || {
-            crate::incremental::full_run(self, ids, prefix, sel)
+        super::stepper::on_compute_pool(self, positions, || {
+            super::stepper::full_run(self, ids, prefix, sel)
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod family;
 pub mod gpt;
 pub mod llama;
 pub mod rope;
+pub mod stepper;
 pub mod train_ops;
 
 use crate::error::Result;
@@ -56,6 +57,24 @@ pub struct ModelInfo {
     pub dtype: String,
     /// Where the weights came from, e.g. "gguf", "hf-folder", "toy-safetensors".
     pub source: String,
+}
+
+impl crate::prefix::PrefixSizes for ModelInfo {
+    fn n_layers(&self) -> usize {
+        self.n_layers
+    }
+    fn d_model(&self) -> usize {
+        self.d_model
+    }
+    fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+    fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    fn max_positions(&self) -> Option<usize> {
+        self.max_positions
+    }
 }
 
 /// Which layers to capture (all layers always run; only these keep their matrices).
@@ -114,7 +133,7 @@ pub trait Transformer: Send + Sync {
     fn token_embedding(&self, id: u32) -> Result<Vec<f32>>;
 
     /// True when the big projections run on OpenBLAS, whose own threads then do the parallel work
-    /// (see [`crate::incremental::on_compute_pool`]).
+    /// (see [`stepper::on_compute_pool`]).
     fn blas_projections(&self) -> bool {
         false
     }
@@ -126,7 +145,7 @@ pub trait Transformer: Send + Sync {
     }
 
     /// Layer-by-layer access for the incremental evaluator; `None` means "recompute everything".
-    fn stepper(&self) -> Option<&dyn crate::incremental::Stepper> {
+    fn stepper(&self) -> Option<&dyn stepper::Stepper> {
         None
     }
 

@@ -282,9 +282,12 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
-        use rand::SeedableRng;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        crate::train::randn(&mut rng, shape, 1.5).unwrap()
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = crate::prefix_math::gaussian(seed, n)
+            .iter()
+            .map(|x| 1.5 * x)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
     /// Value and input gradient of `f` on `x`, with a fixed random upstream gradient.

@@ -1,0 +1,219 @@
+//! Layer-by-layer access to a model ([`Stepper`]) and one forward pass through it ([`full_run`]):
+//! the pieces the whole-run path and the incremental evaluator (`crate::incremental`) share, so the
+//! two can never compute attention differently. It lives with the models because every family
+//! implements [`Stepper`]; the evaluator sits above it and caches its results.
+
+use super::attention::{attend, causal_softmax_stats, content_rows, repeat_kv};
+use super::{LayerRun, LayerSel, Run, Transformer};
+use crate::error::Result;
+use crate::prefix::Prefix;
+use candle_core::Tensor;
+
+/// One layer's content queries (rotated), keys (rotated) and values: `(H, T, hd)`, `(KV, T, hd)`.
+#[derive(Debug, Clone)]
+pub struct ContentKv {
+    pub q: Tensor,
+    pub k: Tensor,
+    pub v: Tensor,
+    pub scale: f64,
+    /// The content-only attention of these queries, made on first use (see [`attend_split`]).
+    content_attn: std::sync::OnceLock<ContentAttn>,
+}
+
+/// What the paper's identity needs from a layer whose inputs a prefix edit cannot change: the
+/// attention over the content alone (the pretrained pattern of this layer's inputs) and its per-row
+/// log-sum-exp.
+#[derive(Debug, Clone)]
+struct ContentAttn {
+    /// `(H, T, T)` row-major, causal.
+    renorm: Vec<f32>,
+    /// `(H * T)`: each content row's max score and its softmax denominator relative to that max,
+    /// kept apart (and in f64) so that combining with prefix scores loses no precision when
+    /// scores are large.
+    max: Vec<f64>,
+    sum: Vec<f64>,
+}
+
+impl ContentKv {
+    pub fn new(q: Tensor, k: Tensor, v: Tensor, scale: f64) -> Result<Self> {
+        Ok(ContentKv {
+            q,
+            k,
+            v,
+            scale,
+            content_attn: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Drop the cached `T x T` content attention (kept only for layers on screen: memory at large N).
+    pub fn forget_content_attn(&mut self) {
+        self.content_attn.take();
+    }
+
+    fn content_attn(&self) -> Result<&ContentAttn> {
+        if let Some(c) = self.content_attn.get() {
+            return Ok(c);
+        }
+        let h = self.q.dim(0)?;
+        let n_rep = h / self.k.dim(0)?;
+        let scores = (self.q.matmul(&repeat_kv(&self.k, n_rep)?.t()?)? * self.scale)?;
+        let (renorm, max, sum) = causal_softmax_stats(&scores, 0)?;
+        let c = ContentAttn {
+            renorm,
+            max: max.into_iter().map(f64::from).collect(),
+            sum: sum.into_iter().map(f64::from).collect(),
+        };
+        Ok(self.content_attn.get_or_init(|| c))
+    }
+}
+
+/// Attention over `[prefix | content]` from the cached content attention, by the paper's identity:
+/// with `a_i` the prefix mass, the content part is `(1 - a_i)` times the content-only pattern. A
+/// prefix edit then needs only the `T x P` prefix scores, not new `T x T` scores and softmax. The head
+/// output is taken as `probs @ values` like the full path, so that both agree to rounding of the
+/// probabilities (the property test checks 1e-6).
+pub fn attend_split(c: &ContentKv, pk: &Tensor, pv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let ca = c.content_attn()?;
+    let (h, t, _) = c.q.dims3()?;
+    let p = pk.dim(1)?;
+    let n_rep = h / c.k.dim(0)?;
+    let sp = (c.q.matmul(&repeat_kv(pk, n_rep)?.t()?)? * c.scale)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut probs = vec![0f32; h * t * (p + t)];
+    for r in 0..h * t {
+        let s = &sp[r * p..(r + 1) * p];
+        let m = s.iter().map(|&x| x as f64).fold(ca.max[r], f64::max);
+        let content = (ca.max[r] - m).exp() * ca.sum[r];
+        let z: f64 = content + s.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>();
+        let row = &mut probs[r * (p + t)..(r + 1) * (p + t)];
+        for k in 0..p {
+            row[k] = ((s[k] as f64 - m).exp() / z) as f32;
+        }
+        let frac = content / z; // 1 - a_i
+        for (dst, &src) in row[p..].iter_mut().zip(&ca.renorm[r * t..(r + 1) * t]) {
+            *dst = (frac * src as f64) as f32;
+        }
+    }
+    let probs = Tensor::from_vec(probs, (h, t, p + t), c.q.device())?;
+    let values = Tensor::cat(&[pv, &c.v], 1)?;
+    let z = probs.matmul(&repeat_kv(&values, n_rep)?.contiguous()?)?;
+    Ok((z, probs, values))
+}
+
+/// Layer-by-layer access to a model, in the order a forward pass uses it.
+pub trait Stepper: Send + Sync {
+    /// The residual stream entering layer 0 and the position of its first row.
+    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)>;
+    /// Layer `l`'s content queries, keys and values for input `x` whose first row is at `pos0`.
+    fn layer_content(&self, l: usize, x: &Tensor, pos0: usize) -> Result<ContentKv>;
+    /// Layer `l`'s prefix keys and values `(KV, P, hd)` (none for a soft prompt: it is in the stream).
+    fn prefix_kv(&self, l: usize, prefix: Option<&Prefix>) -> Result<Option<(Tensor, Tensor)>>;
+    /// Output projection, residual and MLP of layer `l`, given its attention output `z (H, T, hd)`.
+    fn layer_finish(&self, l: usize, x: &Tensor, z: &Tensor) -> Result<Tensor>;
+    /// Logits at the final position of the stream after the last layer.
+    fn logits_last(&self, x: &Tensor) -> Result<Tensor>;
+    fn n_layers(&self) -> usize;
+}
+
+/// Attention of the cached content queries over `[prefix | content]` keys: one softmax over the
+/// concatenated scores `q [pk | k]^T * scale` (prefix columns open, content columns causal), as the
+/// reference implementations compute it (HF `past_key_values`, `docs/conventions.md` rules 4, 6, 7).
+/// Returns `(z (H, T, hd), probs (H, T, P + T), values (KV, P + T, hd))`.
+///
+/// Without a prefix the content-only softmax is made once per layer input and kept in [`ContentKv`]
+/// (the split path reuses it).
+pub fn attend_cached(
+    c: &ContentKv,
+    extra: Option<&(Tensor, Tensor)>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    match extra {
+        Some((pk, pv)) => {
+            let p = pk.dim(1)?;
+            let keys = Tensor::cat(&[pk, &c.k], 1)?;
+            let values = Tensor::cat(&[pv, &c.v], 1)?;
+            let (z, probs) = attend(&c.q, &keys, &values, p, c.scale)?;
+            Ok((z, probs, values))
+        }
+        None => {
+            let ca = c.content_attn()?;
+            let (h, t, _) = c.q.dims3()?;
+            let n_rep = h / c.k.dim(0)?;
+            let probs = Tensor::from_slice(&ca.renorm, (h, t, t), c.q.device())?;
+            let z = probs.matmul(&repeat_kv(&c.v, n_rep)?.contiguous()?)?;
+            Ok((z, probs, c.v.clone()))
+        }
+    }
+}
+
+/// One full forward pass through a [`Stepper`].
+pub fn full_run(
+    m: &dyn Stepper,
+    ids: &[u32],
+    prefix: Option<&Prefix>,
+    sel: &LayerSel,
+) -> Result<Run> {
+    let n = ids.len();
+    let (mut x, pos0) = m.embed_input(ids, prefix)?;
+    let mut layers = Vec::new();
+    for l in 0..m.n_layers() {
+        let c = m.layer_content(l, &x, pos0)?;
+        let extra = m.prefix_kv(l, prefix)?;
+        let (z, probs, values) = attend_cached(&c, extra.as_ref())?;
+        if sel.contains(l) {
+            layers.push(LayerRun {
+                layer: l,
+                pattern: content_rows(&probs, n)?,
+                values,
+                z: content_rows(&z, n)?,
+            });
+        }
+        x = m.layer_finish(l, &x, &z)?;
+    }
+    Ok(Run {
+        p: prefix.map_or(0, |p| p.len()),
+        n,
+        layers,
+        logits_last: m.logits_last(&x)?,
+    })
+}
+
+/// Below this many multiply-adds per pass (parameters x positions), candle's ops run on one thread.
+const SERIAL_MAX_MACS: f64 = 1e8;
+
+/// Runs `f`, a pass of `model` over `positions` tokens, with candle's ops on one thread when that is
+/// faster on these 2-core machines:
+/// - a small model's pass is a few hundred tiny ops, and waking the pool for each costs more than the
+///   op (a 4-layer toy update: 1.3 ms on 2 threads, 0.9 ms on one);
+/// - when OpenBLAS does the projections, its threads do the parallel part, and candle's competing
+///   with them for the cores slows both (SmolLM2 at N = 128: 0.22-0.23 s, 0.21-0.23 s with candle on
+///   one thread) until the N x N attention is big enough to be worth splitting (N = 512: 1.07 s on
+///   every core, 1.30 s with candle on one).
+///
+/// Otherwise candle keeps every core.
+pub fn on_compute_pool<R: Send>(
+    model: &dyn Transformer,
+    positions: usize,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    let work = model.info().n_params as f64 * positions as f64;
+    let serial = work < SERIAL_MAX_MACS || (model.blas_projections() && positions <= 256);
+    match serial_pool().filter(|_| serial) {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
+/// A one-thread rayon pool: inside it candle's parallel loops run inline.
+/// `None` when the OS refused the thread (updates then run where they are called).
+fn serial_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "prefixscope-serial".into())
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
