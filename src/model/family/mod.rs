@@ -688,10 +688,15 @@ pub fn gguf_rope(
                     "1 (as transformers)",
                 );
             }
+            // llama.cpp multiplies its own YaRN scale by this factor; transformers' attention_factor
+            // replaces it. Which one a file means is not stated: refuse rather than guess.
+            if let Some(a) = attn.filter(|a| *a != 1.0) {
+                return refuse("rope.scaling.attn_factor", a.to_string(), "1 with yarn scaling");
+            }
             Some(RopeScaling::Yarn {
                 factor: f,
                 original_max_position_embeddings: orig as f64,
-                attention_factor: attn,
+                attention_factor: None,
                 beta_fast: beta_fast.unwrap_or(32.0),
                 beta_slow: beta_slow.unwrap_or(1.0),
                 mscale: None,
