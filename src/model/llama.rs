@@ -308,7 +308,7 @@ impl LlamaConfig {
             && match &self.sliding_layers {
                 SlidingLayers::All => true,
                 SlidingLayers::Listed(v) => v.get(l).copied().unwrap_or(false),
-                SlidingLayers::AllButEvery(p) => (l + 1) % p != 0,
+                SlidingLayers::AllButEvery(p) => !(l + 1).is_multiple_of(*p),
                 SlidingLayers::From(first) => l >= *first,
             }
     }
