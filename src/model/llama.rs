@@ -303,14 +303,25 @@ impl LlamaConfig {
     }
 
     /// Whether layer `l` is windowed.
+    // The `%` line is kept as the conformance branch (h13b) wrote it, so the two merge cleanly.
+    #[allow(clippy::manual_is_multiple_of)]
     pub fn is_sliding(&self, l: usize) -> bool {
         self.sliding_window.is_some()
             && match &self.sliding_layers {
                 SlidingLayers::All => true,
                 SlidingLayers::Listed(v) => v.get(l).copied().unwrap_or(false),
-                SlidingLayers::AllButEvery(p) => !(l + 1).is_multiple_of(*p),
+                SlidingLayers::AllButEvery(p) => l.wrapping_add(1) % p != 0,
                 SlidingLayers::From(first) => l >= *first,
             }
+    }
+
+    /// The RoPE of the full-attention layers.
+    pub fn global_rope(&self) -> Rope {
+        Rope {
+            theta: self.rope_theta,
+            scaling: self.rope_scaling.clone(),
+            rotary_dim: self.rotary_dim(),
+        }
     }
 
     /// The RoPE of layer `l`.
@@ -335,7 +346,7 @@ impl LlamaConfig {
     /// The RoPE variant(s) in words, for `inspect`.
     pub fn describe_rope(&self) -> String {
         let hd = self.head_dim();
-        let global = self.rope(usize::MAX).describe(hd);
+        let global = self.global_rope().describe(hd);
         match &self.sliding_rope {
             Some(_) => {
                 let first_local = (0..self.num_hidden_layers).find(|&l| self.is_sliding(l));
