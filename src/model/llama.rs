@@ -303,14 +303,12 @@ impl LlamaConfig {
     }
 
     /// Whether layer `l` is windowed.
-    // The `%` line is kept as the conformance branch (h13b) wrote it, so the two merge cleanly.
-    #[allow(clippy::manual_is_multiple_of)]
     pub fn is_sliding(&self, l: usize) -> bool {
         self.sliding_window.is_some()
             && match &self.sliding_layers {
                 SlidingLayers::All => true,
                 SlidingLayers::Listed(v) => v.get(l).copied().unwrap_or(false),
-                SlidingLayers::AllButEvery(p) => l.wrapping_add(1) % p != 0,
+                SlidingLayers::AllButEvery(p) => !l.wrapping_add(1).is_multiple_of(*p),
                 SlidingLayers::From(first) => l >= *first,
             }
     }
