@@ -174,13 +174,22 @@ fn an_unknown_pre_tokenizer_is_refused_by_name() {
 fn without_a_tokenizer_ids_still_work_and_text_is_refused_with_the_reason() {
     let path = fixtures().join("tiny_bpe.gguf");
     let c = with_pre(content(&path), Some("no-such-split"));
-    let tok = Tokenizer::from_gguf_or_ids_only(&path, &c);
+    let tok = Tokenizer::from_gguf_or_ids_only(&path, &c).unwrap();
     assert!(matches!(tok, Tokenizer::Unavailable { .. }));
     let e = tok.encode("hello", false).err().unwrap().one_line();
     assert!(e.contains("--ids") && e.contains("no-such-split"), "{e}");
     // Ids are labelled with the vocabulary's own strings.
     assert_eq!(tok.labels(&[2]), ["<tool>"]);
     assert!(tok.describe().contains("token ids only"));
+    // Malformed tokenizer metadata is a broken file: refused, not degraded.
+    let mut c = content(&path);
+    c.metadata
+        .insert("tokenizer.ggml.tokens".into(), Value::U32(7));
+    let e = Tokenizer::from_gguf_or_ids_only(&path, &c)
+        .err()
+        .unwrap()
+        .one_line();
+    assert!(e.contains("tokenizer.ggml.tokens"), "{e}");
 }
 
 #[test]

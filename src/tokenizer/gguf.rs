@@ -225,7 +225,15 @@ impl GgufTokenizer {
     /// llama.cpp would compute differently from us.
     pub fn from_gguf(path: &Path, c: &Content) -> Result<Self> {
         let model = match key(c, "tokenizer.ggml.model") {
-            None => return Err(Error::missing(path, "tokenizer.ggml.model (metadata)")),
+            // No tokenizer at all (a file converted without its vocabulary).
+            None => {
+                return Err(Error::unsupported(
+                    path,
+                    "tokenizer",
+                    "none (no tokenizer.ggml.model)",
+                    "gpt2 (byte-level BPE), llama (SentencePiece)",
+                ))
+            }
             Some(v) => v
                 .to_string()
                 .map_err(|_| {
@@ -238,8 +246,14 @@ impl GgufTokenizer {
                 })?
                 .clone(),
         };
-        let mut tokens = string_array(path, c, "tokenizer.ggml.tokens")?
-            .ok_or_else(|| Error::missing(path, "tokenizer.ggml.tokens (metadata)"))?;
+        let mut tokens = string_array(path, c, "tokenizer.ggml.tokens")?.ok_or_else(|| {
+            bad(
+                path,
+                "tokenizer.ggml.tokens",
+                "the vocabulary",
+                "no such key",
+            )
+        })?;
         let n = tokens.len();
         if n == 0 || n > u32::MAX as usize / 2 {
             return Err(bad(
@@ -315,8 +329,14 @@ impl GgufTokenizer {
                         known_tags(),
                     ));
                 };
-                let merges = string_array(path, c, "tokenizer.ggml.merges")?
-                    .ok_or_else(|| Error::missing(path, "tokenizer.ggml.merges (metadata)"))?;
+                let merges = string_array(path, c, "tokenizer.ggml.merges")?.ok_or_else(|| {
+                    bad(
+                        path,
+                        "tokenizer.ggml.merges",
+                        "the BPE merges",
+                        "no such key",
+                    )
+                })?;
                 let inner = build_bpe(path, &tokens, &merges, p)?;
                 (
                     Kind::Bpe {
