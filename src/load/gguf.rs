@@ -1,6 +1,8 @@
-//! GGUF files of architecture `llama`: metadata mapped onto [`LlamaConfig`], every tensor dequantized to
-//! f32, and the query/key row permutation of llama.cpp's converter undone so that GGUF and Hugging Face
-//! checkpoints share one internal layout (rotate-half RoPE).
+//! GGUF files of every registered family ([`crate::model::family`]): metadata mapped onto [`LlamaConfig`]
+//! by the family reading `general.architecture` (every `{arch}.*` key implemented or refused by name),
+//! every tensor of the file read or refused by name, tensors dequantized to f32 (or kept in their blocks),
+//! and llama.cpp's query/key row permutation undone for the families whose converter applied it, so
+//! that GGUF and Hugging Face checkpoints share one internal layout (rotate-half RoPE).
 
 use super::{LoadControl, Loaded};
 use crate::error::{Error, Result};

@@ -1,8 +1,8 @@
 //! Open a checkpoint: detect its format from the path, load weights and tokenizer.
 //!
 //! - a directory: a Hugging Face folder (`config.json`, `model.safetensors` or a sharded index,
-//!   `tokenizer.json`), `model_type` `llama` (and friends) or `gpt2`;
-//! - `*.gguf`: a GGUF file of architecture `llama`, dequantized to f32;
+//!   `tokenizer.json`) of a registered family ([`crate::model::family`]) or `gpt2`;
+//! - `*.gguf`: a GGUF file of a registered family, dequantized to f32 (or kept quantized);
 //! - `*.safetensors`: one of our own files (toy GPT or construction), told apart by its metadata key
 //!   `prefixscope.kind`.
 

@@ -56,82 +56,62 @@ pub enum SlidingLayers {
 /// or GGUF metadata; deserializing one goes through the same strict parser
 /// ([`LlamaConfig::from_hf_json`]).
 ///
-/// Serialized, the fields that are Hugging Face keys are written in transformers 4.x spelling under
-/// `model_type` = the family, so a written config reads back to the same config; the features a
-/// family derives from its `model_type` are not written.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// Serialized ([`LlamaConfig::to_hf_json`]) it is a `config.json` of its family that reads back to the
+/// same config.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
     /// Registry name of the family ([`crate::model::family::REGISTRY`]).
-    #[serde(rename = "model_type")]
     pub family: String,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub num_key_value_heads: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
     pub vocab_size: usize,
     pub rms_norm_eps: f64,
     /// RoPE base of the full-attention layers (all layers unless [`Self::sliding_rope`] is set).
     pub rope_theta: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
     /// Fraction of each head rotated.
-    #[serde(skip_serializing_if = "is_one")]
     pub partial_rotary_factor: f64,
     pub tie_word_embeddings: bool,
     /// Biases on q, k, v and o (Llama `attention_bias`).
-    #[serde(skip_serializing_if = "is_false")]
     pub attention_bias: bool,
     /// Biases on gate, up and down.
-    #[serde(skip_serializing_if = "is_false")]
     pub mlp_bias: bool,
     /// Keys each query may see, itself included (`kv_idx > q_idx - window`), on the windowed layers.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
     /// Which layers are windowed when [`Self::sliding_window`] is set.
-    #[serde(skip)]
     pub sliding_layers: SlidingLayers,
     /// RoPE of the windowed layers, when it differs (Gemma 3 `rope_local_base_freq`): base, scaling.
-    #[serde(skip)]
     pub sliding_rope: Option<(f64, Option<RopeScaling>)>,
     /// Biases on q, k, v but not o (Qwen2).
-    #[serde(skip)]
     pub qkv_bias: bool,
     /// RMSNorm over each head of q and k before RoPE (Qwen3, Gemma 3).
-    #[serde(skip)]
     pub qk_norm: bool,
     /// Norms after attention and around the MLP (Gemma): `post_attention_layernorm` then normalizes
     /// the attention output and `pre_feedforward_layernorm` the MLP input.
-    #[serde(skip)]
     pub sandwich_norms: bool,
     /// Added to every stored RMSNorm weight: 1 for Gemma's `x * (1 + w)` as Hugging Face stores it,
     /// 0 otherwise (and for GGUF Gemma, whose converter stored `1 + w`).
-    #[serde(skip)]
     pub norm_weight_offset: f32,
     /// Content embeddings are multiplied by this (Gemma: `sqrt(hidden_size)`, in f32).
-    #[serde(skip)]
     pub embed_scale: Option<f64>,
-    #[serde(skip)]
     pub act: Activation,
     /// Query scale; `None`: `1 / sqrt(head_dim)`. Gemma: `query_pre_attn_scalar^-1/2`.
-    #[serde(skip)]
     pub query_scale: Option<f64>,
     /// `logits = c * tanh(logits / c)`.
-    #[serde(skip)]
     pub final_logit_softcapping: Option<f64>,
     /// Fused `qkv_proj` and `gate_up_proj` tensors (Phi-3).
-    #[serde(skip)]
     pub fused_projections: bool,
 }
 
-fn is_one(x: &f64) -> bool {
-    *x == 1.0
-}
-fn is_false(x: &bool) -> bool {
-    !*x
+impl serde::Serialize for LlamaConfig {
+    /// As a `config.json` ([`LlamaConfig::to_hf_json`]).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_hf_json().serialize(s)
+    }
 }
 
 impl<'de> serde::Deserialize<'de> for LlamaConfig {
@@ -144,6 +124,118 @@ impl<'de> serde::Deserialize<'de> for LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// This config as a `config.json` of its family (transformers 4.x spelling; Gemma 3's RoPE in the
+    /// 5.x per-layer-type form), such that [`LlamaConfig::from_hf_json`] gives it back. GGUF-only
+    /// facts have no such spelling and are written so that reading them back is refused: the
+    /// `rope_freqs.weight` factors (`rope_type` `gguf_rope_freqs`), and Gemma norms stored as `1 + w`
+    /// (`norm_weight_offset`).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        use serde_json::{json, Value};
+        let gemma = self.family == "gemma3_text";
+        let mut v = json!({
+            "model_type": self.family,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+        });
+        let act = match self.act {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+            Activation::GeluErf => "gelu",
+        };
+        v[if gemma {
+            "hidden_activation"
+        } else {
+            "hidden_act"
+        }] = act.into();
+        let dict = |theta: f64, s: &Option<RopeScaling>| -> Value {
+            let mut d = match s {
+                Some(s) => s.to_hf_json(),
+                None => json!({"rope_type": "default"}),
+            };
+            d["rope_theta"] = theta.into();
+            d
+        };
+        if gemma {
+            let (lt, ls) = self
+                .sliding_rope
+                .clone()
+                .unwrap_or((self.rope_theta, self.rope_scaling.clone()));
+            v["rope_parameters"] = json!({
+                "full_attention": dict(self.rope_theta, &self.rope_scaling),
+                "sliding_attention": dict(lt, &ls),
+            });
+            v["query_pre_attn_scalar"] = (1.0 / (self.query_scale() * self.query_scale())).into();
+            v["final_logit_softcapping"] = self.final_logit_softcapping.into();
+            if self.norm_weight_offset != 1.0 {
+                v["norm_weight_offset"] = self.norm_weight_offset.into();
+            }
+        } else {
+            v["rope_theta"] = self.rope_theta.into();
+            if let Some(s) = &self.rope_scaling {
+                v["rope_scaling"] = s.to_hf_json();
+            }
+        }
+        if self.partial_rotary_factor != 1.0 {
+            v["partial_rotary_factor"] = self.partial_rotary_factor.into();
+        }
+        if self.attention_bias {
+            v["attention_bias"] = true.into();
+        }
+        if self.mlp_bias {
+            v["mlp_bias"] = true.into();
+        }
+        // An absent window is `null`: some families default an absent key to 4096. Llama has no
+        // window key; a windowed llama (a Mistral GGUF is architecture `llama`) is a Mistral.
+        if self.family == "llama" {
+            if self.sliding_window.is_some() {
+                v["model_type"] = "mistral".into();
+                v["sliding_window"] = self.sliding_window.into();
+            }
+        } else {
+            v["sliding_window"] = self.sliding_window.into();
+        }
+        if self.qkv_bias && self.family != "qwen2" {
+            // No family but Qwen2 has q/k/v biases without an o bias: refused when read back.
+            v["qkv_bias"] = true.into();
+        }
+        if self.family == "qwen2" || self.family == "qwen3" {
+            v["use_sliding_window"] = self.sliding_window.is_some().into();
+        }
+        match &self.sliding_layers {
+            SlidingLayers::All => {}
+            SlidingLayers::Listed(l) => {
+                v["layer_types"] = l
+                    .iter()
+                    .map(|&s| {
+                        if s {
+                            "sliding_attention"
+                        } else {
+                            "full_attention"
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .into();
+            }
+            SlidingLayers::AllButEvery(p) => v["sliding_window_pattern"] = (*p).into(),
+            SlidingLayers::From(f) => v["max_window_layers"] = (*f).into(),
+        }
+        if let Value::Object(m) = &mut v {
+            for k in ["num_key_value_heads", "head_dim", "final_logit_softcapping"] {
+                if m.get(k).is_some_and(Value::is_null) {
+                    m.remove(k);
+                }
+            }
+        }
+        v
+    }
+
     /// A config with every size zero and every feature off, for families to fill in.
     pub fn plain(family: &str) -> Self {
         LlamaConfig {
@@ -221,6 +313,15 @@ impl LlamaConfig {
             }
     }
 
+    /// The RoPE of the full-attention layers.
+    pub fn global_rope(&self) -> Rope {
+        Rope {
+            theta: self.rope_theta,
+            scaling: self.rope_scaling.clone(),
+            rotary_dim: self.rotary_dim(),
+        }
+    }
+
     /// The RoPE of layer `l`.
     pub fn rope(&self, l: usize) -> Rope {
         let (theta, scaling) = match &self.sliding_rope {
@@ -243,7 +344,7 @@ impl LlamaConfig {
     /// The RoPE variant(s) in words, for `inspect`.
     pub fn describe_rope(&self) -> String {
         let hd = self.head_dim();
-        let global = self.rope(usize::MAX).describe(hd);
+        let global = self.global_rope().describe(hd);
         match &self.sliding_rope {
             Some(_) => {
                 let first_local = (0..self.num_hidden_layers).find(|&l| self.is_sliding(l));

@@ -688,10 +688,19 @@ pub fn gguf_rope(
                     "1 (as transformers)",
                 );
             }
+            // llama.cpp multiplies its own YaRN scale by this factor; transformers' attention_factor
+            // replaces it. Which one a file means is not stated: refuse rather than guess.
+            if let Some(a) = attn.filter(|a| *a != 1.0) {
+                return refuse(
+                    "rope.scaling.attn_factor",
+                    a.to_string(),
+                    "1 with yarn scaling",
+                );
+            }
             Some(RopeScaling::Yarn {
                 factor: f,
                 original_max_position_embeddings: orig as f64,
-                attention_factor: attn,
+                attention_factor: None,
                 beta_fast: beta_fast.unwrap_or(32.0),
                 beta_slow: beta_slow.unwrap_or(1.0),
                 mscale: None,
@@ -1161,6 +1170,59 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("'longrope'"), "{e}");
+    }
+
+    /// A config written as `config.json` reads back to itself, for every family and feature, so a
+    /// folder written from a GGUF (tests, conversions) is the same model.
+    #[test]
+    fn every_config_reads_back_from_its_json() {
+        let cases = [
+            (
+                "llama",
+                json!({"attention_bias": true, "mlp_bias": true, "rope_scaling":
+                {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                 "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}),
+            ),
+            (
+                "llama",
+                json!({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4,
+                "factor": 4.0, "original_max_position_embeddings": 64, "beta_fast": 16.0}}),
+            ),
+            ("mistral", json!({"sliding_window": null})),
+            ("mistral", json!({})),
+            (
+                "qwen2",
+                json!({"use_sliding_window": true, "sliding_window": 8, "max_window_layers": 1}),
+            ),
+            ("qwen3", json!({"head_dim": 32, "attention_bias": true})),
+            (
+                "gemma3_text",
+                json!({"head_dim": 16, "query_pre_attn_scalar": 16,
+                "final_logit_softcapping": 30.0, "rope_scaling": {"rope_type": "linear", "factor": 8.0}}),
+            ),
+            (
+                "gemma3_text",
+                json!({"layer_types": ["full_attention", "sliding_attention"]}),
+            ),
+            (
+                "phi3",
+                json!({"partial_rotary_factor": 0.75, "sliding_window": 2047}),
+            ),
+        ];
+        for (t, extra) in cases {
+            let c = with(t, extra.clone()).unwrap();
+            let back = parse(c.to_hf_json()).unwrap_or_else(|e| panic!("{t} {extra}: {e}"));
+            assert_eq!(back, c, "{t} {extra}");
+            // Serialize is the same JSON.
+            assert_eq!(serde_json::to_value(&c).unwrap(), c.to_hf_json());
+        }
+        // What has no Hugging Face spelling is refused when read back, not dropped.
+        let mut c = with("llama", json!({})).unwrap();
+        c.rope_scaling = Some(RopeScaling::FreqFactors(vec![1.0; 8]));
+        assert!(parse(c.to_hf_json()).is_err());
+        let mut c = with("gemma3_text", json!({})).unwrap();
+        c.norm_weight_offset = 0.0;
+        assert!(parse(c.to_hf_json()).is_err());
     }
 
     #[test]
