@@ -66,6 +66,7 @@ STRINGS = [
     "é🦀",
     "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
     "<b>bold</b> <h1>head</h1>\t\t\t<br>",
+    "<tool>  \n x <tool>\ty<tool>",
 ]
 
 CORPUS = (
@@ -80,9 +81,11 @@ CORPUS = (
 
 
 def write_vocab(path, model, tokens, types, *, pre=None, merges=None, scores=None,
-                add_space_prefix=None, bos=None):
+                add_space_prefix=None, bos=None, name=None):
     """A vocabulary-only GGUF llama.cpp opens with vocab_only=True (arch llama, tiny hparams)."""
     w = gguf.GGUFWriter(path, "llama")
+    if name is not None:
+        w.add_name(name)
     w.add_context_length(64)
     w.add_embedding_length(8)
     w.add_block_count(1)
@@ -145,7 +148,7 @@ def train_spm(tmp):
     prefix = os.path.join(tmp, "spm")
     spm.SentencePieceTrainer.train(
         input=corpus, model_prefix=prefix, vocab_size=400, model_type="bpe", byte_fallback=True,
-        user_defined_symbols=["<tool>"], control_symbols=["<start_of_turn>"],
+        user_defined_symbols=["<tool>"], control_symbols=["<start_of_turn>", "<|endoftext|>"],
         character_coverage=1.0, split_digits=True, allow_whitespace_only_pieces=True,
         remove_extra_whitespaces=False, minloglevel=2,
     )
@@ -213,9 +216,14 @@ def main():
             print("tiny_bpe", tag, "ok", file=sys.stderr)
 
         stoks, sscores, stypes = train_spm(tmp)
-        for name, asp in [("tiny_spm.gguf", True), ("tiny_spm_nospace.gguf", False)]:
+        # The third: named like a Phi-3 model, for which llama.cpp strips the spaces after special
+        # tokens (user-defined ones included).
+        for name, asp, model_name in [("tiny_spm.gguf", True, None),
+                                      ("tiny_spm_nospace.gguf", False, None),
+                                      ("tiny_spm_phi3.gguf", True, "Phi-3 tiny")]:
             p = os.path.join(OUT, name)
-            write_vocab(p, "llama", stoks, stypes, scores=sscores, add_space_prefix=asp, bos=1)
+            write_vocab(p, "llama", stoks, stypes, scores=sscores, add_space_prefix=asp, bos=1,
+                        name=model_name)
             cases.append({"vocab": name, "pre": None, "ids": llama_ids(p, STRINGS)})
             print(name, "ok", file=sys.stderr)
 

@@ -59,15 +59,17 @@ impl Tokenizer {
         )?)))
     }
 
-    /// [`Tokenizer::from_gguf`], or, when it cannot be built, a warning on stderr and a tokenizer that
-    /// takes token ids only (`--ids`) and refuses text with the reason.
+    /// [`Tokenizer::from_gguf`]; when the file's tokenizer is one we do not implement (unknown
+    /// tokenizer model or pre-tokenizer tag) or the file has none, a warning on stderr and a tokenizer that
+    /// takes token ids only (`--ids`) and refuses text with the reason. Malformed tokenizer metadata
+    /// is still refused: the file is broken, not merely unfamiliar.
     pub fn from_gguf_or_ids_only(
         path: &Path,
         content: &candle_core::quantized::gguf_file::Content,
-    ) -> Self {
+    ) -> Result<Self> {
         match Self::from_gguf(path, content) {
-            Ok(t) => t,
-            Err(e) => {
+            Ok(t) => Ok(t),
+            Err(e @ Error::Unsupported { .. }) => {
                 let tokens = content
                     .metadata
                     .get("tokenizer.ggml.tokens")
@@ -82,25 +84,29 @@ impl Tokenizer {
                     .metadata
                     .get("tokenizer.ggml.bos_token_id")
                     .and_then(|v| v.to_u32().ok());
-                Self::unavailable(e, tokens, bos_id)
+                Ok(Self::unavailable(e, tokens, bos_id))
             }
+            Err(e) => Err(e),
         }
     }
 
-    /// [`Tokenizer::from_file`], or, when the file is missing or unreadable, a warning on stderr and a
-    /// tokenizer that takes token ids only.
-    pub fn from_file_or_ids_only(path: &Path, bos_id: Option<u32>) -> Self {
-        let made = if path.exists() {
+    /// [`Tokenizer::from_file`]; when there is no `tokenizer.json`, a tokenizer that takes token ids
+    /// only (callers that take ids warn, see [`Tokenizer::unavailable_reason`]). A `tokenizer.json` that cannot be read is refused.
+    pub fn from_file_or_ids_only(path: &Path, bos_id: Option<u32>) -> Result<Self> {
+        if path.exists() {
             Self::from_file(path, bos_id)
         } else {
-            Err(Error::format(
-                path,
-                "tokenizer",
-                "tokenizer.json beside config.json",
-                "no such file",
+            Ok(Self::unavailable(
+                Error::format(
+                    path,
+                    "tokenizer",
+                    "tokenizer.json beside config.json",
+                    "no such file",
+                ),
+                Vec::new(),
+                bos_id,
             ))
-        };
-        made.unwrap_or_else(|e| Self::unavailable(e, Vec::new(), bos_id))
+        }
     }
 
     fn unavailable(e: Error, tokens: Vec<String>, bos_id: Option<u32>) -> Self {

@@ -81,8 +81,8 @@ fn mismatches(pick: impl Fn(&str) -> bool) -> (usize, Vec<String>) {
 #[test]
 fn tiny_vocabularies_give_llama_cpp_ids_for_every_tag() {
     let (checked, bad) = mismatches(|v| v.ends_with(".gguf"));
-    // 6 BPE tags and 2 SentencePiece vocabularies, 21 strings each.
-    assert!(checked >= 8 * 20, "only {checked} strings checked");
+    // 6 BPE tags and 3 SentencePiece vocabularies, 28 strings each.
+    assert!(checked >= 9 * 28, "only {checked} strings checked");
     assert!(bad.is_empty(), "{} differ:\n{}", bad.len(), bad.join("\n"));
 }
 
@@ -127,8 +127,10 @@ fn every_tag_changes_some_ids() {
         .iter()
         .filter(|c| c.pre.is_none() && c.vocab.ends_with(".gguf"))
         .collect();
-    assert_eq!(spm.len(), 2);
+    assert_eq!(spm.len(), 3);
     assert_ne!(spm[0].ids, spm[1].ids);
+    // And with Phi-3's strip after special tokens.
+    assert_ne!(spm[0].ids, spm[2].ids);
 }
 
 #[test]
@@ -172,13 +174,22 @@ fn an_unknown_pre_tokenizer_is_refused_by_name() {
 fn without_a_tokenizer_ids_still_work_and_text_is_refused_with_the_reason() {
     let path = fixtures().join("tiny_bpe.gguf");
     let c = with_pre(content(&path), Some("no-such-split"));
-    let tok = Tokenizer::from_gguf_or_ids_only(&path, &c);
+    let tok = Tokenizer::from_gguf_or_ids_only(&path, &c).unwrap();
     assert!(matches!(tok, Tokenizer::Unavailable { .. }));
     let e = tok.encode("hello", false).err().unwrap().one_line();
     assert!(e.contains("--ids") && e.contains("no-such-split"), "{e}");
     // Ids are labelled with the vocabulary's own strings.
     assert_eq!(tok.labels(&[2]), ["<tool>"]);
     assert!(tok.describe().contains("token ids only"));
+    // Malformed tokenizer metadata is a broken file: refused, not degraded.
+    let mut c = content(&path);
+    c.metadata
+        .insert("tokenizer.ggml.tokens".into(), Value::U32(7));
+    let e = Tokenizer::from_gguf_or_ids_only(&path, &c)
+        .err()
+        .unwrap()
+        .one_line();
+    assert!(e.contains("tokenizer.ggml.tokens"), "{e}");
 }
 
 #[test]

@@ -472,7 +472,7 @@ fn available_memory() -> Option<u64> {
 
 pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
     let g = GgufFile::open(path, ctl)?;
-    let tokenizer = Tokenizer::from_gguf_or_ids_only(path, &g.content);
+    let tokenizer = Tokenizer::from_gguf_or_ids_only(path, &g.content)?;
     // Quantized when asked, or when the f32 weights would take more than 80% of the memory left.
     let f32_bytes: u64 = g
         .content

@@ -118,7 +118,7 @@ pub fn load(dir: &Path, ctl: &LoadControl) -> Result<Loaded> {
         .get("bos_token_id")
         .and_then(|v| v.as_u64())
         .map(|x| x as u32);
-    let tokenizer = Tokenizer::from_file_or_ids_only(&tok_path, bos);
+    let tokenizer = Tokenizer::from_file_or_ids_only(&tok_path, bos)?;
     ctl.step(1.0)?;
     Ok(Loaded {
         model: Box::new(model),

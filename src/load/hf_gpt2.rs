@@ -104,7 +104,7 @@ pub fn load(dir: &Path, cfg_json: &serde_json::Value, ctl: &LoadControl) -> Resu
         .get("bos_token_id")
         .and_then(|v| v.as_u64())
         .map(|x| x as u32);
-    let tokenizer = Tokenizer::from_file_or_ids_only(&dir.join("tokenizer.json"), bos);
+    let tokenizer = Tokenizer::from_file_or_ids_only(&dir.join("tokenizer.json"), bos)?;
     ctl.step(1.0)?;
     Ok(Loaded {
         model: Box::new(model),

@@ -11,7 +11,8 @@
 //!
 //! Before either, the text is cut at user-defined tokens (token type 4), longest first, as llama.cpp's
 //! `tokenizer_st_partition` does when special tokens are not parsed; control tokens in the text
-//! (`<|im_start|>` typed by hand) are plain text. BOS is never added here.
+//! (`<|im_start|>` typed by hand) are plain text; for a model named Phi-3 (`general.name`) the
+//! whitespace after such a token is dropped, as llama.cpp does. BOS is never added here.
 
 use super::spm::{self, SpmVocab};
 use crate::error::{Error, Result};
@@ -134,6 +135,9 @@ pub struct GgufTokenizer {
     token_to_id: HashMap<String, u32>,
     /// User-defined tokens, longest first: the text is cut at them before tokenizing.
     user_defined: Vec<u32>,
+    /// llama.cpp strips the whitespace after every special token of a Phi-3 model (by
+    /// `general.name`), user-defined ones included.
+    rstrip_user_defined: bool,
     bos_id: Option<u32>,
 }
 
@@ -221,7 +225,15 @@ impl GgufTokenizer {
     /// llama.cpp would compute differently from us.
     pub fn from_gguf(path: &Path, c: &Content) -> Result<Self> {
         let model = match key(c, "tokenizer.ggml.model") {
-            None => return Err(Error::missing(path, "tokenizer.ggml.model (metadata)")),
+            // No tokenizer at all (a file converted without its vocabulary).
+            None => {
+                return Err(Error::unsupported(
+                    path,
+                    "tokenizer",
+                    "none (no tokenizer.ggml.model)",
+                    "gpt2 (byte-level BPE), llama (SentencePiece)",
+                ))
+            }
             Some(v) => v
                 .to_string()
                 .map_err(|_| {
@@ -234,8 +246,14 @@ impl GgufTokenizer {
                 })?
                 .clone(),
         };
-        let mut tokens = string_array(path, c, "tokenizer.ggml.tokens")?
-            .ok_or_else(|| Error::missing(path, "tokenizer.ggml.tokens (metadata)"))?;
+        let mut tokens = string_array(path, c, "tokenizer.ggml.tokens")?.ok_or_else(|| {
+            bad(
+                path,
+                "tokenizer.ggml.tokens",
+                "the vocabulary",
+                "no such key",
+            )
+        })?;
         let n = tokens.len();
         if n == 0 || n > u32::MAX as usize / 2 {
             return Err(bad(
@@ -266,6 +284,11 @@ impl GgufTokenizer {
             .filter(|&i| types[i as usize] == TYPE_USER_DEFINED)
             .collect();
         user_defined.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+        let name = key(c, "general.name")
+            .and_then(|v| v.to_string().ok())
+            .map(|s| s.to_lowercase())
+            .unwrap_or_default();
+        let rstrip_user_defined = name.contains("phi-3") || name.contains("phi3");
 
         let pre = match key(c, "tokenizer.ggml.pre") {
             None => None,
@@ -306,8 +329,14 @@ impl GgufTokenizer {
                         known_tags(),
                     ));
                 };
-                let merges = string_array(path, c, "tokenizer.ggml.merges")?
-                    .ok_or_else(|| Error::missing(path, "tokenizer.ggml.merges (metadata)"))?;
+                let merges = string_array(path, c, "tokenizer.ggml.merges")?.ok_or_else(|| {
+                    bad(
+                        path,
+                        "tokenizer.ggml.merges",
+                        "the BPE merges",
+                        "no such key",
+                    )
+                })?;
                 let inner = build_bpe(path, &tokens, &merges, p)?;
                 (
                     Kind::Bpe {
@@ -352,6 +381,7 @@ impl GgufTokenizer {
             types,
             token_to_id,
             user_defined,
+            rstrip_user_defined,
             bos_id,
         })
     }
@@ -468,6 +498,10 @@ impl GgufTokenizer {
                             }
                             next.push(Fragment::Token(id));
                             t = &t[pos + tok.len()..];
+                            if self.rstrip_user_defined && !self.keeps_right_space(id) {
+                                // C `isspace`: space, \t, \n, \v, \f, \r.
+                                t = t.trim_start_matches([' ', '\t', '\n', '\x0B', '\x0C', '\r']);
+                            }
                         }
                         if !t.is_empty() {
                             next.push(Fragment::Text(t));
@@ -479,6 +513,14 @@ impl GgufTokenizer {
             frags = next;
         }
         frags
+    }
+
+    /// llama.cpp's exceptions to the Phi-3 right strip.
+    fn keeps_right_space(&self, id: u32) -> bool {
+        matches!(
+            self.tokens[id as usize].as_str(),
+            "<unk>" | "<s>" | "<|endoftext|>"
+        )
     }
 
     /// The bytes a token stands for, when it stands for text: BPE characters mapped back through
