@@ -44,7 +44,16 @@ fn layer0_renormalized_equals_pretrained_and_deeper_layers_differ() {
             PrefixKind::KeyValue,
         ] {
             let pf = prefix_of(kind, &info, 3);
-            let cap = capture(loaded.model.as_ref(), &ids, Some(&pf), &LayerSel::All).unwrap();
+            // Layers 0 and 1: in layer 2 of this random toy the placeholders take all of a head's
+            // attention (the content's share underflows to 0 in f32), so its pretrained view over
+            // the content is 0/0, which capture refuses (issue 17) instead of drawing NaN.
+            let cap = capture(
+                loaded.model.as_ref(),
+                &ids,
+                Some(&pf),
+                &LayerSel::Only(vec![0, 1]),
+            )
+            .unwrap();
             let l0 = cap.layer(0).unwrap();
             let d0 = l0.max_renorm_diff(None).unwrap();
             assert!(
@@ -58,8 +67,8 @@ fn layer0_renormalized_equals_pretrained_and_deeper_layers_differ() {
             let max_mass = mass.data.iter().cloned().fold(0.0, f32::max);
             assert!(max_mass > 0.05, "{kind:?} prefix mass {max_mass}");
             // Deeper layers see the prefix's effect on their inputs.
-            let d2 = cap.layer(2).unwrap().max_renorm_diff(None).unwrap();
-            assert!(d2 > 1e-3, "{kind:?} layer 2 unexpectedly identical: {d2}");
+            let d1 = cap.layer(1).unwrap().max_renorm_diff(None).unwrap();
+            assert!(d1 > 1e-3, "{kind:?} layer 1 unexpectedly identical: {d1}");
         }
     }
 }
