@@ -183,6 +183,51 @@ pub enum Edit {
     Layer(usize),
 }
 
+impl Edit {
+    /// Which layers can differ between two prefixes of the same kind and length.
+    pub fn between(old: Option<&Prefix>, new: Option<&Prefix>, n_layers: usize) -> Edit {
+        let unchanged = Edit::Layer(n_layers.saturating_sub(1));
+        let first_diff = |a: &crate::arrays::Array, b: &crate::arrays::Array| -> Option<usize> {
+            let per = a.data.len() / a.shape.first().copied().unwrap_or(1).max(1);
+            a.data
+                .iter()
+                .zip(&b.data)
+                .position(|(x, y)| x != y)
+                .map(|i| i / per.max(1))
+        };
+        match (old, new) {
+            (Some(a), Some(b)) if a.kind() == b.kind() && a.len() == b.len() => match (a, b) {
+                (Prefix::SoftPrompt(x), Prefix::SoftPrompt(y)) => {
+                    if x == y {
+                        unchanged
+                    } else {
+                        Edit::SoftPrompt
+                    }
+                }
+                (Prefix::Hidden(x), Prefix::Hidden(y)) => {
+                    first_diff(x, y).map_or(unchanged, Edit::Layer)
+                }
+                (
+                    Prefix::KeyValue {
+                        keys: k1,
+                        values: v1,
+                    },
+                    Prefix::KeyValue {
+                        keys: k2,
+                        values: v2,
+                    },
+                ) => match (first_diff(k1, k2), first_diff(v1, v2)) {
+                    (None, None) => unchanged,
+                    (a, b) => Edit::Layer(a.unwrap_or(usize::MAX).min(b.unwrap_or(usize::MAX))),
+                },
+                _ => Edit::All,
+            },
+            (None, None) => unchanged,
+            _ => Edit::All,
+        }
+    }
+}
+
 /// Below this many multiply-adds per pass (parameters x positions), candle's ops run on one thread.
 const SERIAL_MAX_MACS: f64 = 1e8;
 

@@ -5,11 +5,15 @@
 //! `a_i` is the attention query `i` puts on the prefix, and the head output is
 //! `t_pt_i = (1 - a_i) t_i + sum_k A_pt[i,k] v_k(prefix)`.
 //!
-//! This crate holds the maths and the file formats; the GUI and the CLI are thin layers over it.
+//! This crate holds the maths and the file formats; the GUI (feature `gui`, on by default) and the
+//! CLI are thin layers over it. `ARCHITECTURE.md` shows how the modules fit together.
 
+#[cfg(feature = "gui")]
 pub mod app;
 pub mod arrays;
+pub mod bundled;
 pub mod capture;
+pub mod colormap;
 pub mod construct;
 pub mod error;
 pub mod figure;
@@ -18,6 +22,7 @@ pub mod load;
 pub mod model;
 pub mod peft;
 pub mod prefix;
+pub mod prefix_math;
 pub mod tokenizer;
 pub mod train;
 

@@ -41,7 +41,7 @@ fn main() {
             }
         }
         None => {
-            let opened = args.gui.into_options().and_then(prefixscope::app::run);
+            let opened = args.gui.open();
             if let Err(e) = opened {
                 eprintln!("error: {}", e.one_line());
                 std::process::exit(2);

@@ -177,7 +177,7 @@ fn capacity_reports_hard_against_soft() {
 #[test]
 fn damaged_construction_files() {
     use prefixscope::construct;
-    use prefixscope::model::construction::{Construction, META_CONFIG};
+    use prefixscope::construct::model::{Construction, META_CONFIG};
     let dir = std::env::temp_dir().join(format!("prefixscope-bad-con-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let b = construct::build_target("x").unwrap();

@@ -1,7 +1,7 @@
 //! The constructions generate what their virtual tokens hold, through the model's own forward pass.
 
+use prefixscope::construct::model::Construction;
 use prefixscope::construct::{self, Kind, V};
-use prefixscope::model::construction::Construction;
 use prefixscope::model::{LayerSel, Transformer};
 use prefixscope::prefix::Prefix;
 use rand::{Rng, SeedableRng};

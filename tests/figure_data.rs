@@ -3,7 +3,7 @@
 
 use prefixscope::arrays::{read_arrays, Array};
 use prefixscope::capture::{Capture, LayerCapture};
-use prefixscope::figure::{export_views, view_heatmap, views_rgba, ExportOptions, View};
+use prefixscope::figure::{export_views, view_heatmap, views_rgba, ExportOptions, ViewKind};
 
 /// A capture with a prefix of length 2 over 4 content tokens and 2 heads, built by hand from logits
 /// so that every row is a proper causal softmax; the pretrained attention is the renormalized one
@@ -74,7 +74,7 @@ fn labels() -> Vec<String> {
 }
 
 /// The expected `(rows, cols)` matrix of a view of head 1, by the paper's formulas, masked cells 0.
-fn expected(cap: &Capture, view: View) -> Vec<f32> {
+fn expected(cap: &Capture, view: ViewKind) -> Vec<f32> {
     let (n, p, h) = (4usize, 2usize, 1usize);
     let lc = &cap.layers[0];
     let w = &lc.with_prefix.as_ref().unwrap().data;
@@ -82,8 +82,8 @@ fn expected(cap: &Capture, view: View) -> Vec<f32> {
     let mass = &lc.prefix_mass.as_ref().unwrap().data[h * n..(h + 1) * n];
     let row = |i: usize| &w[(h * n + i) * (p + n)..(h * n + i + 1) * (p + n)];
     match view {
-        View::Raw => (0..n).flat_map(|i| row(i).to_vec()).collect(),
-        View::Renormalized | View::Difference | View::Scaled | View::Pretrained => {
+        ViewKind::Raw => (0..n).flat_map(|i| row(i).to_vec()).collect(),
+        ViewKind::Renormalized | ViewKind::Difference | ViewKind::Scaled | ViewKind::Pretrained => {
             let mut out = Vec::new();
             for i in 0..n {
                 let r = row(i);
@@ -91,9 +91,9 @@ fn expected(cap: &Capture, view: View) -> Vec<f32> {
                 for j in 0..n {
                     let ren = r[p + j] / content;
                     out.push(match view {
-                        View::Renormalized => ren,
-                        View::Pretrained => pre[i * n + j],
-                        View::Difference => ren - pre[i * n + j],
+                        ViewKind::Renormalized => ren,
+                        ViewKind::Pretrained => pre[i * n + j],
+                        ViewKind::Difference => ren - pre[i * n + j],
                         _ => pre[i * n + j] * (1.0 - mass[i]),
                     });
                 }
@@ -110,12 +110,12 @@ fn close(a: &[f32], b: &[f32], tol: f32) {
     }
 }
 
-const VIEWS: [View; 5] = [
-    View::Raw,
-    View::Renormalized,
-    View::Pretrained,
-    View::Difference,
-    View::Scaled,
+const VIEWS: [ViewKind; 5] = [
+    ViewKind::Raw,
+    ViewKind::Renormalized,
+    ViewKind::Pretrained,
+    ViewKind::Difference,
+    ViewKind::Scaled,
 ];
 
 #[test]
@@ -127,16 +127,16 @@ fn views_match_the_paper_formulas() {
         close(&got.data, &expected(&cap, v), 1e-6);
     }
     // The difference view is not trivially zero in this capture.
-    let d = expected(&cap, View::Difference);
+    let d = expected(&cap, ViewKind::Difference);
     assert!(d.iter().any(|x| x.abs() > 1e-3));
     // Bad indices are clear errors.
-    let e = view_heatmap(&cap, &labels(), 0, 0, View::Raw).unwrap_err();
+    let e = view_heatmap(&cap, &labels(), 0, 0, ViewKind::Raw).unwrap_err();
     assert!(
         e.one_line().contains("captured layer (3)"),
         "{}",
         e.one_line()
     );
-    let e = view_heatmap(&cap, &labels(), 3, 2, View::Raw).unwrap_err();
+    let e = view_heatmap(&cap, &labels(), 3, 2, ViewKind::Raw).unwrap_err();
     assert!(e.one_line().contains("below 2"), "{}", e.one_line());
 }
 
@@ -154,7 +154,7 @@ fn npz_json_csv_npy_read_back_equal() {
     let arrays = read_arrays(&npz).unwrap();
     for v in VIEWS {
         let a = &arrays[&format!("{}_L3_H1", v.name())];
-        let cols = if v == View::Raw { 6 } else { 4 };
+        let cols = if v == ViewKind::Raw { 6 } else { 4 };
         assert_eq!(a.shape, vec![4, cols]);
         close(&a.data, &expected(&cap, v), 1e-6);
     }
@@ -163,9 +163,18 @@ fn npz_json_csv_npy_read_back_equal() {
 
     // NPY: one view only.
     let npy = dir.join("renorm.npy");
-    export_views(&cap, &labels(), 3, 1, &[View::Renormalized], &npy, &opts).unwrap();
+    export_views(
+        &cap,
+        &labels(),
+        3,
+        1,
+        &[ViewKind::Renormalized],
+        &npy,
+        &opts,
+    )
+    .unwrap();
     let a = read_arrays(&npy).unwrap().into_values().next().unwrap();
-    close(&a.data, &expected(&cap, View::Renormalized), 1e-6);
+    close(&a.data, &expected(&cap, ViewKind::Renormalized), 1e-6);
     let e = export_views(&cap, &labels(), 3, 1, &VIEWS, &dir.join("x.npy"), &opts).unwrap_err();
     assert!(
         e.one_line().contains("exactly one panel"),
@@ -197,7 +206,7 @@ fn npz_json_csv_npy_read_back_equal() {
                 .map(|x| x.as_f64().unwrap() as f32)
         })
         .collect();
-    close(&flat, &expected(&cap, View::Raw), 1e-6);
+    close(&flat, &expected(&cap, ViewKind::Raw), 1e-6);
 
     // CSV: a tidy table; quoted tokens survive commas and quotes.
     let csv = dir.join("views.csv");
@@ -219,18 +228,18 @@ fn npz_json_csv_npy_read_back_equal() {
             diff[r * 4 + c] = f[5].parse().unwrap();
         }
     }
-    close(&diff, &expected(&cap, View::Difference), 1e-6);
+    close(&diff, &expected(&cap, ViewKind::Difference), 1e-6);
 
     // Never silently overwritten.
     let before = std::fs::read(&csv).unwrap();
-    let e = export_views(&cap, &labels(), 3, 1, &[View::Raw], &csv, &opts).unwrap_err();
+    let e = export_views(&cap, &labels(), 3, 1, &[ViewKind::Raw], &csv, &opts).unwrap_err();
     assert!(e.one_line().contains("existing file"), "{}", e.one_line());
     assert_eq!(std::fs::read(&csv).unwrap(), before);
     let force = ExportOptions {
         overwrite: true,
         ..ExportOptions::default()
     };
-    export_views(&cap, &labels(), 3, 1, &[View::Raw], &csv, &force).unwrap();
+    export_views(&cap, &labels(), 3, 1, &[ViewKind::Raw], &csv, &force).unwrap();
     assert_ne!(std::fs::read(&csv).unwrap(), before);
 
     // Figures through the same call, and no temporary files left anywhere.
@@ -252,8 +261,15 @@ fn clipboard_pixels_are_the_png_pixels() {
         scale: 1.0,
         ..ExportOptions::default()
     };
-    let (w, h, rgba) =
-        views_rgba(&cap, &labels(), 3, 1, &[View::Raw, View::Difference], &opts).unwrap();
+    let (w, h, rgba) = views_rgba(
+        &cap,
+        &labels(),
+        3,
+        1,
+        &[ViewKind::Raw, ViewKind::Difference],
+        &opts,
+    )
+    .unwrap();
     assert_eq!(rgba.len(), (w * h * 4) as usize);
     let dir = std::env::temp_dir().join(format!("prefixscope-figure-clip-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -264,7 +280,7 @@ fn clipboard_pixels_are_the_png_pixels() {
         &labels(),
         3,
         1,
-        &[View::Raw, View::Difference],
+        &[ViewKind::Raw, ViewKind::Difference],
         &png,
         &opts,
     )
@@ -284,17 +300,17 @@ fn views_without_a_prefix_are_refused_clearly() {
     lc.renormalized = None;
     lc.prefix_mass = None;
     cap.p = 0;
-    assert!(view_heatmap(&cap, &labels(), 3, 0, View::Pretrained).is_ok());
-    let e = view_heatmap(&cap, &labels(), 3, 0, View::Difference).unwrap_err();
+    assert!(view_heatmap(&cap, &labels(), 3, 0, ViewKind::Pretrained).is_ok());
+    let e = view_heatmap(&cap, &labels(), 3, 0, ViewKind::Difference).unwrap_err();
     assert!(
         e.one_line().contains("a prefix for the 'difference' view"),
         "{}",
         e.one_line()
     );
-    assert!(View::parse_list("raw,bogus").is_err());
+    assert!(ViewKind::parse_list("raw,bogus").is_err());
     assert_eq!(
-        View::parse_list("raw, renormalized").unwrap(),
-        vec![View::Raw, View::Renormalized]
+        ViewKind::parse_list("raw, renormalized").unwrap(),
+        vec![ViewKind::Raw, ViewKind::Renormalized]
     );
 }
 

@@ -5,6 +5,7 @@
 //! The toy tests open the bundled default model (the 1-layer sorter and its `descending` prefix);
 //! the others use SmolLM2 (the GGUF test checkpoint, fetched by `.ci/fetch-smollm2.sh`, which
 //! `.ci/run` runs) and print a notice and return when the cached file is absent.
+#![cfg(feature = "gui")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! and see it generated, move one virtual-token slider by its accessible label and see the text and
 //! the attention views change, and see the library's message for targets it refuses.
 //! Needs no checkpoint: the construction is built in the library.
+#![cfg(feature = "gui")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The app's export row, driven through egui_kittest on the bundled toy sorter: a path typed in the
 //! fallback box (no file dialog in tests), Export figure to SVG, Export data to JSON and NPZ, Copy PNG;
 //! the files read back equal to the capture on screen, and an existing file is refused with a message.
+#![cfg(feature = "gui")]
 
 mod common;
 

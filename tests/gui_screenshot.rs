@@ -2,6 +2,7 @@
 //! waits until every view is filled, takes a screenshot, checks it is the app (size, many colours, the
 //! dark theme's brightness) and that the process closes itself with status 0 (`--quit-after`).
 //! Skipped with a notice when Xvfb or ImageMagick is missing (`.ci/run` installs them).
+#![cfg(feature = "gui")]
 
 use std::process::Command;
 

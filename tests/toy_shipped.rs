@@ -4,7 +4,7 @@
 //! `scripts/toy-manifest.sh` (or the `prefixscope eval` command in models/README.md).
 
 use prefixscope::load::toy;
-use prefixscope::model::gpt::PrefixT;
+use prefixscope::model::gpt::PrefixTensors;
 use prefixscope::model::Transformer;
 use prefixscope::prefix::{Prefix, PrefixKind};
 use prefixscope::train::data::Task;
@@ -58,7 +58,7 @@ fn measure(e: &Entry, task: Task, n: usize) -> f64 {
             let pf = Prefix::load_for(&path, PrefixKind::Hidden, m.info()).unwrap();
             let p = pf.len();
             let ad = Adapter {
-                prefix: Some(PrefixT::from_prefix(&pf).unwrap()),
+                prefix: Some(PrefixTensors::from_prefix(&pf).unwrap()),
                 lora: None,
             };
             (m, ad, p)

@@ -4,7 +4,7 @@
 mod toy_common;
 
 use prefixscope::load::toy;
-use prefixscope::model::gpt::{Gpt, GptConfig, Lora, PrefixT};
+use prefixscope::model::gpt::{Gpt, GptConfig, Lora, PrefixTensors};
 use prefixscope::train::data::Task;
 use prefixscope::train::{self, LoopOpts, Schedule};
 use std::path::Path;
@@ -37,7 +37,7 @@ fn opts(out: &Path, task: Task, steps: usize, lr: f64, p: usize, wd: f64) -> Loo
 /// Mean loss over held-out batches (a seed the training never uses).
 fn held_out_loss(
     m: &Gpt,
-    prefix: Option<&PrefixT>,
+    prefix: Option<&PrefixTensors>,
     lora: Option<&Lora>,
     task: Task,
     p: usize,
@@ -109,7 +109,7 @@ fn every_kind_of_training_lowers_the_loss_and_resumes() {
     // Prefix-tuning (p = 1) on the frozen base: the weights in the base file do not change.
     let pf = dir.join("prefix.safetensors");
     let base_bytes = std::fs::read(&base).unwrap();
-    train::prefix::run(
+    train::prefix_tuning::run(
         &base,
         &opts(&pf, Task::Descending, 40, 3e-2, 1, 0.01),
         1.0,
@@ -125,8 +125,14 @@ fn every_kind_of_training_lowers_the_loss_and_resumes() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         train::randn(&mut rng, &[1, 1, 32], 1.0).unwrap()
     };
-    let b_pf = held_out_loss(&m, Some(&PrefixT::Hidden(init)), None, Task::Descending, 1);
-    let trained = PrefixT::from_prefix(&loaded).unwrap();
+    let b_pf = held_out_loss(
+        &m,
+        Some(&PrefixTensors::Hidden(init)),
+        None,
+        Task::Descending,
+        1,
+    );
+    let trained = PrefixTensors::from_prefix(&loaded).unwrap();
     let a_pf = held_out_loss(&m, Some(&trained), None, Task::Descending, 1);
     assert!(a_pf < b_pf - 0.02, "prefix-tuning: {b_pf} -> {a_pf}");
 

@@ -1,52 +1,21 @@
 //! Colour maps (from real tables, see `colormap_tables.rs`) and the value scales of the heatmaps.
 
-use super::colormap_tables::{MAGMA, RDBU, VIRIDIS};
 use egui::Color32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ColorMap {
-    Viridis,
-    Magma,
-}
+pub use crate::colormap::ColorMap;
 
-impl ColorMap {
-    pub const ALL: [ColorMap; 2] = [ColorMap::Viridis, ColorMap::Magma];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            ColorMap::Viridis => "viridis",
-            ColorMap::Magma => "magma",
-        }
-    }
-
-    /// `t` in 0..=1 to a colour (linear interpolation between table entries).
-    pub fn sample(self, t: f32) -> Color32 {
-        let table: &[[u8; 3]] = match self {
-            ColorMap::Viridis => &VIRIDIS,
-            ColorMap::Magma => &MAGMA,
-        };
-        lerp_table(table, t)
-    }
-}
-
-/// The diverging map for signed values: `t` in -1..=1, blue below zero, white at zero, red above.
+/// The library's diverging map ([`crate::colormap::diverging`]) as an egui colour.
 pub fn diverging(t: f32) -> Color32 {
-    // RDBU runs red -> blue; reversed so that positive (renormalized above pretrained) is red.
-    lerp_table(&RDBU, 0.5 - 0.5 * t.clamp(-1.0, 1.0))
+    rgb(crate::colormap::diverging(t))
 }
 
-fn lerp_table(table: &[[u8; 3]], t: f32) -> Color32 {
-    let t = if t.is_finite() {
-        t.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let x = t * (table.len() - 1) as f32;
-    let i = (x.floor() as usize).min(table.len() - 2);
-    let f = x - i as f32;
-    let (a, b) = (table[i], table[i + 1]);
-    let mix = |k: usize| (a[k] as f32 + (b[k] as f32 - a[k] as f32) * f).round() as u8;
-    Color32::from_rgb(mix(0), mix(1), mix(2))
+/// A colour map sample as an egui colour.
+pub fn sample(cmap: ColorMap, t: f32) -> Color32 {
+    rgb(cmap.sample(t))
+}
+
+fn rgb([r, g, b]: crate::colormap::Rgb) -> Color32 {
+    Color32::from_rgb(r, g, b)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -118,7 +87,7 @@ impl Norm {
     }
 
     pub fn color(&self, x: f32, hi: f32) -> Color32 {
-        self.cmap.sample(self.position(x, hi))
+        sample(self.cmap, self.position(x, hi))
     }
 }
 
@@ -129,9 +98,9 @@ mod tests {
     #[test]
     fn tables_are_the_published_ends() {
         // viridis starts dark purple (68, 1, 84) and ends yellow (253, 231, 37).
-        assert_eq!(ColorMap::Viridis.sample(0.0), Color32::from_rgb(68, 1, 84));
+        assert_eq!(sample(ColorMap::Viridis, 0.0), Color32::from_rgb(68, 1, 84));
         assert_eq!(
-            ColorMap::Viridis.sample(1.0),
+            sample(ColorMap::Viridis, 1.0),
             Color32::from_rgb(253, 231, 37)
         );
         assert_eq!(diverging(0.0), Color32::from_rgb(247, 247, 247));

@@ -6,7 +6,7 @@
 use crate::arrays::extension;
 use crate::capture::Capture;
 use crate::error::Error;
-use crate::figure::{export_views, views_rgba, ExportOptions, View};
+use crate::figure::{export_views, views_rgba, ExportOptions, ViewKind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,7 @@ pub struct ExportPanel {
     /// Replace an existing file; without it an existing file is refused with a message.
     pub overwrite: bool,
     /// One view only; `None` exports every visible view.
-    pub chosen: Option<View>,
+    pub chosen: Option<ViewKind>,
     /// PNG scale (figure and clipboard).
     pub scale: f32,
     /// The last outcome: (is an error, one line).
@@ -56,21 +56,21 @@ impl Default for ExportPanel {
 }
 
 /// The views the central panel shows for a capture: all four with a prefix, else the pretrained one.
-pub fn visible_views(cap: &Capture) -> Vec<View> {
+pub fn visible_views(cap: &Capture) -> Vec<ViewKind> {
     if cap.p > 0 {
         vec![
-            View::Raw,
-            View::Renormalized,
-            View::Pretrained,
-            View::Difference,
+            ViewKind::Raw,
+            ViewKind::Renormalized,
+            ViewKind::Pretrained,
+            ViewKind::Difference,
         ]
     } else {
-        vec![View::Pretrained]
+        vec![ViewKind::Pretrained]
     }
 }
 
 impl ExportPanel {
-    fn views(&self, cap: &Capture) -> Vec<View> {
+    fn views(&self, cap: &Capture) -> Vec<ViewKind> {
         self.chosen.map_or_else(|| visible_views(cap), |v| vec![v])
     }
 

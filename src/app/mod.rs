@@ -3,10 +3,9 @@
 //! them together, keeps the session, and never computes anything itself.
 
 pub mod colormap;
-mod colormap_tables;
 pub mod construction;
 pub mod export;
-pub mod model;
+pub mod model_panel;
 pub mod overview;
 pub mod prefix_editor;
 pub mod prompt;
@@ -16,7 +15,7 @@ pub mod worker;
 use crate::model::ModelInfo;
 use crate::prefix::{Prefix, PrefixKind};
 use crate::tokenizer::Tokenizer;
-use model::{ModelAction, ModelPanel, ModelStatus};
+use model_panel::{ModelAction, ModelPanel, ModelStatus};
 use overview::OverviewPanel;
 use prefix_editor::{EditorRequest, PrefixEditor};
 use prompt::PromptPanel;
@@ -35,67 +34,7 @@ pub(crate) fn status_line(ui: &mut egui::Ui, (err, text): &(bool, String)) {
     ui.colored_label(color, text);
 }
 
-/// The bundled default: the toy 1-layer sorter pretrained on `ascending` and its trained `descending`
-/// prefix (the paper's per-layer form). Found through `models/manifest.json` (the pretrained
-/// `ascending` entry with "1l1h" in its name, and the prefix whose base it is), else by these names.
-pub const DEFAULT_MODEL: &str = "models/sort-1l1h/ascending.safetensors";
-pub const DEFAULT_PREFIX: &str = "models/sort-1l1h/prefix-descending.safetensors";
-
-/// Folders that may hold the bundled `models/`: beside the executable (and its parents, for
-/// `target/*/`), then the crate this binary was built from.
-fn model_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(4) {
-            dirs.push(dir.join("models"));
-        }
-    }
-    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-    dirs
-}
-
-/// The default model and its prefix, if bundled.
-pub fn default_model() -> Option<(PathBuf, Option<PathBuf>)> {
-    for dir in model_dirs() {
-        if let Some(found) = from_manifest(&dir) {
-            return Some(found);
-        }
-        let base = dir.parent().unwrap_or(&dir);
-        let model = base.join(DEFAULT_MODEL);
-        if model.exists() {
-            let prefix = base.join(DEFAULT_PREFIX);
-            return Some((model, prefix.exists().then_some(prefix)));
-        }
-    }
-    None
-}
-
-fn from_manifest(dir: &Path) -> Option<(PathBuf, Option<PathBuf>)> {
-    let text = std::fs::read_to_string(dir.join("manifest.json")).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let entries = json.as_array().or_else(|| json.get("models")?.as_array())?;
-    let field =
-        |e: &serde_json::Value, k: &str| e.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let model = entries.iter().find_map(|e| {
-        let file = field(e, "file")?;
-        (field(e, "role").as_deref() == Some("pretrained")
-            && field(e, "task").as_deref() == Some("ascending")
-            && file.contains("1l1h"))
-        .then_some(file)
-    })?;
-    let prefix = entries.iter().find_map(|e| {
-        (field(e, "role").as_deref() == Some("prefix")
-            && field(e, "base").as_deref() == Some(model.as_str()))
-        .then(|| field(e, "file"))
-        .flatten()
-    });
-    let model_path = dir.join(&model);
-    if !model_path.exists() {
-        return None;
-    }
-    let prefix_path = prefix.map(|p| dir.join(p)).filter(|p| p.exists());
-    Some((model_path, prefix_path))
-}
+pub use crate::bundled::{default_model, DEFAULT_MODEL, DEFAULT_PREFIX};
 
 /// Options from the command line (all optional).
 #[derive(Debug, Clone, Default)]

@@ -71,7 +71,7 @@ impl OverviewPanel {
                     Vec2::new(cell_w - 1.0, cell_h - 1.0),
                 );
                 let color = match v {
-                    Some(x) => cmap.sample(log_position(*x, hi)),
+                    Some(x) => super::colormap::sample(cmap, log_position(*x, hi)),
                     None => Color32::from_gray(60),
                 };
                 mesh.add_colored_rect(r, color);

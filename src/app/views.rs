@@ -6,6 +6,7 @@
 use super::colormap::{diverging, ColorMap, Norm, Scale};
 use super::worker::Computed;
 use crate::arrays::Array;
+use crate::figure::ViewKind;
 use egui::{Color32, Pos2, Rect, Sense, Stroke, Vec2};
 
 /// What the views draw: the answered request and the token labels of its ids.
@@ -23,15 +24,6 @@ pub struct ViewsPanel {
     /// What the pointer is over, shown under the maps (`None` when nothing).
     #[serde(skip)]
     pub hover: Option<String>,
-}
-
-/// Which of the four maps a cell belongs to.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Which {
-    Raw,
-    Renorm,
-    Pretrained,
-    Diff,
 }
 
 /// A cell value of head `h` in a `(H, rows, cols)` array.
@@ -209,21 +201,23 @@ impl ViewsPanel {
             }
         }
 
-        let mut hovered: Option<(Which, usize, usize)> = None;
+        let mut hovered: Option<(ViewKind, usize, usize)> = None;
         let mut hovered_resp: Option<egui::Response> = None;
-        let maps: [(Which, &str, usize); 4] = [
-            (Which::Raw, "raw, with prefix", n + p),
-            (Which::Renorm, "renormalized over content", n),
-            (Which::Pretrained, "pretrained (no prefix)", n),
-            (Which::Diff, "renormalized − pretrained", n),
+        let maps: [(ViewKind, &str, usize); 4] = [
+            (ViewKind::Raw, "raw, with prefix", n + p),
+            (ViewKind::Renormalized, "renormalized over content", n),
+            (ViewKind::Pretrained, "pretrained (no prefix)", n),
+            (ViewKind::Difference, "renormalized − pretrained", n),
         ];
         for ((which, title, cols), origin) in maps.into_iter().zip(origins) {
             let top = origin.y + title_h;
             let source: Option<&Array> = match which {
-                Which::Raw => lc.with_prefix.as_ref(),
-                Which::Renorm => lc.renormalized.as_ref(),
-                Which::Pretrained => Some(&lc.pretrained),
-                Which::Diff => diff,
+                ViewKind::Raw => lc.with_prefix.as_ref(),
+                ViewKind::Renormalized => lc.renormalized.as_ref(),
+                ViewKind::Pretrained => Some(&lc.pretrained),
+                ViewKind::Difference => diff,
+                // The window shows the four maps above; `scaled` is a figure panel only.
+                ViewKind::Scaled => None,
             };
             let rect = Rect::from_min_size(
                 Pos2::new(origin.x, top),
@@ -238,10 +232,11 @@ impl ViewsPanel {
                 title
             } else {
                 match which {
-                    Which::Raw => "raw",
-                    Which::Renorm => "renormalized",
-                    Which::Pretrained => "pretrained",
-                    Which::Diff => "renorm − pretr.",
+                    ViewKind::Raw => "raw",
+                    ViewKind::Renormalized => "renormalized",
+                    ViewKind::Pretrained => "pretrained",
+                    ViewKind::Difference => "renorm − pretr.",
+                    ViewKind::Scaled => "scaled",
                 }
             };
             painter.text(
@@ -274,7 +269,7 @@ impl ViewsPanel {
                     for r in 0..n {
                         for c in 0..cols {
                             // Causal: content key j is visible to query i only for j <= i.
-                            let content_c = if which == Which::Raw {
+                            let content_c = if which == ViewKind::Raw {
                                 c.checked_sub(p)
                             } else {
                                 Some(c)
@@ -284,7 +279,7 @@ impl ViewsPanel {
                             }
                             let v = at(a, h, r, c);
                             let color = match which {
-                                Which::Diff => diverging(v / diff_max),
+                                ViewKind::Difference => diverging(v / diff_max),
                                 _ => self.norm.color(v, 1.0),
                             };
                             let min =
@@ -298,7 +293,7 @@ impl ViewsPanel {
                     painter.add(egui::Shape::mesh(mesh));
                 }
             }
-            if which == Which::Raw && p > 0 {
+            if which == ViewKind::Raw && p > 0 {
                 // The divider between the prefix columns and the content.
                 let xd = rect.left() + p as f32 * cell;
                 painter.line_segment(
@@ -308,7 +303,7 @@ impl ViewsPanel {
             }
             // Column labels (key tokens), rotated.
             for c in (0..cols).step_by(every) {
-                let text = col_label(c, which == Which::Raw);
+                let text = col_label(c, which == ViewKind::Raw);
                 let galley = ui.painter().layout_no_wrap(text, font.clone(), text_col);
                 let w = galley.size().x.min(col_label_h - 4.0);
                 let pos = Pos2::new(
@@ -337,7 +332,7 @@ impl ViewsPanel {
                     );
                 }
             }
-            if which == Which::Raw {
+            if which == ViewKind::Raw {
                 if let Some(mass) = &lc.prefix_mass {
                     // Prefix mass a_i of each query row, as a bar.
                     let bar = Rect::from_min_size(
@@ -405,7 +400,7 @@ impl ViewsPanel {
 
         if let Some((which, r, c)) = hovered {
             let q = format!("query {r} '{}'", label(r));
-            let (key, j) = if which == Which::Raw {
+            let (key, j) = if which == ViewKind::Raw {
                 if c < p {
                     (format!("prefix {c}"), None)
                 } else {
@@ -418,7 +413,7 @@ impl ViewsPanel {
             if let Some(w) = &lc.with_prefix {
                 s += &format!(
                     " raw {:.6}",
-                    at(w, h, r, if which == Which::Raw { c } else { c + p })
+                    at(w, h, r, if which == ViewKind::Raw { c } else { c + p })
                 );
             }
             if let Some(j) = j {
@@ -455,7 +450,7 @@ impl ViewsPanel {
             let color = if signed {
                 diverging(2.0 * t - 1.0)
             } else {
-                self.norm.cmap.sample(t)
+                super::colormap::sample(self.norm.cmap, t)
             };
             let x0 = bar.left() + width * k as f32 / steps as f32;
             mesh.add_colored_rect(

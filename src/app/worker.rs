@@ -297,49 +297,6 @@ struct EvalCache {
     overview: Vec<Vec<Option<f32>>>,
 }
 
-/// Which layers can differ between two prefixes of the same kind and length.
-fn edit_between(old: Option<&Prefix>, new: Option<&Prefix>, n_layers: usize) -> Edit {
-    let unchanged = Edit::Layer(n_layers.saturating_sub(1));
-    let first_diff = |a: &crate::arrays::Array, b: &crate::arrays::Array| -> Option<usize> {
-        let per = a.data.len() / a.shape.first().copied().unwrap_or(1).max(1);
-        a.data
-            .iter()
-            .zip(&b.data)
-            .position(|(x, y)| x != y)
-            .map(|i| i / per.max(1))
-    };
-    match (old, new) {
-        (Some(a), Some(b)) if a.kind() == b.kind() && a.len() == b.len() => match (a, b) {
-            (Prefix::SoftPrompt(x), Prefix::SoftPrompt(y)) => {
-                if x == y {
-                    unchanged
-                } else {
-                    Edit::SoftPrompt
-                }
-            }
-            (Prefix::Hidden(x), Prefix::Hidden(y)) => {
-                first_diff(x, y).map_or(unchanged, Edit::Layer)
-            }
-            (
-                Prefix::KeyValue {
-                    keys: k1,
-                    values: v1,
-                },
-                Prefix::KeyValue {
-                    keys: k2,
-                    values: v2,
-                },
-            ) => match (first_diff(k1, k2), first_diff(v1, v2)) {
-                (None, None) => unchanged,
-                (a, b) => Edit::Layer(a.unwrap_or(usize::MAX).min(b.unwrap_or(usize::MAX))),
-            },
-            _ => Edit::All,
-        },
-        (None, None) => unchanged,
-        _ => Edit::All,
-    }
-}
-
 fn compute_loop(
     rx: Receiver<Msg>,
     tx: Sender<Reply>,
@@ -489,7 +446,7 @@ fn run_request(
     let edit = if c.last_prefix.is_none() && c.overview.iter().flatten().all(|x| x.is_none()) {
         Edit::All
     } else {
-        edit_between(c.last_prefix.as_ref(), req.prefix.as_ref(), n_layers)
+        Edit::between(c.last_prefix.as_ref(), req.prefix.as_ref(), n_layers)
     };
     let cap = c.eval.update(model, req.prefix.as_ref(), edit, layers)?;
     c.last_prefix = req.prefix.clone();

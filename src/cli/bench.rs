@@ -30,16 +30,6 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The largest bundled toy: the 4-layer model when it is there, else the app's default sorter.
-fn default_toy() -> Option<PathBuf> {
-    let (sorter, _) = prefixscope::app::default_model()?;
-    let deep = sorter
-        .parent()?
-        .parent()?
-        .join("deep-4l4h128/random.safetensors");
-    Some(if deep.exists() { deep } else { sorter })
-}
-
 /// Peak resident memory of this process (Linux `VmHWM`), in bytes.
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -98,11 +88,15 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         flops.insert(n.to_string(), (gflop / med).into());
     }
     let mut update = update_latencies(model, a.repeats.max(1), a.update_n)?;
-    let redraw_s = redraw_latency(&loaded, a.repeats.max(1), a.update_n)?;
+    // `None` in a build without the window (feature `gui` off): there is no view to lay out.
+    #[cfg(feature = "gui")]
+    let redraw_s = Some(redraw_latency(&loaded, a.repeats.max(1), a.update_n)?);
+    #[cfg(not(feature = "gui"))]
+    let redraw_s: Option<f64> = None;
     // Peak memory is the big model's: read it before the toy is loaded (the toy adds a few MB).
     let peak = peak_rss_bytes().unwrap_or(0);
     let mut toy_detail = serde_json::Map::new();
-    if let Some(toy_path) = a.toy.clone().or_else(default_toy) {
+    if let Some(toy_path) = a.toy.clone().or_else(prefixscope::bundled::largest_toy) {
         let toy = load::load(&toy_path)?;
         let cases = update_latencies(toy.model.as_ref(), a.repeats.max(1), a.update_n)?;
         // "Any update": the slowest of the toy's cases.
@@ -163,11 +157,14 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
                 v.as_f64().unwrap_or(0.0) * 1e3
             );
         }
-        println!(
-            "redraw          {:.3} ms (median, layout and tessellation of the four maps, N={})",
-            redraw_s * 1e3,
-            a.update_n
-        );
+        match redraw_s {
+            Some(r) => println!(
+                "redraw          {:.3} ms (median, layout and tessellation of the four maps, N={})",
+                r * 1e3,
+                a.update_n
+            ),
+            None => println!("redraw          not measured (built without the window)"),
+        }
     }
     Ok(())
 }
@@ -176,6 +173,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
 /// on real data: the egui frame that lays out the four heatmaps with their labels and colour bars,
 /// plus tessellation into triangles. This is what the UI thread spends per frame on the maps; the
 /// GPU's rasterization is not included (there is no window here).
+#[cfg(feature = "gui")]
 fn redraw_latency(loaded: &load::Loaded, repeats: usize, n: usize) -> prefixscope::Result<f64> {
     use prefixscope::app::views::{ViewData, ViewsPanel};
     use prefixscope::app::worker::{compute_once, ComputeRequest};

@@ -42,7 +42,7 @@ fn default_models() -> Vec<PathBuf> {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| prefixscope::arrays::extension(p) == "safetensors")
                 .filter(|p| {
-                    prefixscope::model::construction::safetensors_kind(p)
+                    prefixscope::construct::model::safetensors_kind(p)
                         .ok()
                         .flatten()
                         .is_some_and(|k| TOY_MODEL_KINDS.contains(&k.as_str()))

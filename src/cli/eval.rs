@@ -3,7 +3,7 @@
 
 use prefixscope::error::Error;
 use prefixscope::load::toy;
-use prefixscope::model::gpt::{Gpt, PrefixT};
+use prefixscope::model::gpt::{Gpt, PrefixTensors};
 use prefixscope::model::Transformer;
 use prefixscope::prefix::{Prefix, PrefixKind};
 use prefixscope::train::data::Task;
@@ -74,7 +74,7 @@ fn rows(a: &Args) -> prefixscope::Result<Vec<Row>> {
             model: base.clone(),
             p: pf.len(),
             adapter: Adapter {
-                prefix: Some(PrefixT::from_prefix(&pf)?),
+                prefix: Some(PrefixTensors::from_prefix(&pf)?),
                 lora: None,
             },
         });

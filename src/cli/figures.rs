@@ -2,7 +2,7 @@
 //! `DIR/captions.md` from the shipped toy models and, when cached, SmolLM2.
 
 use prefixscope::error::Error;
-use prefixscope::figure::paper::{self, Made};
+use prefixscope::figure::paper::{self, PaperFigure};
 use prefixscope::figure::{ensure_writable, save_figure};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -32,7 +32,7 @@ pub struct Args {
     pub force: bool,
 }
 
-fn write_made(dir: &Path, m: &Made, scale: f32, force: bool) -> prefixscope::Result<()> {
+fn write_made(dir: &Path, m: &PaperFigure, scale: f32, force: bool) -> prefixscope::Result<()> {
     let svg = dir.join(format!("{}.svg", m.name));
     let png = dir.join(format!("{}.png", m.name));
     let json = dir.join(format!("{}.json", m.name));
@@ -78,7 +78,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     ];
     let mut skipped = Vec::new();
     let mut made_any = false;
-    let mut emit = |res: prefixscope::Result<Vec<Made>>,
+    let mut emit = |res: prefixscope::Result<Vec<PaperFigure>>,
                     label: &str,
                     skipped: &mut Vec<String>|
      -> prefixscope::Result<()> {

@@ -1,7 +1,10 @@
 //! The options of `prefixscope` with no subcommand: the window.
 
+#[cfg(feature = "gui")]
 use prefixscope::app::AppOptions;
+#[cfg(feature = "gui")]
 use prefixscope::error::Error;
+#[cfg(feature = "gui")]
 use prefixscope::prefix::PrefixKind;
 use std::path::PathBuf;
 
@@ -44,6 +47,23 @@ pub struct GuiArgs {
 }
 
 impl GuiArgs {
+    /// Open the window with these options; returns when it is closed.
+    #[cfg(feature = "gui")]
+    pub fn open(self) -> prefixscope::Result<()> {
+        self.into_options().and_then(prefixscope::app::run)
+    }
+
+    /// Without the `gui` feature there is no window to open: say so on one line.
+    #[cfg(not(feature = "gui"))]
+    pub fn open(self) -> prefixscope::Result<()> {
+        Err(prefixscope::error::Error::input(
+            "subcommand",
+            "one of the subcommands (see --help): this build has no window (feature `gui` off)",
+            "none",
+        ))
+    }
+
+    #[cfg(feature = "gui")]
     pub fn into_options(self) -> prefixscope::Result<AppOptions> {
         let size = match &self.size {
             None => None,

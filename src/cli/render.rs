@@ -3,7 +3,7 @@
 use super::attention::{PrefixArgs, PromptArgs};
 use prefixscope::capture::capture;
 use prefixscope::error::Error;
-use prefixscope::figure::{self, Annotate, ExportOptions, View};
+use prefixscope::figure::{self, Annotate, ExportOptions, ViewKind};
 use prefixscope::load;
 use prefixscope::model::LayerSel;
 use std::path::PathBuf;
@@ -65,7 +65,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             ))
         }
     };
-    let asked_views = a.panels.as_deref().map(View::parse_list).transpose()?;
+    let asked_views = a.panels.as_deref().map(ViewKind::parse_list).transpose()?;
     let loaded = load::load(&a.model)?;
     let info = loaded.model.info().clone();
     if a.layer >= info.n_layers {
@@ -88,12 +88,12 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     let views = match asked_views {
         Some(v) => v,
         None if prefix.is_some() => vec![
-            View::Raw,
-            View::Renormalized,
-            View::Pretrained,
-            View::Difference,
+            ViewKind::Raw,
+            ViewKind::Renormalized,
+            ViewKind::Pretrained,
+            ViewKind::Difference,
         ],
-        None => vec![View::Pretrained],
+        None => vec![ViewKind::Pretrained],
     };
     let cap = capture(
         loaded.model.as_ref(),

@@ -192,7 +192,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             let o = opts(&common, prefix_size, 0.01)?;
             (
                 common.out.clone(),
-                train::prefix::run(&model, &o, init_std, common.resume)?,
+                train::prefix_tuning::run(&model, &o, init_std, common.resume)?,
             )
         }
         Kind::Lora {

@@ -21,7 +21,7 @@ pub use svg::{Annotate, Figure, Heatmap, Panel, Scale, Scatter, Series};
 
 /// The views of one head that a figure can show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum View {
+pub enum ViewKind {
     /// The attention with the prefix, prefix columns included: `(N, P+N)`.
     Raw,
     /// The content columns of the raw attention divided by their row sums: `(N, N)`.
@@ -35,37 +35,37 @@ pub enum View {
     Scaled,
 }
 
-impl View {
-    pub const ALL: [View; 5] = [
-        View::Raw,
-        View::Renormalized,
-        View::Pretrained,
-        View::Difference,
-        View::Scaled,
+impl ViewKind {
+    pub const ALL: [ViewKind; 5] = [
+        ViewKind::Raw,
+        ViewKind::Renormalized,
+        ViewKind::Pretrained,
+        ViewKind::Difference,
+        ViewKind::Scaled,
     ];
 
     pub fn name(&self) -> &'static str {
         match self {
-            View::Raw => "raw",
-            View::Renormalized => "renormalized",
-            View::Pretrained => "pretrained",
-            View::Difference => "difference",
-            View::Scaled => "scaled",
+            ViewKind::Raw => "raw",
+            ViewKind::Renormalized => "renormalized",
+            ViewKind::Pretrained => "pretrained",
+            ViewKind::Difference => "difference",
+            ViewKind::Scaled => "scaled",
         }
     }
 
     pub fn title(&self) -> &'static str {
         match self {
-            View::Raw => "With prefix (raw)",
-            View::Renormalized => "Renormalized over content",
-            View::Pretrained => "Pretrained (no prefix)",
-            View::Difference => "Renormalized \u{2212} pretrained",
-            View::Scaled => "Pretrained \u{00d7} (1 \u{2212} prefix mass)",
+            ViewKind::Raw => "With prefix (raw)",
+            ViewKind::Renormalized => "Renormalized over content",
+            ViewKind::Pretrained => "Pretrained (no prefix)",
+            ViewKind::Difference => "Renormalized \u{2212} pretrained",
+            ViewKind::Scaled => "Pretrained \u{00d7} (1 \u{2212} prefix mass)",
         }
     }
 
-    pub fn parse(s: &str) -> Result<View> {
-        View::ALL
+    pub fn parse(s: &str) -> Result<ViewKind> {
+        ViewKind::ALL
             .iter()
             .copied()
             .find(|v| v.name() == s.trim().to_ascii_lowercase())
@@ -79,11 +79,11 @@ impl View {
     }
 
     /// A comma-separated list such as `raw,renormalized`.
-    pub fn parse_list(s: &str) -> Result<Vec<View>> {
-        let v: Vec<View> = s
+    pub fn parse_list(s: &str) -> Result<Vec<ViewKind>> {
+        let v: Vec<ViewKind> = s
             .split(',')
             .filter(|x| !x.trim().is_empty())
-            .map(View::parse)
+            .map(ViewKind::parse)
             .collect::<Result<_>>()?;
         if v.is_empty() {
             return Err(Error::input("--panels", "at least one view", "none"));
@@ -169,7 +169,7 @@ pub fn view_heatmap(
     labels: &[String],
     layer: usize,
     head: usize,
-    view: View,
+    view: ViewKind,
 ) -> Result<Heatmap> {
     let lc = layer_of(cap, layer)?;
     let n = cap.token_ids.len();
@@ -199,7 +199,7 @@ pub fn view_heatmap(
     let title = view.title();
     let pre = head_slice(&lc.pretrained, head);
     match view {
-        View::Raw => {
+        ViewKind::Raw => {
             let w = lc.with_prefix.as_ref().ok_or_else(|| need_prefix("raw"))?;
             let mut cols = prefix_labels(p);
             cols.extend_from_slice(labels);
@@ -213,7 +213,7 @@ pub fn view_heatmap(
                 Scale::probability(),
             )
         }
-        View::Renormalized => {
+        ViewKind::Renormalized => {
             let r = lc
                 .renormalized
                 .as_ref()
@@ -228,10 +228,10 @@ pub fn view_heatmap(
                 Scale::probability(),
             )
         }
-        View::Pretrained => {
+        ViewKind::Pretrained => {
             attention_heatmap(name, title, labels, labels, pre, 0, Scale::probability())
         }
-        View::Difference => {
+        ViewKind::Difference => {
             let r = lc
                 .renormalized
                 .as_ref()
@@ -246,7 +246,7 @@ pub fn view_heatmap(
             h.value_label = "difference".into();
             Ok(h)
         }
-        View::Scaled => {
+        ViewKind::Scaled => {
             let m = lc
                 .prefix_mass
                 .as_ref()
@@ -293,7 +293,7 @@ pub fn views_figure(
     labels: &[String],
     layer: usize,
     head: usize,
-    views: &[View],
+    views: &[ViewKind],
     opts: &ExportOptions,
 ) -> Result<Figure> {
     let panels = views
@@ -372,7 +372,7 @@ pub fn export_views(
     labels: &[String],
     layer: usize,
     head: usize,
-    views: &[View],
+    views: &[ViewKind],
     path: &Path,
     opts: &ExportOptions,
 ) -> Result<()> {
@@ -405,7 +405,7 @@ pub fn views_rgba(
     labels: &[String],
     layer: usize,
     head: usize,
-    views: &[View],
+    views: &[ViewKind],
     opts: &ExportOptions,
 ) -> Result<(u32, u32, Vec<u8>)> {
     let fig = views_figure(cap, labels, layer, head, views, opts)?;

@@ -47,13 +47,14 @@ impl Scale {
     pub fn color(&self, v: f32) -> (u8, u8, u8) {
         let (lo, hi) = self.range();
         let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
-        let t = t.clamp(0.0, 1.0) as f64;
-        let c = match self {
-            Scale::Sequential { .. } => colorous::MAGMA.eval_continuous(1.0 - t),
-            // RdBu runs red (low) to blue (high); flip so positive differences are red.
-            Scale::Diverging { .. } => colorous::RED_BLUE.eval_continuous(1.0 - t),
+        let t = t.clamp(0.0, 1.0);
+        // The window's tables (`crate::colormap`), so a figure and the screen agree.
+        let [r, g, b] = match self {
+            Scale::Sequential { .. } => crate::colormap::ColorMap::Magma.sample(1.0 - t),
+            // `diverging` takes -1..=1 and paints positive differences red.
+            Scale::Diverging { .. } => crate::colormap::diverging(2.0 * t - 1.0),
         };
-        (c.r, c.g, c.b)
+        (r, g, b)
     }
 }
 

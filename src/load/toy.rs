@@ -243,7 +243,7 @@ pub fn load(path: &Path, ctl: &LoadControl) -> Result<Loaded> {
                 path: path.to_path_buf(),
             })
         }
-        crate::model::construction::KIND => crate::model::construction::open(path),
+        crate::construct::model::KIND => crate::construct::model::open(path),
         other => Err(not_a_model(path, other)),
     }
 }

@@ -279,7 +279,7 @@ impl Lora {
 
 /// A prefix as tensors (possibly trainable `Var`s), in the shapes of [`Prefix`].
 #[derive(Clone, Debug)]
-pub enum PrefixT {
+pub enum PrefixTensors {
     /// `(P, n_embd)` input embeddings at positions `0..P` (position embeddings are added to them).
     SoftPrompt(Tensor),
     /// `(n_layer, P, n_embd)`: the paper's per-layer hidden states, replacing the attention input at
@@ -289,12 +289,12 @@ pub enum PrefixT {
     KeyValue { keys: Tensor, values: Tensor },
 }
 
-impl PrefixT {
+impl PrefixTensors {
     pub fn from_prefix(p: &Prefix) -> candle_core::Result<Self> {
         Ok(match p {
-            Prefix::SoftPrompt(a) => PrefixT::SoftPrompt(a.to_tensor()?),
-            Prefix::Hidden(a) => PrefixT::Hidden(a.to_tensor()?),
-            Prefix::KeyValue { keys, values } => PrefixT::KeyValue {
+            Prefix::SoftPrompt(a) => PrefixTensors::SoftPrompt(a.to_tensor()?),
+            Prefix::Hidden(a) => PrefixTensors::Hidden(a.to_tensor()?),
+            Prefix::KeyValue { keys, values } => PrefixTensors::KeyValue {
                 keys: keys.to_tensor()?,
                 values: values.to_tensor()?,
             },
@@ -303,9 +303,9 @@ impl PrefixT {
 
     pub fn len(&self) -> candle_core::Result<usize> {
         match self {
-            PrefixT::SoftPrompt(t) => t.dim(0),
-            PrefixT::Hidden(t) => t.dim(1),
-            PrefixT::KeyValue { keys, .. } => keys.dim(2),
+            PrefixTensors::SoftPrompt(t) => t.dim(0),
+            PrefixTensors::Hidden(t) => t.dim(1),
+            PrefixTensors::KeyValue { keys, .. } => keys.dim(2),
         }
     }
 
@@ -315,12 +315,12 @@ impl PrefixT {
 }
 
 /// The weight getter `load` threads through its helpers: `(vb, name, shape, init) -> tensor`.
-type Getter<'a> =
+type WeightGetter<'a> =
     dyn FnMut(&VarBuilder, &str, &[usize], candle_nn::Init) -> candle_core::Result<Tensor> + 'a;
 
 /// Per-layer results of a batched forward kept for capture: `(layer, probs (B, H, T, P+T),
 /// values (B, H, P+T, hd), z (B, H, T, hd))`.
-type Kept = Vec<(usize, Tensor, Tensor, Tensor)>;
+type KeptLayers = Vec<(usize, Tensor, Tensor, Tensor)>;
 
 #[derive(Clone)]
 pub struct Gpt {
@@ -363,13 +363,13 @@ impl Gpt {
             n_params += w.elem_count();
             Ok::<Tensor, candle_core::Error>(w)
         };
-        let ln = |get: &mut Getter, vb: &VarBuilder| -> candle_core::Result<Ln> {
+        let ln = |get: &mut WeightGetter, vb: &VarBuilder| -> candle_core::Result<Ln> {
             Ok(Ln {
                 w: get(vb, "weight", &[c], Init::Const(1.0))?,
                 b: get(vb, "bias", &[c], Init::Const(0.0))?,
             })
         };
-        let lin = |get: &mut Getter,
+        let lin = |get: &mut WeightGetter,
                    vb: &VarBuilder,
                    din: usize,
                    dout: usize,
@@ -461,13 +461,13 @@ impl Gpt {
         &self,
         l: usize,
         blk: &Block,
-        prefix: Option<&PrefixT>,
+        prefix: Option<&PrefixTensors>,
         b: usize,
     ) -> candle_core::Result<Option<(Tensor, Tensor)>> {
         let h = self.cfg.n_head;
         let kv = match prefix {
-            Some(PrefixT::Hidden(all)) => self.hidden_kv(blk, &all.get(l)?)?,
-            Some(PrefixT::KeyValue { keys, values }) => {
+            Some(PrefixTensors::Hidden(all)) => self.hidden_kv(blk, &all.get(l)?)?,
+            Some(PrefixTensors::KeyValue { keys, values }) => {
                 (keys.get(l)?.unsqueeze(0)?, values.get(l)?.unsqueeze(0)?)
             }
             _ => return Ok(None),
@@ -485,10 +485,10 @@ impl Gpt {
     fn run_blocks(
         &self,
         ids: &Tensor,
-        prefix: Option<&PrefixT>,
+        prefix: Option<&PrefixTensors>,
         lora: Option<&Lora>,
         keep: Option<&LayerSel>,
-    ) -> candle_core::Result<(Tensor, Kept)> {
+    ) -> candle_core::Result<(Tensor, KeptLayers)> {
         let (b, t_ids) = ids.dims2()?;
         let (h, c, hd) = (self.cfg.n_head, self.cfg.n_embd, self.cfg.head_dim());
         let eps = self.cfg.layer_norm_eps;
@@ -501,7 +501,7 @@ impl Gpt {
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t_ids, c))?;
         let mut x = match prefix {
-            Some(PrefixT::SoftPrompt(s)) => {
+            Some(PrefixTensors::SoftPrompt(s)) => {
                 let s = s.unsqueeze(0)?.broadcast_as((b, p, c))?;
                 Tensor::cat(&[&s, &tok], 1)?.broadcast_add(&self.wpe.narrow(0, 0, p + t_ids)?)?
             }
@@ -557,7 +557,7 @@ impl Gpt {
     pub fn logits(
         &self,
         ids: &Tensor,
-        prefix: Option<&PrefixT>,
+        prefix: Option<&PrefixTensors>,
         lora: Option<&Lora>,
         last: usize,
     ) -> candle_core::Result<Tensor> {
@@ -574,7 +574,7 @@ impl Gpt {
     fn run_one(
         &self,
         ids: &[u32],
-        prefix: Option<&PrefixT>,
+        prefix: Option<&PrefixTensors>,
         p_run: usize,
         sel: &LayerSel,
     ) -> Result<Run> {
@@ -645,7 +645,7 @@ impl Transformer for Gpt {
             None => 0,
         };
         self.check_len("prompt length", p + ids.len())?;
-        let pt = prefix.map(PrefixT::from_prefix).transpose()?;
+        let pt = prefix.map(PrefixTensors::from_prefix).transpose()?;
         crate::incremental::on_compute_pool(self, p + ids.len(), || {
             self.run_one(ids, pt.as_ref(), p, layers)
         })

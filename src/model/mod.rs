@@ -8,7 +8,6 @@
 
 pub mod attention;
 pub mod blas;
-pub mod construction;
 pub mod gpt;
 pub mod llama;
 pub mod train_ops;

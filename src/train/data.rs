@@ -47,7 +47,7 @@ impl Task {
     /// The tasks `random` mixes (the authors' `random_mode_list`).
     pub const PRETRAIN: [Task; 4] = [Task::Ascending, Task::Descending, Task::Add1, Task::Add2];
 
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Task::Ascending => "ascending",
             Task::Descending => "descending",
@@ -80,6 +80,13 @@ impl Task {
     /// The output for `inp`. `random` has no single answer; pass a concrete task.
     pub fn solve(self, inp: &[u32; LENGTH]) -> [u32; LENGTH] {
         let mut out = *inp;
+        out.copy_from_slice(&self.answer(inp));
+        out
+    }
+
+    /// The output for an input of any length (the figures' prompts); `random` sorts ascending.
+    pub fn answer(self, inp: &[u32]) -> Vec<u32> {
+        let mut out = inp.to_vec();
         match self {
             Task::Ascending | Task::Random => out.sort_unstable(),
             Task::Descending => out.sort_unstable_by(|a, b| b.cmp(a)),

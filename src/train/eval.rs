@@ -4,7 +4,7 @@
 
 use super::data::{self, Split, Task, LENGTH};
 use crate::error::Result;
-use crate::model::gpt::{Gpt, Lora, PrefixT};
+use crate::model::gpt::{Gpt, Lora, PrefixTensors};
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -12,7 +12,7 @@ use rand::SeedableRng;
 /// What runs on top of the frozen model.
 #[derive(Clone, Default)]
 pub struct Adapter {
-    pub prefix: Option<PrefixT>,
+    pub prefix: Option<PrefixTensors>,
     pub lora: Option<Lora>,
 }
 

@@ -10,12 +10,12 @@ pub mod data;
 pub mod eval;
 pub mod finetune;
 pub mod lora;
-pub mod prefix;
+pub mod prefix_tuning;
 pub mod pretrain;
 
 use crate::error::{Error, Result};
 use crate::load::toy;
-use crate::model::gpt::{Gpt, GptConfig, Lora, PrefixT};
+use crate::model::gpt::{Gpt, GptConfig, Lora, PrefixTensors};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use data::{Split, Task};
@@ -106,7 +106,7 @@ pub fn loss(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Tensor> {
 /// One training batch's loss for `model` with an optional trainable prefix or LoRA.
 pub fn batch_loss(
     model: &Gpt,
-    prefix: Option<&PrefixT>,
+    prefix: Option<&PrefixTensors>,
     lora: Option<&Lora>,
     task: Task,
     p: usize,

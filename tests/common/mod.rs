@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "gui")]
 pub mod gui;
 
 use prefixscope::arrays::Array;

@@ -6,23 +6,35 @@
 //! Models are found by their safetensors metadata (`prefixscope.kind`, `.task`, `.base`, `.config`),
 //! among the files `models/manifest.json` lists and the `.safetensors` files in the folder.
 
+mod runs;
+mod toys;
+
+use runs::{block_output, raw_attention};
+pub use runs::{generate, sample_inputs, task_answer};
+pub use toys::*;
+
 use super::svg::{padded_range, Figure, Heatmap, Panel, Scale, Scatter, Series};
-use super::{attention_heatmap, prefix_labels, View};
+use super::{attention_heatmap, prefix_labels, ViewKind};
 use crate::arrays::Array;
 use crate::capture::capture;
 use crate::error::{Error, Result};
 use crate::load;
 use crate::model::{LayerSel, Transformer};
 use crate::prefix::{Prefix, PrefixKind};
-use candle_core::Tensor;
-use std::collections::BTreeMap;
-use std::io::Read;
+use crate::train::data::Task;
 use std::path::{Path, PathBuf};
 
 /// The notebooks' test input.
 pub const TEST_INPUT: [u32; 10] = [2, 6, 0, 1, 4, 6, 3, 0, 1, 2];
 /// The four pretraining tasks, in the paper's order.
-pub const TASKS: [&str; 4] = ["ascending", "descending", "add1", "add2"];
+/// The four pretraining tasks, by name, in the order the figures show them (defined once, in
+/// [`crate::train::data::Task::PRETRAIN`]).
+pub const TASKS: [&str; 4] = [
+    Task::PRETRAIN[0].name(),
+    Task::PRETRAIN[1].name(),
+    Task::PRETRAIN[2].name(),
+    Task::PRETRAIN[3].name(),
+];
 /// The residual dimensions of the authors' saved bias plot (`02_compare_with_wo_prefix.pdf`).
 pub const PAPER_BIAS_DIMS: (usize, usize) = (143, 212);
 /// The DART test sentence of the LLaMA figure, without its dummy first token "X" (the prefix's place).
@@ -30,7 +42,7 @@ pub const DART_CONTENT: &str =
     " TABLE: Fourth Round Qualifying : NEW_ENTRIES_THIS_ROUND : 24 TEXT: Fourth round qualifying had 24 new entries.";
 
 /// A figure ready to write: the drawing, its caption (markdown) and the data it shows (JSON).
-pub struct Made {
+pub struct PaperFigure {
     /// File stem, e.g. `a_sorter`.
     pub name: String,
     pub figure: Figure,
@@ -39,305 +51,7 @@ pub struct Made {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Finding the toy models
-
-/// One of our safetensors files with its metadata.
-#[derive(Debug, Clone)]
-pub struct ToyEntry {
-    pub path: PathBuf,
-    pub meta: BTreeMap<String, String>,
-}
-
-impl ToyEntry {
-    pub fn kind(&self) -> &str {
-        self.get("prefixscope.kind").unwrap_or("")
-    }
-    pub fn task(&self) -> &str {
-        self.get("prefixscope.task").unwrap_or("")
-    }
-    pub fn get(&self, k: &str) -> Option<&str> {
-        self.meta.get(k).map(|s| s.as_str())
-    }
-    /// `(n_layer, n_head, n_embd)` from the JSON config.
-    pub fn shape(&self) -> Option<(usize, usize, usize)> {
-        let v: serde_json::Value = serde_json::from_str(self.get("prefixscope.config")?).ok()?;
-        let g = |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize);
-        Some((g("n_layer")?, g("n_head")?, g("n_embd")?))
-    }
-    /// Whether `self` names `base` as its base model.
-    pub fn based_on(&self, base: &ToyEntry) -> bool {
-        let Some(b) = self.get("prefixscope.base") else {
-            return false;
-        };
-        // The metadata names the base by file name, in the adapter's own folder: two models called
-        // `random.safetensors` in different folders are different bases.
-        let bname = Path::new(b).file_name();
-        bname.is_some()
-            && bname == base.path.file_name()
-            && self.path.parent() == base.path.parent()
-    }
-}
-
-/// Read a safetensors header's `__metadata__` without reading the tensors.
-pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
-    let n = u64::from_le_bytes(len);
-    if n > 100_000_000 {
-        return Err(Error::format(
-            path,
-            "safetensors header",
-            "a header under 100 MB",
-            format!("{n} bytes"),
-        ));
-    }
-    let mut buf = vec![0u8; n as usize];
-    f.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_slice(&buf)
-        .map_err(|e| Error::format(path, "safetensors header", "JSON", e.to_string()))?;
-    let mut out = BTreeMap::new();
-    if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
-        for (k, v) in m {
-            if let Some(s) = v.as_str() {
-                out.insert(k.clone(), s.to_string());
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Every toy file in `dir`: those `manifest.json` names (any string ending in `.safetensors`) and
-/// those in the folder itself.
-pub fn scan_models(dir: &Path) -> Result<Vec<ToyEntry>> {
-    let mut paths: Vec<PathBuf> = Vec::new();
-    let manifest = dir.join("manifest.json");
-    if manifest.exists() {
-        let text = std::fs::read_to_string(&manifest).map_err(|e| Error::io(&manifest, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::format(&manifest, "manifest", "JSON", e.to_string()))?;
-        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-            match v {
-                serde_json::Value::String(s) if s.ends_with(".safetensors") => out.push(s.clone()),
-                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-                serde_json::Value::Object(o) => o.values().for_each(|x| walk(x, out)),
-                _ => {}
-            }
-        }
-        let mut names = Vec::new();
-        walk(&v, &mut names);
-        for n in names {
-            let p = if Path::new(&n).is_absolute() {
-                PathBuf::from(&n)
-            } else {
-                // Paths may be relative to the manifest or to the repository root.
-                let a = dir.join(&n);
-                let b = dir.parent().unwrap_or(dir).join(&n);
-                if a.exists() {
-                    a
-                } else {
-                    b
-                }
-            };
-            if p.exists() {
-                paths.push(p);
-            }
-        }
-    }
-    // The folder and its subfolders (one level: models/<family>/<file>).
-    if dir.is_dir() {
-        let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                if let Ok(sub) = std::fs::read_dir(&p) {
-                    paths.extend(
-                        sub.flatten()
-                            .map(|e| e.path())
-                            .filter(|q| crate::arrays::extension(q) == "safetensors"),
-                    );
-                }
-            } else if crate::arrays::extension(&p) == "safetensors" {
-                paths.push(p);
-            }
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for p in paths {
-        let key = std::fs::canonicalize(&p).unwrap_or(p.clone());
-        if !seen.insert(key) {
-            continue;
-        }
-        if let Ok(meta) = read_metadata(&p) {
-            if meta.contains_key("prefixscope.kind") {
-                out.push(ToyEntry { path: p, meta });
-            }
-        }
-    }
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
-}
-
-/// The files figure (a) needs.
-pub struct SorterFiles {
-    pub pretrained: ToyEntry,
-    pub finetuned: ToyEntry,
-    pub prefix: ToyEntry,
-}
-
-/// The files figures (b) and (c) need.
-pub struct FourTaskFiles {
-    pub model: ToyEntry,
-    /// `(task, prefix file)` in [`TASKS`] order.
-    pub prefixes: Vec<(String, ToyEntry)>,
-}
-
-fn describe_missing(what: &str, dir: &Path) -> Error {
-    Error::input(
-        format!("{} (models)", dir.display()),
-        format!("a {what}"),
-        "none (train it, or merge main once it ships)",
-    )
-}
-
-/// The pretrained toy (`toy-gpt`) with `layers` layers and `heads` heads pretrained on `task`.
-fn find_pretrained<'a>(
-    dir: &Path,
-    all: &'a [ToyEntry],
-    task: &str,
-    (layers, heads): (usize, usize),
-    name: &str,
-) -> Result<&'a ToyEntry> {
-    all.iter()
-        .find(|e| {
-            e.kind() == "toy-gpt"
-                && e.task() == task
-                && e.shape().is_some_and(|(l, h, _)| l == layers && h == heads)
-        })
-        .ok_or_else(|| {
-            let s = |n: usize| if n == 1 { "" } else { "s" };
-            describe_missing(
-                &format!(
-                    "toy-gpt model with {layers} layer{}, {heads} head{}, task {task} ({name})",
-                    s(layers),
-                    s(heads)
-                ),
-                dir,
-            )
-        })
-}
-
-/// The adapter file of `kind` (`toy-prefix`, `toy-finetuned`) for `task` trained on `base`.
-fn find_adapter<'a>(
-    dir: &Path,
-    all: &'a [ToyEntry],
-    kind: &str,
-    task: &str,
-    base: &ToyEntry,
-) -> Result<&'a ToyEntry> {
-    all.iter()
-        .find(|e| e.kind() == kind && e.task() == task && e.based_on(base))
-        .ok_or_else(|| {
-            describe_missing(
-                &format!("{kind} on {task} based on {}", base.path.display()),
-                dir,
-            )
-        })
-}
-
-/// The 1-layer 1-head sorter pretrained on ascending, its full fine-tune and its prefix (descending).
-pub fn find_sorter(dir: &Path, all: &[ToyEntry]) -> Result<SorterFiles> {
-    let pretrained = find_pretrained(dir, all, "ascending", (1, 1), "the sorter")?;
-    Ok(SorterFiles {
-        pretrained: pretrained.clone(),
-        finetuned: find_adapter(dir, all, "toy-finetuned", "descending", pretrained)?.clone(),
-        prefix: find_adapter(dir, all, "toy-prefix", "descending", pretrained)?.clone(),
-    })
-}
-
-/// The 1-layer 4-head model pretrained on the random mix of tasks and its four task prefixes.
-pub fn find_four_task(dir: &Path, all: &[ToyEntry]) -> Result<FourTaskFiles> {
-    let model = find_pretrained(dir, all, "random", (1, 4), "the four-task model")?;
-    let prefixes = TASKS
-        .iter()
-        .map(|t| {
-            Ok((
-                t.to_string(),
-                find_adapter(dir, all, "toy-prefix", t, model)?.clone(),
-            ))
-        })
-        .collect::<Result<_>>()?;
-    Ok(FourTaskFiles {
-        model: model.clone(),
-        prefixes,
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Toy helpers
-
-/// The answer a task asks for.
-pub fn task_answer(task: &str, input: &[u32]) -> Option<Vec<u32>> {
-    let mut v = input.to_vec();
-    match task {
-        "ascending" => v.sort(),
-        "descending" => v.sort_by(|a, b| b.cmp(a)),
-        "add1" => v.iter_mut().for_each(|x| *x += 1),
-        "add2" => v.iter_mut().for_each(|x| *x += 2),
-        _ => return None,
-    }
-    Some(v)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .fold((0usize, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
-            if x > bv {
-                (i, x)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0 as u32
-}
-
-/// Greedy continuation of `input` by `steps` tokens, behind `prefix` or (without one) behind the
-/// `p` placeholder tokens the model was trained with.
-pub fn generate(
-    model: &dyn Transformer,
-    input: &[u32],
-    prefix: Option<&Prefix>,
-    p: usize,
-    steps: usize,
-) -> Result<Vec<u32>> {
-    let mut ids = input.to_vec();
-    let none = LayerSel::Only(vec![]);
-    for _ in 0..steps {
-        let run = match prefix {
-            Some(pf) => model.forward(&ids, Some(pf), &none)?,
-            None => model.pretrained(&ids, p, &none)?,
-        };
-        ids.push(argmax(&run.logits_last.to_vec1::<f32>()?));
-    }
-    Ok(ids[input.len()..].to_vec())
-}
-
-/// Raw attention `(H, n, p+n)` of layer 0 for `ids`, behind `prefix` or the placeholders.
-fn raw_attention(
-    model: &dyn Transformer,
-    ids: &[u32],
-    prefix: Option<&Prefix>,
-    p: usize,
-) -> Result<Array> {
-    let sel = LayerSel::Only(vec![0]);
-    let run = match prefix {
-        Some(pf) => model.forward(ids, Some(pf), &sel)?,
-        None => model.pretrained(ids, p, &sel)?,
-    };
-    Ok(Array::from_tensor(&run.layers[0].pattern)?)
-}
+// Labels and groups
 
 fn digits(ids: &[u32]) -> Vec<String> {
     ids.iter().map(|i| i.to_string()).collect()
@@ -396,7 +110,7 @@ fn load_prefix_entry(e: &ToyEntry) -> Result<Prefix> {
 // ---------------------------------------------------------------------------------------------
 // (a) the sorter
 
-pub fn sorter_figure(files: &SorterFiles) -> Result<Made> {
+pub fn sorter_figure(files: &SorterFiles) -> Result<PaperFigure> {
     let pre = load::load(&files.pretrained.path)?;
     let ft = load::load(&files.finetuned.path)?;
     let prefix = load_prefix_entry(&files.prefix)?;
@@ -516,7 +230,7 @@ pub fn sorter_figure(files: &SorterFiles) -> Result<Made> {
         "max_abs_diff_input_rows_renormalized_prefixtuned_vs_pretrained": renorm_diff,
         "panels": maps_json(&maps),
     });
-    Ok(Made {
+    Ok(PaperFigure {
         name: "a_sorter".into(),
         figure: fig,
         caption,
@@ -527,7 +241,7 @@ pub fn sorter_figure(files: &SorterFiles) -> Result<Made> {
 // ---------------------------------------------------------------------------------------------
 // (b) the four-task model's heads
 
-pub fn four_task_figures(files: &FourTaskFiles) -> Result<Vec<Made>> {
+pub fn four_task_figures(files: &FourTaskFiles) -> Result<Vec<PaperFigure>> {
     let loaded = load::load(&files.model.path)?;
     let model = loaded.model.as_ref();
     let n_heads = model.info().n_heads;
@@ -685,13 +399,13 @@ pub fn four_task_figures(files: &FourTaskFiles) -> Result<Vec<Made>> {
     let raw_maps = collect(&raw_fig);
     let ren_maps = collect(&ren_fig);
     Ok(vec![
-        Made {
+        PaperFigure {
             name: "b_four_task_raw".into(),
             data: serde_json::json!({"input": input, "panels": maps_json(&raw_maps.iter().collect::<Vec<_>>())}),
             figure: raw_fig,
             caption: cap_raw,
         },
-        Made {
+        PaperFigure {
             name: "b_four_task_renormalized".into(),
             data: serde_json::json!({"input": input, "max_abs_renormalized_minus_pretrained": worst_renorm, "panels": maps_json(&ren_maps.iter().collect::<Vec<_>>())}),
             figure: ren_fig,
@@ -703,48 +417,11 @@ pub fn four_task_figures(files: &FourTaskFiles) -> Result<Vec<Made>> {
 // ---------------------------------------------------------------------------------------------
 // (c) the bias plot
 
-/// `count` inputs from the paper's generator (10 digits in 0..8; with probability 1/2 an input with
-/// more than 5 distinct digits is redrawn), seeded so the figure is reproducible.
-pub fn sample_inputs(count: usize, seed: u64) -> Vec<Vec<u32>> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut out = Vec::new();
-    while out.len() < count {
-        let x: Vec<u32> = (0..10).map(|_| rng.random_range(0..8u32)).collect();
-        let mut u = x.clone();
-        u.sort();
-        u.dedup();
-        if u.len() > 5 && rng.random::<f32>() < 0.5 {
-            continue;
-        }
-        out.push(x);
-    }
-    out
-}
-
 /// Colour-blind-safe colours for the four tasks (Okabe-Ito).
 pub const TASK_COLORS: [(u8, u8, u8); 4] =
     [(0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167)];
 
-/// Attention block output `(n, d)` at layer 0 for `ids` behind `prefix` (or the placeholders).
-fn block_output(
-    model: &dyn Transformer,
-    ids: &[u32],
-    prefix: Option<&Prefix>,
-    p: usize,
-) -> Result<Vec<f32>> {
-    let sel = LayerSel::Only(vec![0]);
-    let run = match prefix {
-        Some(pf) => model.forward(ids, Some(pf), &sel)?,
-        None => model.pretrained(ids, p, &sel)?,
-    };
-    let z: &Tensor = &run.layers[0].z;
-    let out = model.attn_block_output(0, z)?;
-    let n = out.dim(0)?;
-    Ok(out.get(n - 1)?.to_vec1::<f32>()?)
-}
-
-pub fn bias_figure(files: &FourTaskFiles, dims: Option<(usize, usize)>) -> Result<Made> {
+pub fn bias_figure(files: &FourTaskFiles, dims: Option<(usize, usize)>) -> Result<PaperFigure> {
     let loaded = load::load(&files.model.path)?;
     let model = loaded.model.as_ref();
     let d_model = model.info().d_model;
@@ -883,7 +560,7 @@ pub fn bias_figure(files: &FourTaskFiles, dims: Option<(usize, usize)>) -> Resul
         "without_prefix": base.iter().map(|o| (o[d1], o[d2])).collect::<Vec<_>>(),
         "with_prefix": shifts_json,
     });
-    Ok(Made {
+    Ok(PaperFigure {
         name: "c_bias".into(),
         figure: fig,
         caption,
@@ -911,7 +588,7 @@ pub fn smollm2_path() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-pub fn smollm2_figure(path: &Path, head: Option<usize>) -> Result<Made> {
+pub fn smollm2_figure(path: &Path, head: Option<usize>) -> Result<PaperFigure> {
     let loaded = load::load(path)?;
     let model = loaded.model.as_ref();
     let tok = &loaded.tokenizer;
@@ -953,10 +630,10 @@ pub fn smollm2_figure(path: &Path, head: Option<usize>) -> Result<Made> {
     };
     let labels = tok.labels(&ids);
     let views = [
-        View::Raw,
-        View::Scaled,
-        View::Renormalized,
-        View::Pretrained,
+        ViewKind::Raw,
+        ViewKind::Scaled,
+        ViewKind::Renormalized,
+        ViewKind::Pretrained,
     ];
     let mut panels = Vec::new();
     for v in views {
@@ -1024,7 +701,7 @@ pub fn smollm2_figure(path: &Path, head: Option<usize>) -> Result<Made> {
         "prefix_mass": m,
         "panels": maps_json(&maps),
     });
-    Ok(Made {
+    Ok(PaperFigure {
         name: "d_smollm2".into(),
         figure: fig,
         caption,

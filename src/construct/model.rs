@@ -19,9 +19,9 @@
 //! The arithmetic runs in f64 (the weights and virtual tokens are f32, as stored); the captured tensors
 //! are handed back in f32 like every other family's.
 
-use super::{Arch, LayerRun, LayerSel, ModelInfo, Run, Transformer};
 use crate::arrays::Array;
 use crate::error::{Error, Result};
+use crate::model::{Arch, LayerRun, LayerSel, ModelInfo, Run, Transformer};
 use crate::prefix::Prefix;
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;

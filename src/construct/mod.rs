@@ -17,16 +17,16 @@
 //! - (d) [`two_token`]: one virtual token holds a map from two letters to a letter, packed as base-K
 //!   digits, and the model itself unpacks it (see the function's documentation).
 //!
-//! The rest of this page is `src/construct.md`, the design notes for every construction.
+//! The rest of this page is `src/construct/construct.md`, the design notes for every construction.
 #![doc = include_str!("construct.md")]
+
+pub mod model;
 
 use crate::arrays::Array;
 use crate::error::{Error, Result};
-use crate::model::construction::{
-    Construction, ConstructionConfig, Generation, HeadConfig, Mat, MlpConfig,
-};
 use crate::model::{LayerSel, Transformer};
 use crate::prefix::Prefix;
+use model::{Construction, ConstructionConfig, Generation, HeadConfig, Mat, MlpConfig};
 use rand::{Rng, SeedableRng};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;

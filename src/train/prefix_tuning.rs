@@ -5,7 +5,7 @@
 use super::{drive, eval, metadata, LoopOpts, Outcome};
 use crate::error::{Error, Result};
 use crate::load::toy;
-use crate::model::gpt::PrefixT;
+use crate::model::gpt::PrefixTensors;
 use candle_core::Var;
 use rand::SeedableRng;
 use std::path::Path;
@@ -48,7 +48,7 @@ pub fn run(base: &Path, opts: &LoopOpts, init_std: f64, resume: bool) -> Result<
     let task = opts.task;
     let s = opts.schedule.clone();
     let frozen_adapter = |v: &Var| eval::Adapter {
-        prefix: Some(PrefixT::Hidden(v.as_tensor().detach())),
+        prefix: Some(PrefixTensors::Hidden(v.as_tensor().detach())),
         lora: None,
     };
     drive(
@@ -58,7 +58,7 @@ pub fn run(base: &Path, opts: &LoopOpts, init_std: f64, resume: bool) -> Result<
         vec![var.clone()],
         vec![],
         |step| {
-            let pf = PrefixT::Hidden(var.as_tensor().clone());
+            let pf = PrefixTensors::Hidden(var.as_tensor().clone());
             super::batch_loss(&gpt, Some(&pf), None, task, p, &s, step)
         },
         |step| super::eval_fraction(&gpt, &frozen_adapter(&var), p, task, opts, step),
