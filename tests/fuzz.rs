@@ -17,6 +17,7 @@
 //! Budget: about 60 s in all by default, shared by the readers; `PREFIXSCOPE_FUZZ_SECS=1800` runs
 //! 30 minutes. Seeds are fixed (`PREFIXSCOPE_FUZZ_SEED` changes them). Counts per reader are
 //! printed (`cargo test --test fuzz -- --nocapture`).
+#![cfg(feature = "gui")] // the session.json reader is the window's
 
 mod common;
 

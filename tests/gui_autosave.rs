@@ -1,6 +1,7 @@
 //! The session and the prefix autosave (egui_kittest, the bundled default toy: no download): the
 //! timer, the save on exit, recovery in a new app, and what a corrupt or mismatched autosave or
 //! session does (the app starts on defaults, never panics), and no temporary file left behind.
+#![cfg(feature = "gui")]
 
 mod common;
 

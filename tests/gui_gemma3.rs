@@ -1,6 +1,7 @@
 //! The app opens the real Gemma 3 270M GGUF (`.ci/fetch-gemma3.sh`): the model, its SentencePiece
 //! tokenizer (labels with no "�") and the first views, whose layer-0 claims
 //! hold.
+#![cfg(feature = "gui")]
 
 mod common;
 

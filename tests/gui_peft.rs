@@ -1,6 +1,7 @@
 //! The app opens a PEFT adapter through the prefix editor's path box and shows PEFT's numbers; a bad
 //! adapter leaves the current prefix with the one-line message; "save as PEFT adapter…" writes a
 //! folder the CLI reads back, and never replaces one unless "replace" is ticked.
+#![cfg(feature = "gui")]
 
 mod common;
 

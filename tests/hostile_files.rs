@@ -434,6 +434,7 @@ fn the_alphabet_edges_are_accepted_and_the_next_character_refused_by_its_real_ra
 }
 
 #[test]
+#[cfg(feature = "gui")]
 fn the_app_starts_whatever_its_session_and_autosave_hold() {
     use prefixscope::app::{AppOptions, PrefixScopeApp};
     // A truncated session.json (it holds the recent list): moved aside, said on the status line.
@@ -487,6 +488,7 @@ fn the_app_starts_whatever_its_session_and_autosave_hold() {
 }
 
 #[test]
+#[cfg(feature = "gui")]
 fn the_app_construction_reaches_both_ends_of_the_alphabet_and_names_it() {
     let mut p = prefixscope::app::construction::ConstructionPanel::default();
     p.set_target(" }");

@@ -347,7 +347,11 @@ fn saved_adapters_reproduce_in_peft() {
             );
             let then = npz(&ours.join(format!("{kind}.attention.npz")));
             for (k, v) in &then {
-                assert!(max_diff(&now[k], v) <= 1e-6, "{model}/{kind}: {k} moved");
+                let d = max_diff(&now[k], v);
+                // Attention is a probability (1e-6 absolute); logits are ~10 in size, and the
+                // decoder's rounding may move them by a few ulps of that (the references' 1e-4 holds).
+                let tol = if k.starts_with("logits") { 1e-5 } else { 1e-6 };
+                assert!(d <= tol, "{model}/{kind}: {k} moved by {d:e}");
             }
             let committed = ours.join(format!("{kind}.adapter"));
             let read = |p: &Path| {

@@ -3,6 +3,7 @@
 //! Six requests are queued back to back on the small HF folder, each with a different prefix length;
 //! the answers must come in increasing generation, end with the newest request's own prefix, and a
 //! drained queue must leave at most one quick and one full answer per request.
+#![cfg(feature = "gui")]
 
 mod common;
 

@@ -10,11 +10,15 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// `dir/config.json`, read once (bounded in size), parsed, and every size and float in it checked
+/// against the limits ([`super::limits::check_config_json`]) before anything is built from it.
 pub fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let cfg_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::format(&cfg_path, "JSON", "a valid config.json", e.to_string()))
+    let text = super::limits::read_config_text(&cfg_path)?;
+    let v = serde_json::from_str(&text)
+        .map_err(|e| Error::format(&cfg_path, "JSON", "a valid config.json", e.to_string()))?;
+    super::limits::check_config_json(&cfg_path, &v)?;
+    Ok(v)
 }
 
 /// The safetensors files of a folder: `model.safetensors`, or the shards named by the index.

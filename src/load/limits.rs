@@ -253,28 +253,33 @@ pub fn check_config_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// Read `dir/config.json` (bounded) and check it with [`check_config_json`], then every
-/// safetensors file of the folder with [`super::safetensors_check::check_file`] and its
-/// `tokenizer.json` with [`super::tokenizer_check::check`]: the one hook before the Hugging Face
-/// loader. A missing or unparsable file is left to the loader, which
-/// reports it as it always has.
-pub fn check_hf_folder(dir: &Path) -> Result<()> {
-    let cfg_path = dir.join("config.json");
-    if let Ok(meta) = std::fs::metadata(&cfg_path) {
-        if meta.len() > MAX_CONFIG_BYTES {
-            return Err(Error::format(
-                &cfg_path,
-                "size",
-                format!("a config.json of at most {MAX_CONFIG_BYTES} bytes"),
-                format!("{} bytes", meta.len()),
-            ));
-        }
-        if let Ok(text) = std::fs::read_to_string(&cfg_path) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                check_config_json(&cfg_path, &v)?;
-            }
-        }
+/// `config.json` as text, refused when it is larger than [`MAX_CONFIG_BYTES`] (read through a
+/// bounded reader, so a file that grows or a pipe cannot make it allocate more). Read exactly once
+/// per load: [`super::hf::read_config`] parses and checks what this returns.
+pub fn read_config_text(cfg_path: &Path) -> Result<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(cfg_path).map_err(|e| Error::io(cfg_path, e))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(cfg_path, e))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::format(
+            cfg_path,
+            "size",
+            format!("a config.json of at most {MAX_CONFIG_BYTES} bytes"),
+            "more",
+        ));
     }
+    String::from_utf8(bytes)
+        .map_err(|e| Error::format(cfg_path, "encoding", "UTF-8 text", e.to_string()))
+}
+
+/// Every safetensors file of a Hugging Face folder with [`super::safetensors_check::check_file`]
+/// and its `tokenizer.json` with [`super::tokenizer_check::check`]: the hook before the loader.
+/// (`config.json` is checked where it is read, [`super::hf::read_config`].) A missing file is left
+/// to the loader, which reports it as it always has.
+pub fn check_hf_folder(dir: &Path) -> Result<()> {
     if let Ok(files) = super::hf::safetensors_files(dir) {
         for f in files {
             if f.exists() {
