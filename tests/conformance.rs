@@ -46,29 +46,7 @@ fn meta(variant: &str) -> serde_json::Value {
 }
 
 fn references(variant: &str) -> Arrays {
-    candle_core::Tensor::read_npz(dir(variant).join("reference.npz"))
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| {
-            let shape = t.dims().to_vec();
-            let data = t
-                .to_dtype(candle_core::DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            (n, (shape, data))
-        })
-        .collect()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    common::npz_f32(&dir(variant).join("reference.npz"))
 }
 
 /// Compare one loaded checkpoint with the references of `variant`, every case and layer; the
@@ -128,7 +106,7 @@ fn check(variant: &str, model_path: &Path) -> Vec<String> {
                 ));
                 continue;
             }
-            let err = max_abs(&got.data, want);
+            let err = common::max_abs_diff(&got.data, want);
             worst_attn = worst_attn.max(err);
             if err.is_nan() || err > ATTN_TOL {
                 bad.push(format!("{variant} {case} L{l}: attention max abs {err:e}"));
@@ -138,7 +116,7 @@ fn check(variant: &str, model_path: &Path) -> Vec<String> {
             "none" => &cap.logits_last_pretrained,
             _ => cap.logits_last_prefixed.as_ref().unwrap(),
         };
-        let err = max_abs(logits, &refs[&format!("{case}_logits_last")].1);
+        let err = common::max_abs_diff(logits, &refs[&format!("{case}_logits_last")].1);
         worst_logit = worst_logit.max(err);
         if err.is_nan() || err > LOGIT_TOL {
             bad.push(format!("{variant} {case}: logits max abs {err:e}"));
@@ -205,7 +183,7 @@ fn ignoring_any_feature_would_fail_the_tolerance() {
         for f in feats {
             let gap = (0..layers)
                 .map(|l| {
-                    max_abs(
+                    common::max_abs_diff(
                         &refs[&format!("ignored_{f}_none_attn_L{l}")].1,
                         &refs[&format!("none_attn_L{l}")].1,
                     )

@@ -47,14 +47,6 @@ fn attention(model: &dyn Transformer) -> Vec<f32> {
         .collect()
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 /// The bug: transformers 5 writes RoPE's base only as `rope_parameters.rope_theta`, and it was read
 /// as the 10000 default. Both spellings now give the same model, and it is not the default's.
 #[test]
@@ -74,8 +66,12 @@ fn a_transformers_5_config_gives_the_model_its_4x_spelling_gives() {
         folder(&dir, cfg);
         runs.push(attention(load(&dir).unwrap().model.as_ref()));
     }
-    assert_eq!(max_diff(&runs[0], &runs[1]), 0.0, "4.x and 5.x spellings");
-    let off = max_diff(&runs[1], &runs[2]);
+    assert_eq!(
+        common::max_abs_diff(&runs[0], &runs[1]),
+        0.0,
+        "4.x and 5.x spellings"
+    );
+    let off = common::max_abs_diff(&runs[1], &runs[2]);
     // The tiny model's scores are small, so RoPE moves attention by ~2e-4: far above rounding.
     assert!(
         off > 1e-5,
@@ -112,7 +108,7 @@ fn smollm2_saved_by_transformers_5_matches_its_gguf() {
     let a = capture(from_gguf.model.as_ref(), &ids, None, &sel).unwrap();
     let b = capture(from_hf.model.as_ref(), &ids, None, &sel).unwrap();
     for (x, y) in a.layers.iter().zip(&b.layers) {
-        let err = max_diff(&x.pretrained.data, &y.pretrained.data);
+        let err = common::max_abs_diff(&x.pretrained.data, &y.pretrained.data);
         assert!(err < 1e-6, "layer {}: {err:e}", x.layer);
     }
 }
@@ -252,8 +248,11 @@ fn gguf_rope_freqs_divide_each_frequency() {
         attention(&load_f32(&linear)),
         attention(&load_f32(&plain)),
     );
-    assert!(max_diff(&a, &b) < 1e-7, "rope_freqs 4 against linear 4");
-    let off = max_diff(&a, &c);
+    assert!(
+        common::max_abs_diff(&a, &b) < 1e-7,
+        "rope_freqs 4 against linear 4"
+    );
+    let off = common::max_abs_diff(&a, &c);
     assert!(off > 1e-5, "rope_freqs must change attention: {off:e}");
 }
 

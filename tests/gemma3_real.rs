@@ -22,29 +22,7 @@ fn fixtures() -> std::path::PathBuf {
 }
 
 fn references() -> Arrays {
-    candle_core::Tensor::read_npz(fixtures().join("reference.npz"))
-        .unwrap()
-        .into_iter()
-        .map(|(n, t)| {
-            let shape = t.dims().to_vec();
-            let data = t
-                .to_dtype(candle_core::DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            (n, (shape, data))
-        })
-        .collect()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    common::npz_f32(&fixtures().join("reference.npz"))
 }
 
 #[test]
@@ -97,7 +75,7 @@ fn gemma3_270m_matches_transformers_on_the_same_gguf() {
             };
             let (shape, want) = &refs[&format!("{case}_attn_L{l}")];
             assert_eq!(&got.shape, shape, "{case} L{l}");
-            let err = max_abs(&got.data, want);
+            let err = common::max_abs_diff(&got.data, want);
             worst = worst.max(err);
             if err.is_nan() || err > ATTN_TOL {
                 bad.push(format!("{case} L{l}: attention max abs {err:e}"));
@@ -108,7 +86,7 @@ fn gemma3_270m_matches_transformers_on_the_same_gguf() {
             _ => cap.logits_last_prefixed.as_ref().unwrap(),
         };
         let got: Vec<f32> = top.iter().map(|&i| logits[i]).collect();
-        let lerr = max_abs(&got, &refs[&format!("{case}_logits_top")].1);
+        let lerr = common::max_abs_diff(&got, &refs[&format!("{case}_logits_top")].1);
         eprintln!("gemma3 270M {case}: worst attention {worst:.1e}, top-64 logits {lerr:.1e}");
         if lerr.is_nan() || lerr > LOGIT_TOL {
             bad.push(format!("{case}: logits max abs {lerr:e}"));

@@ -26,14 +26,6 @@ impl Rng {
     }
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn incremental_equals_full_recompute_over_random_edits() {
     let loaded = load(&smollm2()).unwrap();
@@ -94,7 +86,7 @@ fn check_random_edits(loaded: &prefixscope::load::Loaded, ids: &[u32], seed: u64
             for l in &layers {
                 let a = inc.layer(*l).unwrap();
                 let b = full.layer(*l).unwrap();
-                let d = max_diff(
+                let d = common::max_abs_diff(
                     &a.with_prefix.as_ref().unwrap().data,
                     &b.with_prefix.as_ref().unwrap().data,
                 );
@@ -102,7 +94,7 @@ fn check_random_edits(loaded: &prefixscope::load::Loaded, ids: &[u32], seed: u64
                     d <= 1e-6,
                     "{kind:?} layer {l} after {edit:?}: with-prefix differs by {d:e}"
                 );
-                let d = max_diff(
+                let d = common::max_abs_diff(
                     &a.renormalized.as_ref().unwrap().data,
                     &b.renormalized.as_ref().unwrap().data,
                 );
@@ -110,11 +102,11 @@ fn check_random_edits(loaded: &prefixscope::load::Loaded, ids: &[u32], seed: u64
                     d <= 1e-6,
                     "{kind:?} layer {l}: renormalized differs by {d:e}"
                 );
-                assert!(max_diff(&a.pretrained.data, &b.pretrained.data) <= 1e-6);
+                assert!(common::max_abs_diff(&a.pretrained.data, &b.pretrained.data) <= 1e-6);
                 // Head outputs are not bounded by 1 like attention weights: f32 rounding grows with
                 // their size, so the bound is relative to the largest one (at least 1).
                 let zb = &b.z_prefixed.as_ref().unwrap().data;
-                let d = max_diff(&a.z_prefixed.as_ref().unwrap().data, zb);
+                let d = common::max_abs_diff(&a.z_prefixed.as_ref().unwrap().data, zb);
                 let size = zb.iter().fold(1f32, |m, x| m.max(x.abs()));
                 assert!(
                     d <= 1e-6 * size,
@@ -185,13 +177,13 @@ fn evaluator_across_length_change_removal_kind_change_and_new_prompt() {
             for l in layers {
                 let (a, b) = (inc.layer(l).unwrap(), full.layer(l).unwrap());
                 assert!(
-                    max_diff(&a.pretrained.data, &b.pretrained.data) <= 1e-6,
+                    common::max_abs_diff(&a.pretrained.data, &b.pretrained.data) <= 1e-6,
                     "{what}: L{l} pretrained"
                 );
                 match (&a.with_prefix, &b.with_prefix) {
                     (Some(x), Some(y)) => {
                         assert_eq!(x.shape, y.shape, "{what}: L{l} shape");
-                        let d = max_diff(&x.data, &y.data);
+                        let d = common::max_abs_diff(&x.data, &y.data);
                         assert!(d <= 1e-6, "{what}: L{l} with-prefix differs by {d:e}");
                     }
                     (None, None) => {}

@@ -136,6 +136,34 @@ pub fn fixtures() -> std::collections::HashMap<String, (Vec<usize>, Vec<f64>)> {
         .collect()
 }
 
+/// Every array of an `.npz` reference file as `(shape, f32 data)`.
+pub fn npz_f32(
+    path: &std::path::Path,
+) -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
+    candle_core::Tensor::read_npz(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .into_iter()
+        .map(|(n, t)| {
+            let shape = t.dims().to_vec();
+            let data = t
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("f32 data");
+            (n, (shape, data))
+        })
+        .collect()
+}
+
+/// Largest absolute difference of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 pub fn array_f32(shape: &[usize], data: &[f64]) -> Array {
     Array {
         shape: shape.to_vec(),
