@@ -141,28 +141,20 @@ impl PrefixEditor {
     /// The typed path, else a dialog: an adapter folder, an adapter file, or a new folder's name.
     /// "file…" always opens its dialog (the box may hold the folder just opened).
     fn adapter_path(&mut self, pick: Pick) -> Option<PathBuf> {
-        let typed = self.file_path.trim();
-        let path = if typed.is_empty() || pick == Pick::File {
-            let dialog = rfd::FileDialog::new();
-            match pick {
-                Pick::Folder => dialog.pick_folder(),
-                Pick::File => dialog
-                    .add_filter("PEFT adapter", &["safetensors", "json", "bin"])
-                    .pick_file(),
-                Pick::NewFolder => dialog.set_file_name("adapter").save_file(),
-            }
-        } else {
-            Some(PathBuf::from(typed))
-        };
-        match &path {
-            Some(p) => self.file_path = p.display().to_string(),
-            None => {
-                self.message = Some((
-                    true,
-                    "nothing chosen: type the adapter's path in the box".into(),
-                ))
-            }
-        }
-        path
+        let use_dialog = self.file_path.trim().is_empty() || pick == Pick::File;
+        self.typed_or_picked(
+            use_dialog,
+            "nothing chosen: type the adapter's path in the box",
+            || {
+                let dialog = rfd::FileDialog::new();
+                match pick {
+                    Pick::Folder => dialog.pick_folder(),
+                    Pick::File => dialog
+                        .add_filter("PEFT adapter", &["safetensors", "json", "bin"])
+                        .pick_file(),
+                    Pick::NewFolder => dialog.set_file_name("adapter").save_file(),
+                }
+            },
+        )
     }
 }

@@ -347,25 +347,38 @@ impl PrefixEditor {
     /// The path typed in the box, else one picked in a file dialog (and then shown in the box).
     /// Neither (a cancelled dialog, or none on this system) leaves a message saying what to do.
     fn chosen_path(&mut self, save: bool) -> Option<PathBuf> {
-        let typed = self.file_path.trim();
-        let path = if typed.is_empty() {
-            let dialog = prefix_dialog();
-            if save {
-                dialog.save_file()
-            } else {
-                dialog.pick_file()
-            }
+        let use_dialog = self.file_path.trim().is_empty();
+        self.typed_or_picked(
+            use_dialog,
+            "no file chosen: type the prefix path in the box",
+            || {
+                let dialog = prefix_dialog();
+                if save {
+                    dialog.save_file()
+                } else {
+                    dialog.pick_file()
+                }
+            },
+        )
+    }
+
+    /// The prefix editor's one path rule, for prefix files and PEFT adapters alike: the path typed
+    /// in the box, or (when `use_dialog`) what `pick` returns, shown in the box afterwards; nothing
+    /// chosen leaves `nothing` as the message.
+    pub(super) fn typed_or_picked(
+        &mut self,
+        use_dialog: bool,
+        nothing: &str,
+        pick: impl FnOnce() -> Option<PathBuf>,
+    ) -> Option<PathBuf> {
+        let path = if use_dialog {
+            pick()
         } else {
-            Some(PathBuf::from(typed))
+            Some(PathBuf::from(self.file_path.trim()))
         };
         match &path {
             Some(p) => self.file_path = p.display().to_string(),
-            None => {
-                self.message = Some((
-                    true,
-                    "no file chosen: type the prefix path in the box".into(),
-                ))
-            }
+            None => self.message = Some((true, nothing.into())),
         }
         path
     }
