@@ -201,9 +201,10 @@ def roundtrip(binary):
             theirs = peft_attention(OUT / name, saved)
             cfg = json.loads((saved / "adapter_config.json").read_text())
             worst = 0.0
-            layers = sorted(int(k.split("_L")[1]) for k in mine.files if k.startswith("with_prefix_L"))
+            # prefixscope's names: docs/activations.md (0.1 wrote `with_prefix_L{l}`).
+            layers = sorted(int(k.split(".")[1]) for k in mine.files if k.endswith(".attn.hook_pattern"))
             for l in layers:
-                worst = max(worst, float(np.abs(mine[f"with_prefix_L{l}"] - theirs[f"with_prefix_L{l}"]).max()))
+                worst = max(worst, float(np.abs(mine[f"blocks.{l}.attn.hook_pattern"] - theirs[f"with_prefix_L{l}"]).max()))
             logits = float(np.abs(mine["logits_last_prefixed"] - theirs["logits_last"]).max())
             result["cases"][f"{name}/{kind}"] = {
                 "peft_type": cfg["peft_type"],

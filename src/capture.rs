@@ -119,10 +119,13 @@ impl Capture {
         self.layers.iter().find(|c| c.layer == l)
     }
 
-    /// The arrays `prefixscope attention` writes, with their documented names.
+    /// The arrays `prefixscope attention` writes, named in the one vocabulary ([`crate::hooks`]):
+    /// `token_ids`, per layer `blocks.{l}.attn.hook_pattern`, `hook_pattern_renormalized`,
+    /// `hook_prefix_mass` (with a prefix) and `hook_pattern_pretrained`, then the last logits.
     pub fn named_arrays(&self) -> Vec<(String, Array)> {
+        use crate::hooks::{self, Hook};
         let mut out = vec![(
-            "token_ids".to_string(),
+            hooks::TOKEN_IDS.to_string(),
             Array {
                 shape: vec![self.token_ids.len()],
                 data: self.token_ids.iter().map(|&x| x as f32).collect(),
@@ -131,22 +134,22 @@ impl Capture {
         for c in &self.layers {
             let l = c.layer;
             if let (Some(w), Some(r), Some(m)) = (&c.with_prefix, &c.renormalized, &c.prefix_mass) {
-                out.push((format!("with_prefix_L{l}"), w.clone()));
-                out.push((format!("renormalized_L{l}"), r.clone()));
-                out.push((format!("prefix_mass_L{l}"), m.clone()));
+                out.push((Hook::Pattern.name(l), w.clone()));
+                out.push((Hook::PatternRenormalized.name(l), r.clone()));
+                out.push((Hook::PrefixMass.name(l), m.clone()));
             }
-            out.push((format!("pretrained_L{l}"), c.pretrained.clone()));
+            out.push((Hook::PatternPretrained.name(l), c.pretrained.clone()));
         }
         let v = |x: &Vec<f32>| Array {
             shape: vec![x.len()],
             data: x.clone(),
         };
         out.push((
-            "logits_last_pretrained".into(),
+            hooks::LOGITS_LAST_PRETRAINED.into(),
             v(&self.logits_last_pretrained),
         ));
         if let Some(x) = &self.logits_last_prefixed {
-            out.push(("logits_last_prefixed".into(), v(x)));
+            out.push((hooks::LOGITS_LAST_PREFIXED.into(), v(x)));
         }
         out
     }
@@ -342,15 +345,12 @@ pub fn check_array_finite(layer: usize, what: &str, a: &Array) -> Result<()> {
 }
 
 /// Arrays about to be written (`prefixscope attention`): every one finite, else an error naming the
-/// array (and so its layer: the names end in `_L{layer}`).
+/// array and its layer (read from its name, [`crate::hooks::lookup`]).
 pub fn check_named_finite(named: &[(String, Array)]) -> Result<()> {
     for (name, a) in named {
-        let at = match name
-            .rsplit_once("_L")
-            .and_then(|(_, l)| l.parse::<usize>().ok())
-        {
-            Some(l) => format!("layer {l}"),
-            None => "the output".to_string(),
+        let at = match crate::hooks::lookup(name) {
+            Ok((crate::hooks::Name::Layer(h), _)) => format!("layer {}", h.layer),
+            _ => "the output".to_string(),
         };
         if let Some((i, x)) = first_non_finite(a) {
             return Err(Error::NonFinite {

@@ -139,7 +139,7 @@ fn construct_save_then_inspect_and_attention() {
         'o' as u32 - 32,
         "after 'hell' the virtual token says 'o'"
     );
-    assert_eq!(arrays["with_prefix_L0"].shape, vec![2, 4, 5]);
+    assert_eq!(arrays["blocks.0.attn.hook_pattern"].shape, vec![2, 4, 5]);
     std::fs::remove_dir_all(&dir).ok();
 }
 

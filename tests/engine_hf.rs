@@ -149,14 +149,23 @@ fn attention_command_writes_the_documented_arrays() {
     );
     for l in [0, 15] {
         assert_eq!(
-            arrays[&format!("with_prefix_L{l}")].shape,
+            arrays[&format!("blocks.{l}.attn.hook_pattern")].shape,
             vec![9, n, 3 + n]
         );
-        assert_eq!(arrays[&format!("renormalized_L{l}")].shape, vec![9, n, n]);
-        assert_eq!(arrays[&format!("pretrained_L{l}")].shape, vec![9, n, n]);
-        assert_eq!(arrays[&format!("prefix_mass_L{l}")].shape, vec![9, n]);
+        assert_eq!(
+            arrays[&format!("blocks.{l}.attn.hook_pattern_renormalized")].shape,
+            vec![9, n, n]
+        );
+        assert_eq!(
+            arrays[&format!("blocks.{l}.attn.hook_pattern_pretrained")].shape,
+            vec![9, n, n]
+        );
+        assert_eq!(
+            arrays[&format!("blocks.{l}.attn.hook_prefix_mass")].shape,
+            vec![9, n]
+        );
     }
-    assert!(!arrays.contains_key("with_prefix_L1"));
+    assert!(!arrays.contains_key("blocks.1.attn.hook_pattern"));
     assert_eq!(arrays["logits_last_pretrained"].shape, vec![49152]);
     assert_eq!(arrays["logits_last_prefixed"].shape, vec![49152]);
     // The file holds exactly what the library computes.
@@ -168,12 +177,12 @@ fn attention_command_writes_the_documented_arrays() {
     )
     .unwrap();
     assert_eq!(
-        arrays["renormalized_L15"].data,
+        arrays["blocks.15.attn.hook_pattern_renormalized"].data,
         cap.layer(15).unwrap().renormalized.as_ref().unwrap().data
     );
     // Layer 0: renormalized equals pretrained on the file's own numbers.
-    let r = &arrays["renormalized_L0"].data;
-    let p = &arrays["pretrained_L0"].data;
+    let r = &arrays["blocks.0.attn.hook_pattern_renormalized"].data;
+    let p = &arrays["blocks.0.attn.hook_pattern_pretrained"].data;
     assert!(r.iter().zip(p).all(|(a, b)| (a - b).abs() < 1e-5));
 
     // JSON: same names as nested lists; without a prefix only the pretrained keys.
@@ -192,9 +201,21 @@ fn attention_command_writes_the_documented_arrays() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    assert_eq!(v["pretrained_L29"].as_array().unwrap().len(), 9);
-    assert_eq!(v["pretrained_L29"][0][1].as_array().unwrap().len(), 2);
-    assert!(v.get("with_prefix_L0").is_none());
+    assert_eq!(
+        v["blocks.29.attn.hook_pattern_pretrained"]
+            .as_array()
+            .unwrap()
+            .len(),
+        9
+    );
+    assert_eq!(
+        v["blocks.29.attn.hook_pattern_pretrained"][0][1]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(v.get("blocks.0.attn.hook_pattern").is_none());
     assert!(v.get("logits_last_prefixed").is_none());
     assert_eq!(v["token_ids"], serde_json::json!([504.0, 2088.0]));
 }

@@ -66,10 +66,12 @@ fn adapter_opened_in_the_app_matches_the_cli_and_bad_ones_keep_the_prefix() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    let cli = prefixscope::arrays::read_arrays(&out).unwrap();
+    let cli = prefixscope::hooks::Activations::read(&out).unwrap();
     for l in &cap.layers {
         let app = l.with_prefix.as_ref().unwrap();
-        let c = &cli[&format!("with_prefix_L{}", l.layer)];
+        let c = cli
+            .get(prefixscope::hooks::Hook::Pattern, l.layer)
+            .expect("the export has every layer's pattern");
         assert_eq!(app.shape, c.shape);
         let d = app
             .data

@@ -53,6 +53,21 @@ fn npz(path: &Path) -> HashMap<String, Arr> {
         .collect()
 }
 
+/// A file `prefixscope attention` wrote (now or in 0.1, old names included), under its current
+/// names ([`prefixscope::hooks`]), as f64.
+fn activations(path: &Path) -> HashMap<String, Arr> {
+    prefixscope::hooks::Activations::read(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .iter()
+        .map(|(n, a)| {
+            (
+                n,
+                (a.shape.clone(), a.data.iter().map(|&x| x as f64).collect()),
+            )
+        })
+        .collect()
+}
+
 fn max_diff(a: &Arr, b: &Arr) -> f64 {
     assert_eq!(a.0, b.0, "shapes differ");
     a.1.iter()
@@ -85,7 +100,7 @@ fn attention(
     args.extend_from_slice(extra);
     let (code, _, err) = run_bin(&args);
     assert_eq!(code, 0, "{args:?}: {err}");
-    (npz(out), err)
+    (activations(out), err)
 }
 
 /// Every adapter type, as PEFT saved it, by folder and by its safetensors file: attention at every
@@ -105,8 +120,10 @@ fn every_adapter_type_matches_peft_at_every_layer() {
                 let (ours, err) = attention(model, "--adapter", &path, &out, &[]);
                 assert!(!err.contains("warning"), "{model}/{kind}: {err}");
                 for l in 0..n_layers {
-                    let key = format!("with_prefix_L{l}");
-                    let (r, o) = (&reference[&key], &ours[&key]);
+                    let (r, o) = (
+                        &reference[&format!("with_prefix_L{l}")],
+                        &ours[&format!("blocks.{l}.attn.hook_pattern")],
+                    );
                     // The prefix must carry attention, else this would not test its placement.
                     let p = r.0[2] - r.0[1];
                     assert_eq!(p, 3, "{model}/{kind}: P");
@@ -345,7 +362,9 @@ fn saved_adapters_reproduce_in_peft() {
                 &out,
                 &["--save-adapter", saved.to_str().unwrap()],
             );
-            let then = npz(&ours.join(format!("{kind}.attention.npz")));
+            // Committed by 0.1 under the old names: read through the one lookup.
+            let then = activations(&ours.join(format!("{kind}.attention.npz")));
+            assert_eq!(then.len(), now.len(), "{model}/{kind}: the same arrays");
             for (k, v) in &then {
                 let d = max_diff(&now[k], v);
                 // Attention is a probability (1e-6 absolute); logits are ~10 in size, and the

@@ -17,7 +17,8 @@ for name in sys.argv[1:]:
             print(name, soft, "FAILED", r.stderr.strip()[:400]); continue
         o = np.load(out)
         key = "with_prefix" if soft else "pretrained"
-        att = max(np.abs(o[f"{key}_L{l}"] - ref[f"{key}_L{l}"]).max() for l in range(3))
+        hook = "attn.hook_pattern" if soft else "attn.hook_pattern_pretrained"  # docs/activations.md
+        att = max(np.abs(o[f"blocks.{l}.{hook}"] - ref[f"{key}_L{l}"]).max() for l in range(3))
         lk = "logits_last_prefixed" if soft else "logits_last_pretrained"
         lg = np.abs(o[lk] - ref[lk]).max()
         print(f"{name:12s} soft={soft!s:5s} attention {att:.2e} logits {lg:.2e}")

@@ -22,5 +22,5 @@ for name in sys.argv[1:]:
     r = subprocess.run([BIN, "attention", "--model", d, "--ids", ",".join(map(str, ids)), "--layers", "all", "--prefix-kv", f"{d}/kv.npz", "--out", out], capture_output=True, text=True)
     if r.returncode: print(name, r.stderr[:300]); continue
     ours = np.load(out)
-    err = max(np.abs(ours[f"with_prefix_L{l}"] - o.attentions[l][0].numpy()).max() for l in range(L))
+    err = max(np.abs(ours[f"blocks.{l}.attn.hook_pattern"] - o.attentions[l][0].numpy()).max() for l in range(L))
     print(f"kv-prefix {name:10s} attention {err:.2e} logits {np.abs(ours['logits_last_prefixed'] - o.logits[0,-1].numpy()).max():.2e}")

@@ -97,11 +97,13 @@ impl LayerSel {
 #[derive(Debug, Clone)]
 pub struct LayerRun {
     pub layer: usize,
-    /// `blocks.{l}.attn.pattern`: `(n_heads, n, p + n)`, columns `[prefix | content]`.
+    /// `blocks.{l}.attn.hook_pattern` (names: `crate::hooks`): `(n_heads, n, p + n)`, columns
+    /// `[prefix | content]`.
     pub pattern: Tensor,
-    /// `blocks.{l}.attn.v`: `(n_kv_heads, p + n, head_dim)`, the value vectors of the same columns.
+    /// TransformerLens's `blocks.{l}.attn.hook_v` per key/value head: `(n_kv_heads, p + n,
+    /// head_dim)`, the value vectors of the same columns.
     pub values: Tensor,
-    /// `blocks.{l}.attn.z`: `(n_heads, n, head_dim)`, the per-head attention output before `W_O`.
+    /// `blocks.{l}.attn.hook_z`: `(n_heads, n, head_dim)`, the per-head attention output before `W_O`.
     pub z: Tensor,
 }
 
@@ -149,9 +151,10 @@ pub trait Transformer: Send + Sync {
         None
     }
 
-    /// The attention block's output (`hook_attn_out`, after the output projection `W_O`/`c_proj` and
-    /// its bias) of layer `layer` for per-head outputs `z` `(H, n, head_dim)`: `(n, d_model)`. This is
-    /// what the residual stream receives from attention; the paper's bias plot draws it.
+    /// The attention block's output (`blocks.{l}.hook_attn_out`, after the output projection
+    /// `W_O`/`c_proj` and its bias) of layer `layer` for per-head outputs `z` `(H, n, head_dim)`:
+    /// `(n, d_model)`. This is what the residual stream receives from attention; the paper's bias
+    /// plot draws it.
     fn attn_block_output(&self, layer: usize, z: &Tensor) -> Result<Tensor> {
         let _ = (layer, z);
         Err(crate::error::Error::unsupported(
