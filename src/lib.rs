@@ -11,6 +11,7 @@
 #[cfg(feature = "gui")]
 pub mod app;
 pub mod arrays;
+pub mod bias;
 pub mod bundled;
 pub mod capture;
 pub mod colormap;
@@ -20,6 +21,7 @@ pub mod figure;
 pub mod hooks;
 pub mod incremental;
 pub mod load;
+pub mod metrics;
 pub mod model;
 pub mod peft;
 pub mod prefix;

@@ -7,6 +7,7 @@ pub mod construction;
 pub mod export;
 pub mod model_panel;
 pub mod overview;
+pub mod plots;
 pub mod prefix_editor;
 pub mod prompt;
 pub mod session_file;
@@ -108,7 +109,8 @@ pub struct PrefixScopeApp {
     pub views: ViewsPanel,
     pub construction: construction::ConstructionPanel,
     pub export: export::ExportPanel,
-    overview: OverviewPanel,
+    pub overview: OverviewPanel,
+    pub plots: plots::PlotsPanel,
     /// The current model (what the worker has installed).
     loaded: Option<LoadedModel>,
     loading: Option<LoadJob>,
@@ -191,6 +193,7 @@ impl PrefixScopeApp {
             editor: PrefixEditor::default(),
             views: session.views.clone().unwrap_or_default(),
             overview: OverviewPanel::default(),
+            plots: Default::default(),
             construction: Default::default(),
             export: Default::default(),
             loaded: None,
@@ -594,6 +597,7 @@ impl PrefixScopeApp {
             .default_size(340.0)
             .size_range(280.0..=520.0)
             .show(ui, |ui| self.controls_ui(ui));
+        self.show_plots(ui);
         egui::CentralPanel::default().show(ui, |ui| self.central_ui(ui));
 
         if ctx.input(|i| !i.raw.hovered_files.is_empty()) {
@@ -708,6 +712,7 @@ impl PrefixScopeApp {
             } else {
                 "idle"
             };
+            self.plots.toggle_ui(ui);
             ui.label(egui::RichText::new(format!("worker: {worker}")).small());
             if let Some(c) = &self.shown {
                 ui.label(
@@ -899,13 +904,11 @@ impl PrefixScopeApp {
         );
         ui.separator();
         let sel = (self.views.layer, self.views.head);
-        if let Some((l, h)) = self.overview.ui(
-            ui,
-            &shown.overview,
-            shown.overview_fresh,
-            sel,
-            self.views.norm.cmap,
-        ) {
+        let (grid, fresh) = self.plots.overview_grid(self.overview.metric, shown);
+        if let Some((l, h)) = self
+            .overview
+            .ui(ui, &grid, fresh, sel, self.views.norm.cmap)
+        {
             self.views.layer = l;
             self.views.head = h;
         }

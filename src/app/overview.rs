@@ -1,5 +1,6 @@
 //! The overview: every layer (columns) and head (rows), each cell coloured by that head's
-//! max |renormalized - pretrained| (computed by the worker with `LayerCapture::max_renorm_diff`).
+//! max |renormalized - pretrained| (computed by the worker with `LayerCapture::max_renorm_diff`),
+//! or by another head metric (`crate::metrics::HeadMetric`, chosen in its "colour by" menu).
 //! Click a cell to select its layer and head.
 
 use super::colormap::ColorMap;
@@ -17,6 +18,8 @@ fn log_position(x: f32, hi: f32) -> f32 {
 #[derive(Default)]
 pub struct OverviewPanel {
     hover: Option<(usize, usize, Option<f32>)>,
+    /// What the cells show.
+    pub metric: crate::metrics::HeadMetric,
 }
 
 impl OverviewPanel {
@@ -42,11 +45,16 @@ impl OverviewPanel {
             // Rounding-level differences (layer 0) must not take the top colour when nothing larger
             // is on the grid: the scale spans at least 1e-7 .. 1e-3.
             .max(1e-3);
+        let (what, log) = (self.metric.label(), self.metric.log_scale());
+        let scale = if log {
+            format!("log colour {:.0e} → {hi:.2e}", hi * FLOOR)
+        } else {
+            format!("colour 0 → {hi:.3}")
+        };
+        let updating = if fresh { "" } else { " · updating…" };
         ui.label(
             egui::RichText::new(format!(
-                "overview: max |renormalized − pretrained| per head (click to select; log colour {:.0e} → {hi:.2e}){}",
-                hi * FLOOR,
-                if fresh { "" } else { " · updating…" }
+                "overview: {what} per head (click to select; {scale}){updating}"
             ))
             .strong(),
         );
@@ -71,7 +79,8 @@ impl OverviewPanel {
                     Vec2::new(cell_w - 1.0, cell_h - 1.0),
                 );
                 let color = match v {
-                    Some(x) => super::colormap::sample(cmap, log_position(*x, hi)),
+                    Some(x) if log => super::colormap::sample(cmap, log_position(*x, hi)),
+                    Some(x) => super::colormap::sample(cmap, (x / hi).clamp(0.0, 1.0)),
                     None => Color32::from_gray(60),
                 };
                 mesh.add_colored_rect(r, color);
@@ -114,6 +123,8 @@ impl OverviewPanel {
             Stroke::new(2.0, Color32::from_rgb(255, 80, 60)),
             egui::StrokeKind::Outside,
         );
+        // Under the grid, where it moves nothing above it.
+        super::plots::metric_selector(ui, &mut self.metric);
         let cell_at = |pos: Pos2| -> Option<(usize, usize)> {
             let l = ((pos.x - origin.x) / cell_w).floor();
             let h = ((pos.y - origin.y) / cell_h).floor();
@@ -130,15 +141,15 @@ impl OverviewPanel {
                 egui::Role::Grid,
                 true,
                 format!(
-                    "overview of {n_layers} layers by {n_heads} heads; selected layer {sl} head {sh}, max |renormalized − pretrained| {}",
+                    "overview of {n_layers} layers by {n_heads} heads; selected layer {sl} head {sh}, {what} {}",
                     sel_value.map_or("n/a".into(), |v| format!("{v:.3e}"))
                 ),
             )
         });
         let resp = match self.hover {
             Some((l, h, v)) => resp.on_hover_text(format!(
-                "layer {l}, head {h}: max |renormalized − pretrained| = {}",
-                v.map_or("n/a (no prefix)".into(), |v| format!("{v:.6e}"))
+                "layer {l}, head {h}: {what} = {}",
+                v.map_or("n/a".into(), |v| format!("{v:.6e}"))
             )),
             None => resp,
         };

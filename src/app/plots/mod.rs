@@ -1,0 +1,185 @@
+//! The plots (egui_plot), in a panel under the maps that the status bar's "plots" button opens:
+//! (a) deviation by layer, (b) prefix mass per query, (c) the paper's bias plot, and (d) the head
+//! metrics the overview can be coloured by (its "colour by" menu). One struct per plot, state apart
+//! from drawing; the numbers come from the library (`crate::metrics`, `crate::bias`), computed on
+//! the plots' thread ([`jobs`]) once per full answer, never in `ui`.
+
+pub mod bias;
+pub mod deviation;
+pub mod jobs;
+pub mod prefix_mass;
+
+use super::worker::Computed;
+use crate::metrics::HeadMetric;
+use jobs::{Done, Grid, Job, Jobs, MetricsDone};
+use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+#[derive(Default)]
+pub struct PlotsPanel {
+    /// Whether the panel is shown (the metrics are kept current either way, for the overview).
+    pub open: bool,
+    pub deviation: deviation::DeviationPlot,
+    pub prefix_mass: prefix_mass::PrefixMassPlot,
+    pub bias: bias::BiasPlot,
+    jobs: Jobs,
+    /// The capture (by address) the metrics were last asked for.
+    metrics_asked: usize,
+    /// The metrics of the capture with that address.
+    pub metrics: Option<MetricsDone>,
+}
+
+/// A capture's identity: the address of its shared allocation (a new answer is a new `Arc`).
+fn capture_key(c: &Computed) -> usize {
+    Arc::as_ptr(&c.capture) as usize
+}
+
+impl PlotsPanel {
+    /// The status bar's button that shows and hides the panel.
+    pub fn toggle_ui(&mut self, ui: &mut egui::Ui) {
+        let b = egui::Button::selectable(self.open, egui::RichText::new("plots").small()).small();
+        if ui
+            .add(b)
+            .on_hover_text("deviation by layer, prefix mass, bias plot")
+            .clicked()
+        {
+            self.open = !self.open;
+        }
+    }
+
+    /// Whether the metrics on hand are for `shown`.
+    pub fn metrics_current(&self, shown: &Computed) -> bool {
+        self.metrics
+            .as_ref()
+            .is_some_and(|m| m.key == capture_key(shown))
+    }
+
+    /// The grid the overview colours by `metric`: the worker's for the deviation, else the plots'
+    /// (all `None` while it is computed), with whether it is for the answer on screen.
+    pub fn overview_grid<'a>(
+        &'a self,
+        metric: HeadMetric,
+        shown: &'a Computed,
+    ) -> (Cow<'a, [Vec<Option<f32>>]>, bool) {
+        if metric == HeadMetric::Deviation {
+            return (Cow::Borrowed(&shown.overview), shown.overview_fresh);
+        }
+        let grid: Option<&Grid> = self
+            .metrics
+            .as_ref()
+            .and_then(|m| m.grids.iter().find(|(k, _)| *k == metric))
+            .map(|(_, g)| g);
+        match grid {
+            Some(g) => (Cow::Borrowed(g), self.metrics_current(shown)),
+            None => (
+                Cow::Owned(shown.overview.iter().map(|r| vec![None; r.len()]).collect()),
+                false,
+            ),
+        }
+    }
+}
+
+/// The overview's "colour by" menu (the one line `overview.rs` calls).
+pub fn metric_selector(ui: &mut egui::Ui, metric: &mut HeadMetric) {
+    egui::ComboBox::from_label("colour by")
+        .selected_text(metric.label())
+        .show_ui(ui, |ui| {
+            for m in HeadMetric::ALL {
+                ui.selectable_value(metric, m, m.label());
+            }
+        });
+}
+
+impl super::PrefixScopeApp {
+    /// Every frame: collect the plots' results, ask for new ones when a full answer arrived or a
+    /// setting changed, and draw the panel (under the maps, beside the controls) when it is open.
+    pub(super) fn show_plots(&mut self, ui: &mut egui::Ui) {
+        for done in self.plots.jobs.poll() {
+            match done {
+                Done::Metrics(m) => self.plots.metrics = Some(m),
+                Done::Bias { key, layer, result } => {
+                    self.plots.bias.result = Some(bias::BiasResult {
+                        key,
+                        layer,
+                        points: result,
+                    })
+                }
+            }
+        }
+        let ctx = ui.ctx().clone();
+        let (Some(shown), Some(m)) = (&self.shown, &self.loaded) else {
+            return;
+        };
+        let (n_layers, n_heads) = (m.info.n_layers, m.info.n_heads);
+        // Metrics once per full answer (a quick answer lacks most layers).
+        let key = capture_key(shown);
+        if shown.full && self.plots.metrics_asked != key {
+            self.plots.metrics_asked = key;
+            self.plots.jobs.send(
+                Job::Metrics {
+                    key,
+                    capture: shown.capture.clone(),
+                    n_layers,
+                    n_heads,
+                },
+                &ctx,
+            );
+        }
+        if !self.plots.open {
+            return;
+        }
+        let (layer, head) = (self.views.layer, self.views.head);
+        let d_model = m.info.d_model;
+        let mut resend = false;
+        egui::Panel::bottom("plots")
+            .resizable(true)
+            .default_size(300.0)
+            .size_range(180.0..=700.0)
+            .show(ui, |ui| {
+                ui.columns(3, |cols| {
+                    let devs = self.plots.metrics.as_ref().map(|m| m.deviations.as_slice());
+                    self.plots.deviation.ui(&mut cols[0], devs, head);
+                    self.plots.prefix_mass.ui(
+                        &mut cols[1],
+                        shown.capture.layer(layer),
+                        head,
+                        &self.shown_labels,
+                    );
+                    resend = self.plots.bias.ui(&mut cols[2], d_model);
+                });
+            });
+        // The bias plot's forwards: for the full answer on screen, the viewed layer and the prompts.
+        let Some(prefix) = &self.editor.prefix else {
+            return;
+        };
+        if !shown.full {
+            return;
+        }
+        if resend {
+            self.plots.bias.tokenize_extra(Some(m.tokenizer.as_ref()));
+        }
+        let prompts = self.plots.bias.prompts(&shown.capture.token_ids);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let from_end = self.plots.bias.from_end;
+        (key, m.model_gen, layer, from_end, self.editor.version).hash(&mut h);
+        for p in &prompts {
+            p.ids.hash(&mut h);
+        }
+        let bias_key = h.finish();
+        if self.plots.bias.asked != Some(bias_key) {
+            self.plots.bias.asked = Some(bias_key);
+            self.plots.jobs.send(
+                Job::Bias {
+                    key: bias_key,
+                    model: m.model.clone(),
+                    prompts,
+                    prefix: prefix.clone(),
+                    layer,
+                    from_end,
+                },
+                &ctx,
+            );
+        }
+    }
+}
