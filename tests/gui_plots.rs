@@ -265,3 +265,35 @@ fn overview_coloured_by_attention_entropy() {
         .is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An edit recomputes the plots (once its full answer arrives), and they follow the new capture.
+#[test]
+fn plots_follow_an_edit() {
+    let dir = temp_dir("gui-plots-edit");
+    let mut h = opened(&dir);
+    let before_gen = h.state().shown().unwrap().gen;
+    let before = h.state().plots.metrics.as_ref().unwrap().deviations[1]
+        .all()
+        .0;
+    let bias_before = h.state().plots.bias.result.as_ref().unwrap().key;
+    let d0 = h.state().editor.vector().unwrap()[0];
+    h.get_by_role_and_label(Role::Slider, "d0")
+        .set_value_accesskit((d0 + 1.5) as f64);
+    h.step();
+    step_until(&mut h, "the plots for the edited prefix", |a| {
+        let shown = a.shown().unwrap();
+        let b = &a.plots.bias;
+        shown.gen > before_gen
+            && shown.full
+            && a.is_current()
+            && a.plots.metrics_current(shown)
+            && b.result.as_ref().is_some_and(|r| Some(r.key) == b.asked)
+    });
+    let app = h.state();
+    let lc = app.shown().unwrap().capture.layer(1).unwrap();
+    let after = app.plots.metrics.as_ref().unwrap().deviations[1].all().0;
+    assert_eq!(after, lc.max_renorm_diff(None).unwrap());
+    assert_ne!(after, before, "the edit moved layer 1");
+    assert_ne!(app.plots.bias.result.as_ref().unwrap().key, bias_before);
+    let _ = std::fs::remove_dir_all(&dir);
+}

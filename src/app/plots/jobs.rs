@@ -24,7 +24,7 @@ pub struct BiasPrompt {
 pub enum Job {
     /// Everything the plots read from one capture.
     Metrics {
-        key: usize,
+        key: u64,
         capture: Arc<Capture>,
         n_layers: usize,
         n_heads: usize,
@@ -42,7 +42,7 @@ pub enum Job {
 
 /// The metrics of one capture.
 pub struct MetricsDone {
-    pub key: usize,
+    pub key: u64,
     pub deviations: Vec<LayerDeviations>,
     /// One grid per [`HeadMetric`] other than the deviation (the worker's overview has that one).
     pub grids: Vec<(HeadMetric, Grid)>,

@@ -14,7 +14,6 @@ use crate::metrics::HeadMetric;
 use jobs::{Done, Grid, Job, Jobs, MetricsDone};
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
 #[derive(Default)]
 pub struct PlotsPanel {
@@ -24,15 +23,18 @@ pub struct PlotsPanel {
     pub prefix_mass: prefix_mass::PrefixMassPlot,
     pub bias: bias::BiasPlot,
     jobs: Jobs,
-    /// The capture (by address) the metrics were last asked for.
-    metrics_asked: usize,
-    /// The metrics of the capture with that address.
+    /// The answer (by [`capture_key`]) the metrics were last asked for.
+    metrics_asked: u64,
+    /// The metrics of the answer with that key.
     pub metrics: Option<MetricsDone>,
 }
 
-/// A capture's identity: the address of its shared allocation (a new answer is a new `Arc`).
-fn capture_key(c: &Computed) -> usize {
-    Arc::as_ptr(&c.capture) as usize
+/// An answer's identity: its model, request and completeness (not its address, which a later
+/// answer may reuse once this one is freed).
+fn capture_key(c: &Computed) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (c.model_gen, c.gen, c.full).hash(&mut h);
+    h.finish()
 }
 
 impl PlotsPanel {
