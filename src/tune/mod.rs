@@ -12,6 +12,7 @@
 //! - [`Tuner`]: one tuning run, step by step (the CLI and the app drive it).
 //! - [`state`]: the state file beside the output (`OUT.tune`) that makes `--resume` exact.
 
+pub mod output;
 pub mod state;
 
 use crate::capture::capture;
