@@ -10,6 +10,7 @@ pub mod overview;
 pub mod prefix_editor;
 pub mod prompt;
 pub mod session_file;
+pub mod tune;
 pub mod views;
 pub mod worker;
 
@@ -108,6 +109,7 @@ pub struct PrefixScopeApp {
     pub views: ViewsPanel,
     pub construction: construction::ConstructionPanel,
     pub export: export::ExportPanel,
+    pub tune: tune::TunePanel,
     overview: OverviewPanel,
     /// The current model (what the worker has installed).
     loaded: Option<LoadedModel>,
@@ -192,6 +194,7 @@ impl PrefixScopeApp {
             views: session.views.clone().unwrap_or_default(),
             overview: OverviewPanel::default(),
             construction: Default::default(),
+            tune: Default::default(),
             export: Default::default(),
             loaded: None,
             loading: None,
@@ -587,6 +590,7 @@ impl PrefixScopeApp {
         }
         self.handle_replies(&ctx);
         self.handle_input(&ctx);
+        self.tune_poll();
 
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
         egui::Panel::left("controls")
@@ -776,6 +780,7 @@ impl PrefixScopeApp {
             self.prompt.labels_raw = false;
         }
         ui.separator();
+        self.tune_section(ui);
         // The checks sit at the bottom of this panel; the slider list takes what is left.
         egui::Panel::bottom("checks").show(ui, |ui| self.checks_ui(ui));
         ui.label(egui::RichText::new("Prefix").strong().size(15.0));

@@ -91,37 +91,7 @@ fn text_pairs(a: &Args) -> prefixscope::Result<Vec<(String, String)>> {
             )),
         };
     };
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut pairs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |found: String| {
-            Error::format(
-                path,
-                format!("line {}", i + 1),
-                "a JSON object with string fields \"prompt\" and \"target\"",
-                found,
-            )
-        };
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON ({e})")))?;
-        let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-        match (field("prompt"), field("target")) {
-            (Some(p), Some(t)) => pairs.push((p, t)),
-            _ => return Err(bad(line.chars().take(80).collect())),
-        }
-    }
-    if pairs.is_empty() {
-        return Err(Error::format(
-            path,
-            "lines",
-            "at least one prompt/target pair",
-            "none",
-        ));
-    }
-    Ok(pairs)
+    prefixscope::tune::read_pairs(path)
 }
 
 pub fn run(a: Args) -> prefixscope::Result<()> {
