@@ -106,7 +106,7 @@ fn start(model: &dyn Transformer, kind: PrefixKind, p: usize) -> Prefix {
     let mut pf = initial_prefix(model, &cfg).unwrap();
     let noise = prefixscope::prefix_math::gaussian(9, 1 << 20);
     for (x, n) in pf.values_mut().zip(noise) {
-        *x += 0.3 * n as f32;
+        *x += 0.3 * n;
     }
     pf
 }

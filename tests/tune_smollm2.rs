@@ -48,7 +48,7 @@ fn a_soft_prompt_flips_the_capital_of_france_while_layer_0_stays_pretrained() {
     let mut reached = None;
     for _ in 0..100 {
         let s = t.step().unwrap();
-        if s.step % 5 == 0 {
+        if s.step.is_multiple_of(5) {
             let c = t.renorm_check().unwrap();
             assert!(
                 c.layer0 < 1e-5,
