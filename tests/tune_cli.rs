@@ -177,3 +177,50 @@ fn bad_input_is_refused_with_one_line() {
     let refs: Vec<&str> = v.iter().map(String::as_str).collect();
     assert_clean_error(&refs, &["digit"]);
 }
+
+/// A LLaMA-family Hugging Face folder (the tiny Qwen3 of the conformance fixtures, with its
+/// tokenizer): a key/value prefix tuned into a PEFT adapter folder that the engine opens again with
+/// the tuned numbers.
+#[test]
+fn an_hf_folder_tunes_into_a_peft_adapter_the_engine_reads_back() {
+    let d = tempfile::tempdir().unwrap();
+    let model = repo_path("tests/fixtures/conformance/qwen3/hf");
+    let dir = d.path().join("qwen3-adapter");
+    let (code, _, err) = run_bin(&[
+        "tune",
+        "--model",
+        model.to_str().unwrap(),
+        "--kind",
+        "kv",
+        "--length",
+        "2",
+        "--prompt",
+        "hello world",
+        "--target",
+        " again",
+        "--steps",
+        "4",
+        "--lr",
+        "0.05",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (before, after) = losses(&err);
+    assert!(after < before, "loss {before} -> {after}");
+    let loaded = prefixscope::load::load(&model).unwrap();
+    let a = prefixscope::peft::open(&dir, loaded.model.info(), &model).unwrap();
+    assert_eq!(a.prefix.kind(), PrefixKind::KeyValue);
+    assert_eq!(a.prefix.len(), 2);
+    // The adapter holds the state file's prefix (what the run tuned), to f32.
+    let st = prefixscope::load::toy::read(&prefixscope::tune::state::state_path(&dir)).unwrap();
+    let keys: Vec<f32> = st.tensors["prefix.0"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let Prefix::KeyValue { keys: k, .. } = &a.prefix else {
+        unreachable!()
+    };
+    assert_eq!(k.data, keys);
+}

@@ -79,3 +79,51 @@ fn a_soft_prompt_flips_the_capital_of_france_while_layer_0_stays_pretrained() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+/// Quantized mode (GGUF weights kept in their blocks, each dequantized for its product) tunes the
+/// same numbers as the f32 mode: the same loss for the same start, and the same first step.
+#[test]
+fn quantized_mode_tunes_like_f32() {
+    let Some(path) = smollm2_or_skip() else {
+        return;
+    };
+    let run = |quantized: bool| {
+        let loaded = load_with(
+            &path,
+            &LoadControl {
+                quantized,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let ex = Example {
+            prompt: loaded
+                .tokenizer
+                .encode("The capital of France is", false)
+                .unwrap(),
+            target: loaded.tokenizer.encode(" Berlin", false).unwrap(),
+        };
+        let model: Arc<dyn prefixscope::model::Transformer> = Arc::from(loaded.model);
+        let cfg = TuneConfig {
+            kind: PrefixKind::KeyValue,
+            length: 2,
+            lr: 0.01,
+            seed: 1,
+        };
+        let start = initial_prefix(model.as_ref(), &cfg).unwrap();
+        let mut t = Tuner::new(model, vec![ex], cfg, &start).unwrap();
+        let s = t.step().unwrap();
+        (s.loss, t.evaluate().unwrap().loss)
+    };
+    let (f0, f1) = run(false);
+    let (q0, q1) = run(true);
+    assert!(
+        (f0 - q0).abs() < 1e-4 * f0.abs().max(1.0),
+        "loss {f0} against {q0}"
+    );
+    assert!(
+        (f1 - q1).abs() < 1e-3 * f1.abs().max(1.0),
+        "after one step {f1} against {q1}"
+    );
+    assert!(f1 < f0, "one step lowers the loss ({f0} -> {f1})");
+}
