@@ -203,7 +203,6 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     log(report(&tuner, &first)?);
     let t0 = Instant::now();
     let mut last_save = Instant::now();
-    let mut last = first;
     while tuner.steps_done() < a.steps {
         let s = tuner.step()?;
         pb.set_message(format!(
@@ -218,7 +217,6 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             save(&tuner)?;
             last_save = Instant::now();
         }
-        last = s;
     }
     let end = tuner.evaluate()?;
     log(report(&tuner, &end)?);
@@ -236,6 +234,5 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         end.p_target,
         a.out.display()
     );
-    let _ = last;
     Ok(())
 }
