@@ -44,12 +44,20 @@ fn a_short_tune_on_the_toy_fills_the_loss_plot_and_changes_the_prefix() {
         |a| a.editor.prefix.as_ref() != Some(&before),
     );
     // The views redraw from the prefix being tuned, and layer 0's check holds while the loss falls.
-    step_until_within(&mut h, "views of the tuned prefix", Duration::from_secs(60), |a| {
-        a.shown().is_some_and(|c| c.capture.p == 4)
-    });
+    step_until_within(
+        &mut h,
+        "views of the tuned prefix",
+        Duration::from_secs(60),
+        |a| a.shown().is_some_and(|c| c.capture.p == 4),
+    );
     let c = h.state().shown().unwrap();
-    let d0 = c.layer0_renorm_diff.expect("a prefixed run has the layer-0 check");
-    assert!(d0 < 1e-5, "layer 0 max |renormalized - pretrained| = {d0:e} while tuning");
+    let d0 = c
+        .layer0_renorm_diff
+        .expect("a prefixed run has the layer-0 check");
+    assert!(
+        d0 < 1e-5,
+        "layer 0 max |renormalized - pretrained| = {d0:e} while tuning"
+    );
     // The window keeps drawing while the run trains on its own thread.
     let mut worst = Duration::ZERO;
     for _ in 0..10 {
