@@ -101,6 +101,33 @@ fn a_short_tune_on_the_toy_fills_the_loss_plot_and_changes_the_prefix() {
     let end = h.state().editor.prefix.clone().unwrap();
     assert_ne!(end, before);
 
+    // Save as a prefix file; a path the panel did not write is not replaced.
+    let file = dir.join("tuned.npz");
+    type_into(
+        &mut h,
+        Role::TextInput,
+        "tune save path",
+        file.to_str().unwrap(),
+    );
+    h.get_by_label("Save").click();
+    h.step();
+    let saved =
+        prefixscope::prefix::Prefix::load(&file, prefixscope::prefix::PrefixKind::SoftPrompt)
+            .expect("the saved prefix");
+    assert_eq!(saved, end);
+    let other = dir.join("other.npz");
+    std::fs::write(&other, b"not mine").unwrap();
+    type_into(
+        &mut h,
+        Role::TextInput,
+        "tune save path",
+        other.to_str().unwrap(),
+    );
+    h.get_by_label("Save").click();
+    h.step();
+    assert!(h.state().tune.status().is_some_and(|(err, _)| *err));
+    assert_eq!(std::fs::read(&other).unwrap(), b"not mine");
+
     // One undo takes the whole run back.
     assert!(h.state().editor.can_undo());
     h.state_mut().editor.undo();

@@ -82,6 +82,8 @@ pub struct TunePanel {
     /// The latest prefix the run reported (what Save writes).
     latest: Option<Prefix>,
     status: Option<(bool, String)>,
+    /// Where Save last wrote (the one existing path it may replace).
+    saved_to: Option<std::path::PathBuf>,
 }
 
 impl Default for TunePanel {
@@ -99,6 +101,7 @@ impl Default for TunePanel {
             history: Vec::new(),
             latest: None,
             status: None,
+            saved_to: None,
         }
     }
 }
@@ -279,12 +282,20 @@ impl TunePanel {
             return;
         }
         let out = Output::for_path(Path::new(path));
+        // Replace only what this panel saved before: anything else at the path is kept.
+        if out.path().exists() && self.saved_to.as_deref() != Some(out.path()) {
+            self.status = Some((true, format!("{path} exists: choose another path")));
+            return;
+        }
         let base = inp
             .model_path
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         self.status = Some(match out.save(p, model.as_ref(), &base) {
-            Ok(()) => (false, format!("saved {path}")),
+            Ok(()) => {
+                self.saved_to = Some(out.path().to_path_buf());
+                (false, format!("saved {path}"))
+            }
             Err(e) => (true, e.one_line()),
         });
     }
