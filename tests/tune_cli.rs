@@ -224,3 +224,42 @@ fn an_hf_folder_tunes_into_a_peft_adapter_the_engine_reads_back() {
     };
     assert_eq!(k.data, keys);
 }
+
+/// `--data`: several prompt/target pairs tuned at once (a task, not one sentence); the loss is over
+/// all of them, and the tuned prefix makes every target the argmax.
+#[test]
+fn a_data_file_tunes_one_prefix_for_several_pairs() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("pairs.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"3 1 4\", \"target\": \"7\"}\n\n{\"prompt\": \"2 2\", \"target\": \"7 7\"}\n",
+    )
+    .unwrap();
+    let out = d.path().join("task.npz");
+    let (code, _, err) = run_bin(&[
+        "tune",
+        "--model",
+        &toy(),
+        "--kind",
+        "soft",
+        "--length",
+        "3",
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "60",
+        "--lr",
+        "0.1",
+        "--out",
+        out.to_str().unwrap(),
+        "--log-every",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (before, after) = losses(&err);
+    assert!(after < 0.5 * before, "loss {before} -> {after}");
+    // The closing progress line reports accuracy over all 3 target tokens.
+    let last = err.lines().rev().find(|l| l.starts_with("step")).unwrap();
+    assert!(last.contains("acc 1.000"), "{last}");
+}
