@@ -28,5 +28,6 @@ pub mod prefix;
 pub mod prefix_math;
 pub mod tokenizer;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};

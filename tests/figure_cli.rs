@@ -224,6 +224,7 @@ fn figures_regenerates_what_the_models_allow() {
         "b_four_task_renormalized",
         "c_bias",
         "d_smollm2",
+        "e_tune_smollm2",
     ];
     let captions = std::fs::read_to_string(out.join("captions.md")).unwrap();
     for name in &expect {
@@ -251,6 +252,22 @@ fn figures_regenerates_what_the_models_allow() {
     assert!(d["max_abs_renormalized_minus_pretrained"].as_f64().unwrap() < 1e-5);
     let svg = std::fs::read_to_string(out.join("d_smollm2.svg")).unwrap();
     assert!(svg.contains("TABLE") && svg.contains("Pretrained \u{00d7} (1 \u{2212} prefix mass)"));
+    // Figure (e): the tuned prefix makes the target likely, layer 0 stays pretrained at every check,
+    // and no layer-0 row changes its most-attended content token.
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("e_tune_smollm2.json")).unwrap())
+            .unwrap();
+    let p = e["p_target"].as_array().unwrap();
+    assert!(p.last().unwrap().as_f64().unwrap() > 0.9, "p(target) {p:?}");
+    for c in e["checks"].as_array().unwrap() {
+        assert!(
+            c["layer0_max_abs_renorm_minus_pretrained"]
+                .as_f64()
+                .unwrap()
+                < 1e-5
+        );
+    }
+    assert_eq!(e["argmax_changes_layer0"], 0);
     let b: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("b_four_task_renormalized.json")).unwrap(),
     )

@@ -11,6 +11,7 @@ pub mod plots;
 pub mod prefix_editor;
 pub mod prompt;
 pub mod session_file;
+pub mod tune;
 pub mod views;
 pub mod worker;
 
@@ -111,6 +112,7 @@ pub struct PrefixScopeApp {
     pub export: export::ExportPanel,
     pub overview: OverviewPanel,
     pub plots: plots::PlotsPanel,
+    pub tune: tune::TunePanel,
     /// The current model (what the worker has installed).
     loaded: Option<LoadedModel>,
     loading: Option<LoadJob>,
@@ -195,6 +197,7 @@ impl PrefixScopeApp {
             overview: OverviewPanel::default(),
             plots: Default::default(),
             construction: Default::default(),
+            tune: Default::default(),
             export: Default::default(),
             loaded: None,
             loading: None,
@@ -590,6 +593,7 @@ impl PrefixScopeApp {
         }
         self.handle_replies(&ctx);
         self.handle_input(&ctx);
+        self.tune_poll();
 
         egui::Panel::bottom("status").show(ui, |ui| self.status_ui(ui));
         egui::Panel::left("controls")
@@ -781,6 +785,7 @@ impl PrefixScopeApp {
             self.prompt.labels_raw = false;
         }
         ui.separator();
+        self.tune_section(ui);
         // The checks sit at the bottom of this panel; the slider list takes what is left.
         egui::Panel::bottom("checks").show(ui, |ui| self.checks_ui(ui));
         ui.label(egui::RichText::new("Prefix").strong().size(15.0));

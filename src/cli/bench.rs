@@ -25,6 +25,9 @@ pub struct Args {
     /// Toy model for the `toy` update latency (default: the bundled 4-layer toy, else the sorter).
     #[arg(long)]
     pub toy: Option<PathBuf>,
+    /// Skip `tune_step_s` (one Adam step of a P = 4 soft prompt and key/value prefix at N = 32).
+    #[arg(long)]
+    pub no_tune: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -108,6 +111,11 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         toy_detail.insert("model".into(), toy_path.display().to_string().into());
         toy_detail.extend(cases);
     }
+    let tune = if a.no_tune {
+        serde_json::Map::new()
+    } else {
+        tune_steps(std::sync::Arc::from(loaded.model), a.repeats.max(1), 32)?
+    };
     if a.json {
         let v = serde_json::json!({
             "model": a.model.display().to_string(),
@@ -121,6 +129,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             "update_s": update,
             "toy_update_s": toy_detail,
             "redraw_s": redraw_s,
+            "tune_step_s": tune,
         });
         println!("{v}");
     } else {
@@ -155,6 +164,12 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             println!(
                 "  toy {k:<14} {:.3} ms (median)",
                 v.as_f64().unwrap_or(0.0) * 1e3
+            );
+        }
+        for (k, v) in &tune {
+            println!(
+                "tune step {k:<9} {:.3} s (median, N=32, P=4, forward + backward + Adam)",
+                v.as_f64().unwrap_or(0.0)
             );
         }
         match redraw_s {
@@ -294,6 +309,48 @@ fn update_latencies(
             times.push(t.elapsed().as_secs_f64());
         }
         out.insert(name, median(times).into());
+    }
+    Ok(out)
+}
+
+/// Seconds of one tuning step (forward with the prefix as a `Var`, backward, Adam) for a soft prompt
+/// and a key/value prefix of P = 4, on `n` synthetic prompt tokens and one target token: the median
+/// over `repeats` steps after one warm-up step.
+fn tune_steps(
+    model: std::sync::Arc<dyn prefixscope::model::Transformer>,
+    repeats: usize,
+    n: usize,
+) -> prefixscope::Result<serde_json::Map<String, serde_json::Value>> {
+    use prefixscope::prefix::PrefixKind;
+    use prefixscope::tune::{initial_prefix, Example, TuneConfig, Tuner};
+    let info = model.info().clone();
+    let n = info.max_positions.map_or(n, |m| n.min(m.saturating_sub(5)));
+    let ids = synthetic_ids(n + 1, info.vocab_size);
+    let ex = Example {
+        prompt: ids[..n].to_vec(),
+        target: ids[n..].to_vec(),
+    };
+    let mut out = serde_json::Map::new();
+    for (name, kind) in [
+        ("soft", PrefixKind::SoftPrompt),
+        ("kv", PrefixKind::KeyValue),
+    ] {
+        let cfg = TuneConfig {
+            kind,
+            length: 4,
+            lr: 0.01,
+            seed: 0,
+        };
+        let start = initial_prefix(model.as_ref(), &cfg)?;
+        let mut t = Tuner::new(model.clone(), vec![ex.clone()], cfg, &start)?;
+        t.step()?; // warm-up
+        let times: Vec<f64> = (0..repeats)
+            .map(|_| {
+                let t0 = Instant::now();
+                t.step().map(|_| t0.elapsed().as_secs_f64())
+            })
+            .collect::<prefixscope::Result<_>>()?;
+        out.insert(name.into(), median(times).into());
     }
     Ok(out)
 }

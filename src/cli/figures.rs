@@ -24,6 +24,9 @@ pub struct Args {
     /// Residual dimensions of the bias plot, e.g. 143,212 (default: the paper's 143,212).
     #[arg(long, value_delimiter = ',')]
     pub bias_dims: Option<Vec<usize>>,
+    /// Skip figure (e) (a soft prompt tuned on SmolLM2, about 30 s).
+    #[arg(long)]
+    pub no_tune: bool,
     /// PNG scale.
     #[arg(long, default_value_t = 2.0)]
     pub scale: f32,
@@ -141,11 +144,20 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     }
     if !a.no_smollm2 {
         match a.smollm2.clone().or_else(paper::smollm2_path) {
-            Some(p) => emit(
-                paper::smollm2_figure(&p, None).map(|m| vec![m]),
-                "figure (d), SmolLM2",
-                &mut skipped,
-            )?,
+            Some(p) => {
+                emit(
+                    paper::smollm2_figure(&p, None).map(|m| vec![m]),
+                    "figure (d), SmolLM2",
+                    &mut skipped,
+                )?;
+                if !a.no_tune {
+                    emit(
+                        paper::tune_figure(&p).map(|m| vec![m]),
+                        "figure (e), a prefix tuned on SmolLM2",
+                        &mut skipped,
+                    )?;
+                }
+            }
             None => emit(
                 Err(Error::missing(
                     "SmolLM2 cache",

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod peft;
 pub mod render;
 pub mod train;
+pub mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Train the paper's toy models: pretrain, finetune, prefix, lora.
     Train(train::Args),
+    /// Tune a prefix (soft, kv or paper) on a frozen model so that it continues a prompt with a target.
+    Tune(tune::Args),
     /// Accuracy of a toy model, alone or with a prefix, LoRA or fine-tune (the authors' measure).
     Eval(eval::Args),
     /// Build one of the paper's constructions and the virtual token that makes it write a target.
@@ -57,6 +60,7 @@ pub fn run(cmd: Command) -> prefixscope::Result<()> {
         Command::Attention(a) => attention::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
+        Command::Tune(a) => tune::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Construct(a) => construct::run(a),
         Command::Capacity(a) => capacity::run(a),

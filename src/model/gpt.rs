@@ -120,7 +120,10 @@ struct Ln {
 impl Ln {
     fn forward(&self, x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
         // candle's fused kernel has no backward pass; tracked (training) inputs take ours.
-        if x.track_op() || self.w.track_op() {
+        if x.dtype() != DType::F32 {
+            // The fused kernels are f32; float64 (the gradient checks) takes the composition.
+            candle_nn::ops::layer_norm_slow(x, &self.w, &self.b, eps as f32)
+        } else if x.track_op() || self.w.track_op() {
             super::train_ops::layer_norm(x, &self.w, &self.b, eps as f32)
         } else {
             candle_nn::ops::layer_norm(&x.contiguous()?, &self.w, &self.b, eps as f32)
@@ -684,30 +687,113 @@ impl Transformer for Gpt {
     }
 }
 
-/// Layer by layer access for the incremental evaluator: the same block as [`Gpt::run_blocks`] with a
-/// batch of one, split where a prefix edit enters, so that a slider edit recomputes only the layers
-/// it can change.
-impl Stepper for Gpt {
-    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)> {
+impl Gpt {
+    /// The stream entering layer 0 for content `ids` behind a prefix of `p` positions, `soft` `(P, C)`
+    /// being a soft prompt (in the stream itself); one body for file and tuned prefixes.
+    fn embed_with(&self, ids: &[u32], soft: Option<&Tensor>, p: usize) -> Result<(Tensor, usize)> {
         let n = ids.len();
-        let p = prefix.map_or(0, |x| x.len());
         self.check_len("prompt length", p + n)?;
         let tok = self
             .wte
             .index_select(&Tensor::from_slice(ids, n, &Device::Cpu)?, 0)?;
         // Learned positions are added here, once: a soft prompt takes positions 0..P in the stream;
         // with the other kinds the content sits at P..P+n behind the per-layer key/value columns.
-        Ok(match prefix {
-            Some(Prefix::SoftPrompt(a)) => (
-                Tensor::cat(&[&a.to_tensor()?, &tok], 0)?.broadcast_add(&self.wpe.narrow(
-                    0,
-                    0,
-                    p + n,
-                )?)?,
+        Ok(match (soft, p) {
+            (Some(s), _) => (
+                Tensor::cat(&[s, &tok], 0)?.broadcast_add(&self.wpe.narrow(0, 0, p + n)?)?,
                 0,
             ),
-            Some(_) => (tok.broadcast_add(&self.wpe.narrow(0, p, n)?)?, p),
-            None => (tok.broadcast_add(&self.wpe.narrow(0, 0, n)?)?, 0),
+            (None, 0) => (tok.broadcast_add(&self.wpe.narrow(0, 0, n)?)?, 0),
+            (None, _) => (tok.broadcast_add(&self.wpe.narrow(0, p, n)?)?, p),
+        })
+    }
+
+    /// A copy with every weight in `dtype` (float64 for the finite-difference gradient checks).
+    pub fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        let c = |t: &Tensor| t.to_dtype(dtype);
+        let ln = |l: &Ln| -> candle_core::Result<Ln> {
+            Ok(Ln {
+                w: c(&l.w)?,
+                b: c(&l.b)?,
+            })
+        };
+        let lin = |l: &Linear| Linear::new(c(&l.w)?, c(&l.b)?);
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    ln_1: b.ln_1.as_ref().map(ln).transpose()?,
+                    c_attn: lin(&b.c_attn)?,
+                    c_proj: lin(&b.c_proj)?,
+                    ln_2: ln(&b.ln_2)?,
+                    c_fc: lin(&b.c_fc)?,
+                    mlp_proj: lin(&b.mlp_proj)?,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let wte = c(&self.wte)?;
+        Ok(Gpt {
+            cfg: self.cfg.clone(),
+            info: ModelInfo {
+                dtype: format!("{dtype:?}").to_lowercase(),
+                ..self.info.clone()
+            },
+            lm_head: if self.cfg.tied_head {
+                wte.clone()
+            } else {
+                c(&self.lm_head)?
+            },
+            wte,
+            wpe: c(&self.wpe)?,
+            blocks,
+            ln_f: ln(&self.ln_f)?,
+        })
+    }
+}
+
+/// Layer by layer access for the incremental evaluator: the same block as [`Gpt::run_blocks`] with a
+/// batch of one, split where a prefix edit enters, so that a slider edit recomputes only the layers
+/// it can change.
+impl Stepper for Gpt {
+    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)> {
+        let p = prefix.map_or(0, |x| x.len());
+        match prefix {
+            Some(Prefix::SoftPrompt(a)) => self.embed_with(ids, Some(&a.to_tensor()?), p),
+            _ => self.embed_with(ids, None, p),
+        }
+    }
+
+    fn embed_input_t(
+        &self,
+        ids: &[u32],
+        prefix: Option<&PrefixTensors>,
+    ) -> Result<(Tensor, usize)> {
+        let p = prefix.map(PrefixTensors::len).transpose()?.unwrap_or(0);
+        match prefix {
+            Some(PrefixTensors::SoftPrompt(s)) => self.embed_with(ids, Some(s), p),
+            _ => self.embed_with(ids, None, p),
+        }
+    }
+
+    fn prefix_kv_t(
+        &self,
+        l: usize,
+        prefix: Option<&PrefixTensors>,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let blk = self.block(l)?;
+        Ok(self
+            .prefix_kv(l, blk, prefix, 1)?
+            .map(|(k, v)| Ok::<_, candle_core::Error>((k.squeeze(0)?, v.squeeze(0)?)))
+            .transpose()?)
+    }
+
+    fn logits_rows(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.ln_f.forward(x, self.cfg.layer_norm_eps)?;
+        Ok(if x.track_op() {
+            super::blas::matmul_train(&x, &self.lm_head, true)?
+        } else {
+            x.matmul(&self.lm_head.t()?)?
         })
     }
 

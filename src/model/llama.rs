@@ -16,7 +16,7 @@
 use super::attention::concat_heads;
 use super::rope::{Rope, RopeScaling, RopeTables};
 use super::stepper::{ContentKv, Stepper};
-use super::{Arch, LayerSel, ModelInfo, Run, Transformer};
+use super::{Arch, LayerSel, ModelInfo, PrefixTensors, Run, Transformer};
 use crate::error::{Error, Result};
 use crate::prefix::Prefix;
 use candle_core::quantized::{QMatMul, QTensor};
@@ -545,10 +545,35 @@ pub enum Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // Tuning (a tracked input): the weight is a constant, so the product's backward gives the
+        // input's gradient only (`matmul_train` skips a frozen operand's).
+        let tracked = x.track_op();
         match self {
+            Linear::Dense(w) if tracked => super::blas::matmul_train(x, w, false),
             Linear::Dense(w) => super::blas::matmul(x, w),
+            Linear::Quant(q) if tracked => {
+                super::blas::matmul_train(x, &q.dequantize(&Device::Cpu)?, true)
+            }
             Linear::Quant(q) => super::blas::matmul_t(x, &q.dequantize(&Device::Cpu)?),
         }
+    }
+
+    fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        Ok(Linear::Dense(match self {
+            Linear::Dense(w) => w.to_dtype(dtype)?,
+            Linear::Quant(q) => t(q.dequantize(&Device::Cpu)?)?.to_dtype(dtype)?,
+        }))
+    }
+}
+
+/// RMSNorm over the last dimension: candle's fused kernel for the f32 inference path; its
+/// composition (same formula, with a backward pass) for tracked inputs and other dtypes, since the
+/// fused op has no backward and would silently cut the gradient.
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    if x.track_op() || x.dtype() != DType::F32 {
+        candle_nn::ops::rms_norm_slow(x, w, eps)
+    } else {
+        candle_nn::ops::rms_norm(x, w, eps)
     }
 }
 
@@ -689,7 +714,7 @@ impl Block {
     fn attn_out(&self, z: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
         let a = add_bias(self.w_o.forward(&concat_heads(z)?)?, self.o_bias.as_ref())?;
         match &self.post_attn_norm {
-            Some(w) => candle_nn::ops::rms_norm(&a, w, eps),
+            Some(w) => rms_norm(&a, w, eps),
             None => Ok(a),
         }
     }
@@ -1011,7 +1036,7 @@ impl Llama {
     fn finish_keys(&self, l: usize, k: &Tensor, start: usize) -> candle_core::Result<Tensor> {
         let b = &self.blocks[l];
         let k = match &b.k_norm {
-            Some(w) => candle_nn::ops::rms_norm(k, w, self.eps())?,
+            Some(w) => rms_norm(k, w, self.eps())?,
             None => k.clone(),
         };
         self.ropes[b.rope].apply(&k, start)
@@ -1041,10 +1066,12 @@ impl Llama {
     }
 }
 
-impl Stepper for Llama {
-    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)> {
+impl Llama {
+    /// The residual stream entering layer 0 for content `ids` behind a prefix of `p` positions, of
+    /// which `soft` `(P, d)` (a soft prompt) enters the stream itself; returns the stream and the
+    /// position of its first row. One body for the file prefix and the tuned (tracked) one.
+    fn embed_with(&self, ids: &[u32], soft: Option<&Tensor>, p: usize) -> Result<(Tensor, usize)> {
         let n = ids.len();
-        let p = prefix.map_or(0, |x| x.len());
         self.check_window(n + p)?;
         let ids_t = Tensor::from_slice(ids, n, &Device::Cpu)?;
         let mut content = self.embed.index_select(&ids_t, 0)?;
@@ -1054,21 +1081,118 @@ impl Stepper for Llama {
         }
         // The residual stream holds the soft prompt rows too; the other kinds enter per layer as
         // key/value columns, with the content at positions p..p+n.
-        Ok(match prefix {
-            Some(Prefix::SoftPrompt(a)) => (Tensor::cat(&[&a.to_tensor()?, &content], 0)?, 0),
-            Some(_) => (content, p),
-            None => (content, 0),
+        Ok(match soft {
+            Some(s) => (Tensor::cat(&[s, &content], 0)?, 0),
+            None => (content, p),
         })
+    }
+
+    /// Keys and values `(KV, P, hd)` of the paper's per-layer prefix rows `s` `(P, d)` at layer `l`:
+    /// through the frozen input norm and k/v projections, keys rotated at their own positions 0..P.
+    fn hidden_kv(&self, l: usize, s: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (kv, hd) = (self.info.n_kv_heads, self.info.head_dim);
+        let b = &self.blocks[l];
+        let sn = rms_norm(s, &b.attn_norm, self.eps())?;
+        let (pk, pv) = b.kv(&sn, self.info.n_heads, kv, hd)?;
+        let pk = self.finish_keys(l, &Self::heads(&pk, kv, hd)?, 0)?;
+        Ok((pk, Self::heads(&pv, kv, hd)?))
+    }
+
+    /// A copy with every weight in `dtype` (quantized projections dequantized): float64 for the
+    /// finite-difference gradient checks, where f32 rounding would swamp the differences.
+    pub fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        let c = |t: &Tensor| t.to_dtype(dtype);
+        let o = |t: &Option<Tensor>| t.as_ref().map(c).transpose();
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    attn_norm: c(&b.attn_norm)?,
+                    qkv: match &b.qkv {
+                        Qkv::Fused(w) => Qkv::Fused(w.to_dtype(dtype)?),
+                        Qkv::Split(q, k, v) => {
+                            Qkv::Split(q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?)
+                        }
+                    },
+                    qkv_bias: o(&b.qkv_bias)?,
+                    q_norm: o(&b.q_norm)?,
+                    k_norm: o(&b.k_norm)?,
+                    w_o: b.w_o.to_dtype(dtype)?,
+                    o_bias: o(&b.o_bias)?,
+                    post_attn_norm: o(&b.post_attn_norm)?,
+                    ffn_norm: c(&b.ffn_norm)?,
+                    post_ffn_norm: o(&b.post_ffn_norm)?,
+                    gate_up: match &b.gate_up {
+                        GateUp::Fused(w) => GateUp::Fused(w.to_dtype(dtype)?),
+                        GateUp::Split(g, u) => {
+                            GateUp::Split(g.to_dtype(dtype)?, u.to_dtype(dtype)?)
+                        }
+                    },
+                    gate_up_bias: o(&b.gate_up_bias)?,
+                    w_down: b.w_down.to_dtype(dtype)?,
+                    down_bias: o(&b.down_bias)?,
+                    rope: b.rope,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let embed = c(&self.embed)?;
+        let lm_head = match &self.lm_head {
+            Head::Dense(_) if self.cfg.tie_word_embeddings => Head::Dense(embed.clone()),
+            Head::Dense(w) => Head::Dense(c(w)?),
+            Head::Quant(QMatMul::QTensor(q)) => Head::Dense(c(&q.dequantize(&Device::Cpu)?)?),
+            Head::Quant(_) => {
+                candle_core::bail!("internal: a quantized head that is not a QTensor")
+            }
+        };
+        Ok(Llama {
+            cfg: self.cfg.clone(),
+            info: ModelInfo {
+                dtype: format!("{dtype:?}").to_lowercase(),
+                ..self.info.clone()
+            },
+            embed,
+            blocks,
+            norm: c(&self.norm)?,
+            lm_head,
+            ropes: self
+                .ropes
+                .iter()
+                .map(|r| RopeTables::new(r.rope().clone()))
+                .collect(),
+        })
+    }
+}
+
+impl Stepper for Llama {
+    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)> {
+        let p = prefix.map_or(0, |x| x.len());
+        match prefix {
+            Some(Prefix::SoftPrompt(a)) => self.embed_with(ids, Some(&a.to_tensor()?), p),
+            _ => self.embed_with(ids, None, p),
+        }
+    }
+
+    fn embed_input_t(
+        &self,
+        ids: &[u32],
+        prefix: Option<&PrefixTensors>,
+    ) -> Result<(Tensor, usize)> {
+        let p = prefix.map(PrefixTensors::len).transpose()?.unwrap_or(0);
+        match prefix {
+            Some(PrefixTensors::SoftPrompt(s)) => self.embed_with(ids, Some(s), p),
+            _ => self.embed_with(ids, None, p),
+        }
     }
 
     fn layer_content(&self, l: usize, x: &Tensor, pos0: usize) -> Result<ContentKv> {
         let (h, kv, hd) = (self.info.n_heads, self.info.n_kv_heads, self.info.head_dim);
         let b = &self.blocks[l];
-        let xn = candle_nn::ops::rms_norm(x, &b.attn_norm, self.eps())?;
+        let xn = rms_norm(x, &b.attn_norm, self.eps())?;
         let (q, k, v) = b.qkv(&xn, h, kv, hd)?;
         let q = Self::heads(&q, h, hd)?;
         let q = match &b.q_norm {
-            Some(w) => candle_nn::ops::rms_norm(&q, w, self.eps())?,
+            Some(w) => rms_norm(&q, w, self.eps())?,
             None => q,
         };
         let q = self.ropes[b.rope].apply(&q, pos0)?;
@@ -1078,27 +1202,33 @@ impl Stepper for Llama {
     }
 
     fn prefix_kv(&self, l: usize, prefix: Option<&Prefix>) -> Result<Option<(Tensor, Tensor)>> {
-        let (kv, hd) = (self.info.n_kv_heads, self.info.head_dim);
-        let b = &self.blocks[l];
         let Some(pf) = prefix else { return Ok(None) };
         if let Some(s) = pf.hidden_layer(l)? {
-            let sn = candle_nn::ops::rms_norm(&s, &b.attn_norm, self.eps())?;
-            let (pk, pv) = b.kv(&sn, self.info.n_heads, kv, hd)?;
-            // The paper's form: prefix keys are rotated at their own positions 0..P.
-            let pk = self.finish_keys(l, &Self::heads(&pk, kv, hd)?, 0)?;
-            return Ok(Some((pk, Self::heads(&pv, kv, hd)?)));
+            return Ok(Some(self.hidden_kv(l, &s)?));
         }
         Ok(pf.key_value_layer(l)?)
+    }
+
+    fn prefix_kv_t(
+        &self,
+        l: usize,
+        prefix: Option<&PrefixTensors>,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(match prefix {
+            Some(PrefixTensors::Hidden(all)) => Some(self.hidden_kv(l, &all.get(l)?)?),
+            Some(PrefixTensors::KeyValue { keys, values }) => Some((keys.get(l)?, values.get(l)?)),
+            _ => None,
+        })
     }
 
     fn layer_finish(&self, l: usize, x: &Tensor, z: &Tensor) -> Result<Tensor> {
         let b = &self.blocks[l];
         let eps = self.eps();
         let x = (x + b.attn_out(z, eps)?)?;
-        let xn = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+        let xn = rms_norm(&x, &b.ffn_norm, eps)?;
         let m = b.mlp(&xn, self.cfg.act)?;
         let m = match &b.post_ffn_norm {
-            Some(w) => candle_nn::ops::rms_norm(&m, w, eps)?,
+            Some(w) => rms_norm(&m, w, eps)?,
             None => m,
         };
         Ok((&x + m)?)
@@ -1106,17 +1236,24 @@ impl Stepper for Llama {
 
     fn logits_last(&self, x: &Tensor) -> Result<Tensor> {
         let t_len = x.dim(0)?;
-        let last = x.narrow(0, t_len - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, self.eps())?;
+        Ok(self.logits_rows(&x.narrow(0, t_len - 1, 1)?)?.squeeze(0)?)
+    }
+
+    fn logits_rows(&self, x: &Tensor) -> Result<Tensor> {
+        let last = rms_norm(x, &self.norm, self.eps())?;
         let logits = match &self.lm_head {
+            Head::Dense(w) if last.track_op() => super::blas::matmul_train(&last, w, true)?,
             Head::Dense(w) => last.matmul(&w.t()?)?,
+            // QMatMul has no backward: tuning multiplies by the dequantized head.
+            Head::Quant(QMatMul::QTensor(q)) if last.track_op() => {
+                super::blas::matmul_train(&last, &q.dequantize(&Device::Cpu)?, true)?
+            }
             Head::Quant(q) => q.forward(&last)?,
         };
-        let logits = match self.cfg.final_logit_softcapping {
+        Ok(match self.cfg.final_logit_softcapping {
             Some(c) => ((logits / c)?.tanh()? * c)?,
             None => logits,
-        };
-        Ok(logits.squeeze(0)?)
+        })
     }
 
     fn n_layers(&self) -> usize {

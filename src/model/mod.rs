@@ -15,6 +15,8 @@ pub mod rope;
 pub mod stepper;
 pub mod train_ops;
 
+pub use gpt::PrefixTensors;
+
 use crate::error::Result;
 use crate::prefix::Prefix;
 use candle_core::Tensor;

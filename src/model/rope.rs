@@ -313,8 +313,18 @@ impl RopeTables {
         let (_, t, hd) = x.dims3()?;
         let (cos, sin) = self.tables(start, t)?;
         let rd = self.rope.rotary_dim;
-        let rot =
-            |x: &Tensor| candle_nn::rotary_emb::rope(&x.unsqueeze(0)?, &cos, &sin)?.squeeze(0);
+        // candle's fused kernel has no backward pass (it would silently cut the gradient): tracked
+        // inputs and other dtypes take the composition `x cos + rotate_half(x) sin`.
+        let slow = x.track_op() || x.dtype() != candle_core::DType::F32;
+        let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+        let rot = |x: &Tensor| {
+            let x = x.unsqueeze(0)?;
+            if slow {
+                candle_nn::rotary_emb::rope_slow(&x, &cos, &sin)?.squeeze(0)
+            } else {
+                candle_nn::rotary_emb::rope(&x, &cos, &sin)?.squeeze(0)
+            }
+        };
         if rd == hd {
             rot(x)
         } else {

@@ -4,7 +4,7 @@
 //! implements [`Stepper`]; the evaluator sits above it and caches its results.
 
 use super::attention::{attend, causal_softmax_stats, content_rows, repeat_kv};
-use super::{LayerRun, LayerSel, Run, Transformer};
+use super::{LayerRun, LayerSel, PrefixTensors, Run, Transformer};
 use crate::error::Result;
 use crate::prefix::Prefix;
 use candle_core::Tensor;
@@ -113,6 +113,18 @@ pub trait Stepper: Send + Sync {
     fn layer_finish(&self, l: usize, x: &Tensor, z: &Tensor) -> Result<Tensor>;
     /// Logits at the final position of the stream after the last layer.
     fn logits_last(&self, x: &Tensor) -> Result<Tensor>;
+    /// [`Stepper::embed_input`] for a prefix held as tensors (the tuned prefix: `Var`s whose
+    /// gradients flow back through the stream).
+    fn embed_input_t(&self, ids: &[u32], prefix: Option<&PrefixTensors>)
+        -> Result<(Tensor, usize)>;
+    /// [`Stepper::prefix_kv`] for a prefix held as tensors.
+    fn prefix_kv_t(
+        &self,
+        l: usize,
+        prefix: Option<&PrefixTensors>,
+    ) -> Result<Option<(Tensor, Tensor)>>;
+    /// Logits `(rows, vocab)` of the given rows `(rows, d)` of the final stream (final norm, head).
+    fn logits_rows(&self, x: &Tensor) -> Result<Tensor>;
     fn n_layers(&self) -> usize;
 }
 
@@ -134,6 +146,11 @@ pub fn attend_cached(
             let values = Tensor::cat(&[pv, &c.v], 1)?;
             let (z, probs) = attend(&c.q, &keys, &values, p, c.scale)?;
             Ok((z, probs, values))
+        }
+        // Tuning (a tracked stream) and float64 checks take the differentiable softmax.
+        None if c.q.track_op() || c.q.dtype() != candle_core::DType::F32 => {
+            let (z, probs) = attend(&c.q, &c.k, &c.v, 0, c.scale)?;
+            Ok((z, probs, c.v.clone()))
         }
         None => {
             let ca = c.content_attn()?;
@@ -176,6 +193,34 @@ pub fn full_run(
         layers,
         logits_last: m.logits_last(&x)?,
     })
+}
+
+/// The differentiable forward pass behind a prefix held as tensors (its `Var`s are what tuning
+/// trains): the layers [`full_run`] runs, through the same [`Stepper`] methods, returning the logits
+/// `(rows, vocab)` of the last `rows` positions of the stream. Nothing is captured, and the content
+/// attention is not cached (a tracked stream changes with every step).
+pub fn tail_logits(
+    m: &dyn Stepper,
+    ids: &[u32],
+    prefix: Option<&PrefixTensors>,
+    rows: usize,
+) -> Result<Tensor> {
+    let (mut x, pos0) = m.embed_input_t(ids, prefix)?;
+    for l in 0..m.n_layers() {
+        let c = m.layer_content(l, &x, pos0)?;
+        let extra = m.prefix_kv_t(l, prefix)?;
+        let (z, _, _) = attend_cached(&c, extra.as_ref())?;
+        x = m.layer_finish(l, &x, &z)?;
+    }
+    let t = x.dim(0)?;
+    if rows == 0 || rows > t {
+        return Err(crate::error::Error::input(
+            "logit rows",
+            format!("1..={t} (the stream's length)"),
+            rows.to_string(),
+        ));
+    }
+    m.logits_rows(&x.narrow(0, t - rows, rows)?)
 }
 
 /// Below this many multiply-adds per pass (parameters x positions), candle's ops run on one thread.

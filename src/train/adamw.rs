@@ -69,7 +69,7 @@ impl AdamW {
 
     /// The state as named tensors `{tag}.{i}.m`, `{tag}.{i}.v` (i: the parameter's index) and the step
     /// count.
-    fn state(
+    pub(crate) fn state(
         &self,
         tag: &str,
         out: &mut Vec<(String, Tensor)>,
@@ -84,7 +84,7 @@ impl AdamW {
 
     /// Restore what [`AdamW::state`] wrote; `None` (and nothing changed) when `file` does not hold a
     /// state of exactly these parameters' shapes.
-    fn restore(&mut self, tag: &str, file: &toy::ToyFile) -> Result<Option<()>> {
+    pub(crate) fn restore(&mut self, tag: &str, file: &toy::ToyFile) -> Result<Option<()>> {
         let Some(step_t) = file
             .meta
             .get(&format!("{tag}.step_t"))

@@ -170,6 +170,22 @@ impl PrefixEditor {
         self.version += 1;
     }
 
+    /// Show a prefix being tuned (the Tune panel): the call with `first` records the state before
+    /// tuning as one undo step; the others replace the prefix without new steps, so that undo takes
+    /// back a whole tuning run at once.
+    pub fn show_tuned(&mut self, prefix: Prefix, first: bool) {
+        if first {
+            self.gesture = None;
+            self.begin_edit(None);
+        }
+        self.kind = prefix.kind();
+        self.p = prefix.len();
+        self.prefix = Some(prefix);
+        self.direction = None;
+        self.clamp_selection(None);
+        self.changed();
+    }
+
     pub fn can_undo(&self) -> bool {
         !self.undo.is_empty()
     }

@@ -8,6 +8,9 @@
 
 mod runs;
 mod toys;
+mod tune;
+
+pub use tune::tune_figure;
 
 use runs::{block_output, raw_attention};
 pub use runs::{generate, sample_inputs, task_answer};
