@@ -27,7 +27,7 @@ use candle_core::Tensor;
 // The layer stepper lives with the models (`crate::model::stepper`); re-exported here, where its
 // users looked for it before.
 pub use crate::model::stepper::{
-    attend_cached, attend_split, full_run, on_compute_pool, ContentKv, Stepper,
+    attend_cached, attend_kept, attend_split, full_run, on_compute_pool, ContentKv, Stepper,
 };
 
 /// What changed since the last update.
@@ -233,10 +233,14 @@ impl Evaluator {
                 // the full path's genuine softmax, so every layer input stays the full pass's own.
                 let feeds_next = l < top && l + 1 >= self.valid_in;
                 let (z, probs, values) = match &extra {
-                    Some((pk, pv)) if viewed && !feeds_next => attend_split(c, pk, pv)?,
-                    _ => attend_cached(c, extra.as_ref())?,
+                    Some((pk, pv)) if viewed && !feeds_next => {
+                        let (z, probs, values) = attend_split(c, pk, pv)?;
+                        (z, Some(probs), values)
+                    }
+                    // A layer only fed through makes no map.
+                    _ => attend_kept(c, extra.as_ref(), viewed)?,
                 };
-                if viewed {
+                if let Some(probs) = probs {
                     let n = self.ids.len();
                     runs.push(LayerRun {
                         layer: l,
