@@ -86,11 +86,70 @@ impl Edit {
     }
 }
 
+/// One pretrained run, kept for a prompt.
+enum Pretrained {
+    /// Every layer's map: models without layer access, and learned-position models (whose pretrained
+    /// run has placeholder tokens the model itself supplies; small toys).
+    Maps(Run),
+    /// Each layer's content queries, keys and values (RoPE models), `O(N d)` per layer: a layer's
+    /// map is made when it is viewed, so memory grows with `N^2` only for the layers on screen
+    /// (all 30 maps of SmolLM2 at N = 4,096 would take 18 GB).
+    Content {
+        layers: Vec<ContentKv>,
+        n: usize,
+        logits_last: Tensor,
+    },
+}
+
+impl Pretrained {
+    fn p(&self) -> usize {
+        match self {
+            Pretrained::Maps(r) => r.p,
+            Pretrained::Content { .. } => 0,
+        }
+    }
+
+    fn logits_last(&self) -> &Tensor {
+        match self {
+            Pretrained::Maps(r) => &r.logits_last,
+            Pretrained::Content { logits_last, .. } => logits_last,
+        }
+    }
+
+    /// Layer `l`'s run (its map made now for [`Pretrained::Content`]), as [`full_run`] makes it.
+    fn layer(&self, l: usize) -> Result<LayerRun> {
+        match self {
+            Pretrained::Maps(r) => r
+                .layers
+                .iter()
+                .find(|x| x.layer == l)
+                .cloned()
+                .ok_or(Error::Internal("pretrained layer missing")),
+            Pretrained::Content { layers, n, .. } => {
+                let c = layers
+                    .get(l)
+                    .ok_or(Error::Internal("pretrained layer missing"))?;
+                let (z, probs, values) = attend_cached(c, None)?;
+                Ok(LayerRun {
+                    layer: l,
+                    pattern: content_rows(&probs, *n)?,
+                    values,
+                    z: content_rows(&z, *n)?,
+                })
+            }
+        }
+    }
+}
+
+/// Pretrained views kept for layers no longer asked for, while a map is at most this many bytes
+/// (SmolLM2 up to N = 512); above it only the layers of the current request keep theirs.
+const KEEP_OTHER_VIEWS_MAX_BYTES: usize = 8 << 20;
+
 /// Caches for one model and one prompt.
 pub struct Evaluator {
     ids: Vec<u32>,
-    /// Pretrained runs, all layers, keyed by the placeholder count they were made for.
-    pretrained: Vec<(usize, Run)>,
+    /// Pretrained runs, keyed by the placeholder count they were made for.
+    pretrained: Vec<(usize, Pretrained)>,
     /// The pretrained side of the views, per (placeholder count, layer), made on first view.
     pretrained_views: Vec<(usize, PretrainedViews)>,
     logits_pretrained: Vec<(usize, Vec<f32>)>,
@@ -121,19 +180,47 @@ impl Evaluator {
         &self.ids
     }
 
-    fn pretrained_run(&mut self, model: &dyn Transformer, p: usize) -> Result<Run> {
+    /// The key (placeholder count) of the pretrained run for a prefix of length `p`, made if needed.
+    fn pretrained_key(&mut self, model: &dyn Transformer, p: usize) -> Result<usize> {
         // RoPE models ignore p; learned-position models need one run per placeholder count.
         let key = if model.info().max_positions.is_some() {
             p
         } else {
             0
         };
-        if let Some((_, run)) = self.pretrained.iter().find(|(k, _)| *k == key) {
-            return Ok(run.clone());
+        if self.pretrained.iter().any(|(k, _)| *k == key) {
+            return Ok(key);
         }
-        let run = model.pretrained(&self.ids, key, &LayerSel::All)?;
-        self.pretrained.push((key, run.clone()));
-        Ok(run)
+        let run = match model.stepper() {
+            Some(st) if model.info().max_positions.is_none() => {
+                // The content alone at positions 0..n (what `Transformer::pretrained` runs for
+                // RoPE models), keeping each layer's q/k/v instead of its map.
+                let (mut x, pos0) = st.embed_input(&self.ids, None)?;
+                let mut layers = Vec::with_capacity(st.n_layers());
+                for l in 0..st.n_layers() {
+                    let c = st.layer_content(l, &x, pos0)?;
+                    let (z, _, _) = attend_kept(&c, None, false)?;
+                    x = st.layer_finish(l, &x, &z)?;
+                    layers.push(c);
+                }
+                Pretrained::Content {
+                    layers,
+                    n: self.ids.len(),
+                    logits_last: st.logits_last(&x)?,
+                }
+            }
+            _ => Pretrained::Maps(model.pretrained(&self.ids, key, &LayerSel::All)?),
+        };
+        self.pretrained.push((key, run));
+        Ok(key)
+    }
+
+    fn pretrained_of(&self, key: usize) -> Result<&Pretrained> {
+        self.pretrained
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, r)| r)
+            .ok_or(Error::Internal("pretrained run missing"))
     }
 
     /// The views of `layers` for `prefix` after `edit`. Only the layers needed are recomputed.
@@ -164,7 +251,11 @@ impl Evaluator {
         let p = prefix.map_or(0, |p| p.len());
         let Some(stepper) = model.stepper() else {
             // No layer access: full recompute of the prefixed run, pretrained still cached.
-            let pre = self.pretrained_run(model, p)?;
+            let key = self.pretrained_key(model, p)?;
+            let Pretrained::Maps(pre) = self.pretrained_of(key)? else {
+                return Err(Error::Internal("pretrained maps missing"));
+            };
+            let pre = pre.clone();
             let with = match prefix {
                 Some(pf) => {
                     Some(model.forward(&self.ids, Some(pf), &LayerSel::Only(layers.to_vec()))?)
@@ -259,8 +350,14 @@ impl Evaluator {
             }
         }
         self.valid_in = self.valid_in.max(top + 1);
-        let pre = self.pretrained_run(model, p)?;
-        let key = pre.p;
+        let key = self.pretrained_key(model, p)?;
+        let pre = self
+            .pretrained
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, r)| r)
+            .ok_or(Error::Internal("pretrained run missing"))?;
+        let p_pre = pre.p();
         let mut views = Vec::new();
         for &l in layers {
             let cached = self
@@ -270,12 +367,7 @@ impl Evaluator {
             let pv = match cached {
                 Some((_, v)) => v.clone(),
                 None => {
-                    let lp = pre
-                        .layers
-                        .iter()
-                        .find(|x| x.layer == l)
-                        .ok_or(Error::Internal("pretrained layer missing"))?;
-                    let v = capture::pretrained_views(lp, pre.p)?;
+                    let v = capture::pretrained_views(&pre.layer(l)?, p_pre)?;
                     self.pretrained_views.push((key, v.clone()));
                     v
                 }
@@ -287,10 +379,14 @@ impl Evaluator {
                 p,
             )?);
         }
+        // Views of layers no longer on screen are kept only while small.
+        self.pretrained_views.retain(|(_, v)| {
+            layers.contains(&v.layer) || v.pretrained.data.len() * 4 <= KEEP_OTHER_VIEWS_MAX_BYTES
+        });
         let logits_pretrained = match self.logits_pretrained.iter().find(|(k, _)| *k == key) {
             Some((_, v)) => v.clone(),
             None => {
-                let v = pre.logits_last.to_vec1::<f32>()?;
+                let v = pre.logits_last().to_vec1::<f32>()?;
                 self.logits_pretrained.push((key, v.clone()));
                 v
             }
