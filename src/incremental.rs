@@ -223,6 +223,91 @@ impl Evaluator {
             .ok_or(Error::Internal("pretrained run missing"))
     }
 
+    /// The overview's per-head summary of every layer, `[layer][head]`: max |renormalized -
+    /// pretrained| (`None` without a prefix), computed one head at a time from the cached queries and
+    /// keys, so that no layer's maps are kept: what the app shows for every layer when holding all
+    /// their maps would not fit (long prompts). Brings every layer's inputs up to date for `prefix`
+    /// (call it after [`Evaluator::update`] with the same prefix). `None` for a model whose pretrained
+    /// run is not kept per layer (no layer access, learned positions: small toys whose maps fit).
+    pub fn overview(
+        &mut self,
+        model: &dyn Transformer,
+        prefix: Option<&Prefix>,
+    ) -> Result<Option<Vec<Vec<Option<f32>>>>> {
+        let positions = self.ids.len() + prefix.map_or(0, |p| p.len());
+        on_compute_pool(model, positions, || self.overview_here(model, prefix))
+    }
+
+    fn overview_here(
+        &mut self,
+        model: &dyn Transformer,
+        prefix: Option<&Prefix>,
+    ) -> Result<Option<Vec<Vec<Option<f32>>>>> {
+        let Some(st) = model.stepper() else {
+            return Ok(None);
+        };
+        let p = prefix.map_or(0, |p| p.len());
+        let key = self.pretrained_key(model, p)?;
+        let n_layers = st.n_layers();
+        let n_heads = model.info().n_heads;
+        let same_prefix = match (&self.prefix, prefix) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_prefix || self.inputs.len() != n_layers {
+            self.prefix = prefix.cloned();
+            self.inputs = vec![None; n_layers];
+            self.content = vec![None; n_layers];
+            self.valid_in = 0;
+        }
+        let n = self.ids.len();
+        let mut rows = Vec::with_capacity(n_layers);
+        let mut z_prev: Option<Tensor> = None;
+        for l in 0..n_layers {
+            if l >= self.valid_in {
+                let x = if l == 0 {
+                    let (x, pos0) = st.embed_input(&self.ids, prefix)?;
+                    self.pos0 = pos0;
+                    x
+                } else {
+                    let prev = self.inputs[l - 1]
+                        .as_ref()
+                        .ok_or(Error::Internal("incremental cache out of order"))?;
+                    let z = z_prev
+                        .as_ref()
+                        .ok_or(Error::Internal("incremental cache out of order"))?;
+                    st.layer_finish(l - 1, prev, z)?
+                };
+                self.content[l] = Some(st.layer_content(l, &x, self.pos0)?);
+                self.inputs[l] = Some(x);
+            }
+            let c = self.content[l]
+                .as_ref()
+                .ok_or(Error::Internal("incremental cache out of order"))?;
+            if l + 1 < n_layers && l + 1 >= self.valid_in {
+                let extra = st.prefix_kv(l, prefix)?;
+                z_prev = Some(attend_kept(c, extra.as_ref(), false)?.0);
+            }
+            let row = match (prefix, self.pretrained_of(key)?) {
+                (Some(_), Pretrained::Content { layers, .. }) => {
+                    let pre = layers
+                        .get(l)
+                        .ok_or(Error::Internal("pretrained layer missing"))?;
+                    content_attention_diff(c, n, pre)?
+                        .into_iter()
+                        .map(Some)
+                        .collect()
+                }
+                (None, Pretrained::Content { .. }) => vec![None; n_heads],
+                (_, Pretrained::Maps(_)) => return Ok(None),
+            };
+            rows.push(row);
+        }
+        self.valid_in = n_layers;
+        Ok(Some(rows))
+    }
+
     /// The views of `layers` for `prefix` after `edit`. Only the layers needed are recomputed.
     pub fn update(
         &mut self,
@@ -399,6 +484,61 @@ impl Evaluator {
             logits_last_prefixed: None,
         })
     }
+}
+
+/// Per head: max |A - B| between the content-only attention of the last `n` query rows of `c` over
+/// its last `n` keys (the prefixed run renormalized over the content: by the paper's identity the
+/// softmax of the content scores alone) and that of the pretrained run `pre`. One head's two maps at a
+/// time (`n x n` each), never a layer's.
+fn content_attention_diff(c: &ContentKv, n: usize, pre: &ContentKv) -> Result<Vec<f32>> {
+    use crate::model::attention::{causal_attention, f32_values, AttnDims};
+    let (heads, t, hd) = c.q.dims3()?;
+    let kv = c.k.dim(0)?;
+    let off = t - n;
+    let rows = |x: &Tensor| -> Result<Vec<f32>> { Ok(f32_values(&x.narrow(1, off, n)?)?) };
+    let (q, k, v) = (rows(&c.q)?, rows(&c.k)?, rows(&c.v)?);
+    let (pq, pk, pv) = (
+        f32_values(&pre.q)?,
+        f32_values(&pre.k)?,
+        f32_values(&pre.v)?,
+    );
+    if pq.len() != q.len() || pk.len() != k.len() {
+        return Err(Error::Internal(
+            "pretrained and prefixed runs differ in shape",
+        ));
+    }
+    let one = AttnDims {
+        heads: 1,
+        kv_heads: 1,
+        t: n,
+        p: 0,
+        head_dim: hd,
+    };
+    let mut out = Vec::with_capacity(heads);
+    for h in 0..heads {
+        let kh = h / (heads / kv);
+        let head = |q: &[f32], k: &[f32], v: &[f32], scale: f64| {
+            causal_attention(
+                &q[h * n * hd..(h + 1) * n * hd],
+                &k[kh * n * hd..(kh + 1) * n * hd],
+                &v[kh * n * hd..(kh + 1) * n * hd],
+                one,
+                scale as f32,
+                true,
+            )
+            .probs
+            .unwrap_or_default()
+        };
+        let a = head(&q, &k, &v, c.scale);
+        let b = head(&pq, &pk, &pv, pre.scale);
+        out.push(
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max),
+        );
+    }
+    Ok(out)
 }
 
 /// Views for `layers` from a pretrained run (all layers) and a prefixed run (at least `layers`).
