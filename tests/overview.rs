@@ -2,6 +2,9 @@
 //! at a time so that long prompts keep no layer's maps) against the same summaries taken from full
 //! captures of every layer, on SmolLM2 with each prefix kind.
 
+// Heads index the overview, the captures and the maps alike.
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 
 use prefixscope::capture::capture;
