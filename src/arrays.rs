@@ -170,12 +170,26 @@ fn read_npz(path: &Path) -> Result<Vec<(String, Array)>> {
 
 /// Write named arrays atomically as `.npz`, `.npy` (exactly one array) or `.safetensors`.
 pub fn write_arrays(path: &Path, named: &[(&str, &Array)]) -> Result<()> {
-    let ext = extension(path);
-    let tmp = tmp_path(path);
     let tensors: Vec<(String, Tensor)> = named
         .iter()
         .map(|(n, a)| Ok((n.to_string(), a.to_tensor()?)))
         .collect::<candle_core::Result<_>>()?;
+    write_tensors(path, tensors)
+}
+
+/// [`write_arrays`] taking the arrays: their data moves into the written tensors instead of being
+/// copied (a long prompt's maps are hundreds of MB each).
+pub fn write_arrays_owned(path: &Path, named: Vec<(String, Array)>) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = named
+        .into_iter()
+        .map(|(n, a)| Ok((n, Tensor::from_vec(a.data, a.shape, &Device::Cpu)?)))
+        .collect::<candle_core::Result<_>>()?;
+    write_tensors(path, tensors)
+}
+
+fn write_tensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    let ext = extension(path);
+    let tmp = tmp_path(path);
     let res = match ext.as_str() {
         "npz" => {
             let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();

@@ -123,6 +123,11 @@ impl Capture {
     /// `token_ids`, per layer `blocks.{l}.attn.hook_pattern`, `hook_pattern_renormalized`,
     /// `hook_prefix_mass` (with a prefix) and `hook_pattern_pretrained`, then the last logits.
     pub fn named_arrays(&self) -> Vec<(String, Array)> {
+        self.clone().into_named_arrays()
+    }
+
+    /// [`Capture::named_arrays`], moving the arrays out instead of copying them.
+    pub fn into_named_arrays(self) -> Vec<(String, Array)> {
         use crate::hooks::{self, Hook};
         let mut out = vec![(
             hooks::TOKEN_IDS.to_string(),
@@ -131,24 +136,24 @@ impl Capture {
                 data: self.token_ids.iter().map(|&x| x as f32).collect(),
             },
         )];
-        for c in &self.layers {
+        for c in self.layers {
             let l = c.layer;
-            if let (Some(w), Some(r), Some(m)) = (&c.with_prefix, &c.renormalized, &c.prefix_mass) {
-                out.push((Hook::Pattern.name(l), w.clone()));
-                out.push((Hook::PatternRenormalized.name(l), r.clone()));
-                out.push((Hook::PrefixMass.name(l), m.clone()));
+            if let (Some(w), Some(r), Some(m)) = (c.with_prefix, c.renormalized, c.prefix_mass) {
+                out.push((Hook::Pattern.name(l), w));
+                out.push((Hook::PatternRenormalized.name(l), r));
+                out.push((Hook::PrefixMass.name(l), m));
             }
-            out.push((Hook::PatternPretrained.name(l), c.pretrained.clone()));
+            out.push((Hook::PatternPretrained.name(l), c.pretrained));
         }
-        let v = |x: &Vec<f32>| Array {
+        let v = |x: Vec<f32>| Array {
             shape: vec![x.len()],
-            data: x.clone(),
+            data: x,
         };
         out.push((
             hooks::LOGITS_LAST_PRETRAINED.into(),
-            v(&self.logits_last_pretrained),
+            v(self.logits_last_pretrained),
         ));
-        if let Some(x) = &self.logits_last_prefixed {
+        if let Some(x) = self.logits_last_prefixed {
             out.push((hooks::LOGITS_LAST_PREFIXED.into(), v(x)));
         }
         out
@@ -169,7 +174,7 @@ pub fn capture(
         Some(pf) => Some(model.forward(ids, Some(pf), layers)?),
         None => None,
     };
-    build(ids, &pre, with.as_ref())
+    build_from(ids, pre, with)
 }
 
 /// Token ids must be in the vocabulary, non-empty, and fit the context with the prefix.
@@ -207,17 +212,33 @@ pub fn check_ids(model: &dyn Transformer, ids: &[u32], p: usize) -> Result<()> {
 
 /// Combine a pretrained run and an optional prefixed run into views.
 pub fn build(ids: &[u32], pre: &Run, with: Option<&Run>) -> Result<Capture> {
+    // Cloning a run copies tensor handles, not data.
+    build_from(ids, pre.clone(), with.cloned())
+}
+
+/// [`build`] taking the runs: each layer's maps are released as soon as its views are made, so a long
+/// prompt holds one layer's maps twice at most, not all of them.
+fn build_from(ids: &[u32], mut pre: Run, mut with: Option<Run>) -> Result<Capture> {
+    let p_with = with.as_ref().map_or(0, |w| w.p);
+    let logits_last_pretrained = pre.logits_last.to_vec1::<f32>()?;
+    let logits_last_prefixed = with
+        .as_ref()
+        .map(|w| w.logits_last.to_vec1::<f32>())
+        .transpose()?;
     let mut layers = Vec::new();
-    for lp in &pre.layers {
-        let lw = with.and_then(|w| w.layers.iter().find(|x| x.layer == lp.layer));
-        layers.push(build_layer(lp, pre.p, lw, with.map_or(0, |w| w.p))?);
+    for lp in std::mem::take(&mut pre.layers) {
+        let lw = with.as_mut().and_then(|w| {
+            let i = w.layers.iter().position(|x| x.layer == lp.layer)?;
+            Some(w.layers.swap_remove(i))
+        });
+        layers.push(build_layer(&lp, pre.p, lw.as_ref(), p_with)?);
     }
     let cap = Capture {
         token_ids: ids.to_vec(),
-        p: with.map_or(0, |w| w.p),
+        p: p_with,
         layers,
-        logits_last_pretrained: pre.logits_last.to_vec1::<f32>()?,
-        logits_last_prefixed: with.map(|w| w.logits_last.to_vec1::<f32>()).transpose()?,
+        logits_last_pretrained,
+        logits_last_prefixed,
     };
     for (what, x) in [
         (

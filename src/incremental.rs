@@ -27,7 +27,7 @@ use candle_core::Tensor;
 // The layer stepper lives with the models (`crate::model::stepper`); re-exported here, where its
 // users looked for it before.
 pub use crate::model::stepper::{
-    attend_cached, attend_split, full_run, on_compute_pool, ContentKv, Stepper,
+    attend_cached, attend_kept, attend_split, full_run, on_compute_pool, ContentKv, Stepper,
 };
 
 /// What changed since the last update.
@@ -86,11 +86,70 @@ impl Edit {
     }
 }
 
+/// One pretrained run, kept for a prompt.
+enum Pretrained {
+    /// Every layer's map: models without layer access, and learned-position models (whose pretrained
+    /// run has placeholder tokens the model itself supplies; small toys).
+    Maps(Run),
+    /// Each layer's content queries, keys and values (RoPE models), `O(N d)` per layer: a layer's
+    /// map is made when it is viewed, so memory grows with `N^2` only for the layers on screen
+    /// (all 30 maps of SmolLM2 at N = 4,096 would take 18 GB).
+    Content {
+        layers: Vec<ContentKv>,
+        n: usize,
+        logits_last: Tensor,
+    },
+}
+
+impl Pretrained {
+    fn p(&self) -> usize {
+        match self {
+            Pretrained::Maps(r) => r.p,
+            Pretrained::Content { .. } => 0,
+        }
+    }
+
+    fn logits_last(&self) -> &Tensor {
+        match self {
+            Pretrained::Maps(r) => &r.logits_last,
+            Pretrained::Content { logits_last, .. } => logits_last,
+        }
+    }
+
+    /// Layer `l`'s run (its map made now for [`Pretrained::Content`]), as [`full_run`] makes it.
+    fn layer(&self, l: usize) -> Result<LayerRun> {
+        match self {
+            Pretrained::Maps(r) => r
+                .layers
+                .iter()
+                .find(|x| x.layer == l)
+                .cloned()
+                .ok_or(Error::Internal("pretrained layer missing")),
+            Pretrained::Content { layers, n, .. } => {
+                let c = layers
+                    .get(l)
+                    .ok_or(Error::Internal("pretrained layer missing"))?;
+                let (z, probs, values) = attend_cached(c, None)?;
+                Ok(LayerRun {
+                    layer: l,
+                    pattern: content_rows(&probs, *n)?,
+                    values,
+                    z: content_rows(&z, *n)?,
+                })
+            }
+        }
+    }
+}
+
+/// Pretrained views kept for layers no longer asked for, while a map is at most this many bytes
+/// (SmolLM2 up to N = 512); above it only the layers of the current request keep theirs.
+const KEEP_OTHER_VIEWS_MAX_BYTES: usize = 8 << 20;
+
 /// Caches for one model and one prompt.
 pub struct Evaluator {
     ids: Vec<u32>,
-    /// Pretrained runs, all layers, keyed by the placeholder count they were made for.
-    pretrained: Vec<(usize, Run)>,
+    /// Pretrained runs, keyed by the placeholder count they were made for.
+    pretrained: Vec<(usize, Pretrained)>,
     /// The pretrained side of the views, per (placeholder count, layer), made on first view.
     pretrained_views: Vec<(usize, PretrainedViews)>,
     logits_pretrained: Vec<(usize, Vec<f32>)>,
@@ -121,19 +180,132 @@ impl Evaluator {
         &self.ids
     }
 
-    fn pretrained_run(&mut self, model: &dyn Transformer, p: usize) -> Result<Run> {
+    /// The key (placeholder count) of the pretrained run for a prefix of length `p`, made if needed.
+    fn pretrained_key(&mut self, model: &dyn Transformer, p: usize) -> Result<usize> {
         // RoPE models ignore p; learned-position models need one run per placeholder count.
         let key = if model.info().max_positions.is_some() {
             p
         } else {
             0
         };
-        if let Some((_, run)) = self.pretrained.iter().find(|(k, _)| *k == key) {
-            return Ok(run.clone());
+        if self.pretrained.iter().any(|(k, _)| *k == key) {
+            return Ok(key);
         }
-        let run = model.pretrained(&self.ids, key, &LayerSel::All)?;
-        self.pretrained.push((key, run.clone()));
-        Ok(run)
+        let run = match model.stepper() {
+            Some(st) if model.info().max_positions.is_none() => {
+                // The content alone at positions 0..n (what `Transformer::pretrained` runs for
+                // RoPE models), keeping each layer's q/k/v instead of its map.
+                let (mut x, pos0) = st.embed_input(&self.ids, None)?;
+                let mut layers = Vec::with_capacity(st.n_layers());
+                for l in 0..st.n_layers() {
+                    let c = st.layer_content(l, &x, pos0)?;
+                    let (z, _, _) = attend_kept(&c, None, false)?;
+                    x = st.layer_finish(l, &x, &z)?;
+                    layers.push(c);
+                }
+                Pretrained::Content {
+                    layers,
+                    n: self.ids.len(),
+                    logits_last: st.logits_last(&x)?,
+                }
+            }
+            _ => Pretrained::Maps(model.pretrained(&self.ids, key, &LayerSel::All)?),
+        };
+        self.pretrained.push((key, run));
+        Ok(key)
+    }
+
+    fn pretrained_of(&self, key: usize) -> Result<&Pretrained> {
+        self.pretrained
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, r)| r)
+            .ok_or(Error::Internal("pretrained run missing"))
+    }
+
+    /// The overview's per-head summary of every layer, `[layer][head]`: max |renormalized -
+    /// pretrained| (`None` without a prefix), computed one head at a time from the cached queries and
+    /// keys, so that no layer's maps are kept: what the app shows for every layer when holding all
+    /// their maps would not fit (long prompts). Brings every layer's inputs up to date for `prefix`
+    /// (call it after [`Evaluator::update`] with the same prefix). `None` for a model whose pretrained
+    /// run is not kept per layer (no layer access, learned positions: small toys whose maps fit).
+    pub fn overview(
+        &mut self,
+        model: &dyn Transformer,
+        prefix: Option<&Prefix>,
+    ) -> Result<Option<Vec<Vec<Option<f32>>>>> {
+        let positions = self.ids.len() + prefix.map_or(0, |p| p.len());
+        on_compute_pool(model, positions, || self.overview_here(model, prefix))
+    }
+
+    fn overview_here(
+        &mut self,
+        model: &dyn Transformer,
+        prefix: Option<&Prefix>,
+    ) -> Result<Option<Vec<Vec<Option<f32>>>>> {
+        let Some(st) = model.stepper() else {
+            return Ok(None);
+        };
+        let p = prefix.map_or(0, |p| p.len());
+        let key = self.pretrained_key(model, p)?;
+        let n_layers = st.n_layers();
+        let n_heads = model.info().n_heads;
+        let same_prefix = match (&self.prefix, prefix) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_prefix || self.inputs.len() != n_layers {
+            self.prefix = prefix.cloned();
+            self.inputs = vec![None; n_layers];
+            self.content = vec![None; n_layers];
+            self.valid_in = 0;
+        }
+        let n = self.ids.len();
+        let mut rows = Vec::with_capacity(n_layers);
+        let mut z_prev: Option<Tensor> = None;
+        for l in 0..n_layers {
+            if l >= self.valid_in {
+                let x = if l == 0 {
+                    let (x, pos0) = st.embed_input(&self.ids, prefix)?;
+                    self.pos0 = pos0;
+                    x
+                } else {
+                    let prev = self.inputs[l - 1]
+                        .as_ref()
+                        .ok_or(Error::Internal("incremental cache out of order"))?;
+                    let z = z_prev
+                        .as_ref()
+                        .ok_or(Error::Internal("incremental cache out of order"))?;
+                    st.layer_finish(l - 1, prev, z)?
+                };
+                self.content[l] = Some(st.layer_content(l, &x, self.pos0)?);
+                self.inputs[l] = Some(x);
+            }
+            let c = self.content[l]
+                .as_ref()
+                .ok_or(Error::Internal("incremental cache out of order"))?;
+            if l + 1 < n_layers && l + 1 >= self.valid_in {
+                let extra = st.prefix_kv(l, prefix)?;
+                z_prev = Some(attend_kept(c, extra.as_ref(), false)?.0);
+            }
+            let row = match (prefix, self.pretrained_of(key)?) {
+                (Some(_), Pretrained::Content { layers, .. }) => {
+                    let pre = layers
+                        .get(l)
+                        .ok_or(Error::Internal("pretrained layer missing"))?;
+                    content_attention_diff(c, n, pre)?
+                        .into_iter()
+                        .map(Some)
+                        .collect()
+                }
+                (None, Pretrained::Content { .. }) => vec![None; n_heads],
+                (_, Pretrained::Maps(_)) => return Ok(None),
+            };
+            rows.push(row);
+        }
+        self.valid_in = n_layers;
+        Ok(Some(rows))
     }
 
     /// The views of `layers` for `prefix` after `edit`. Only the layers needed are recomputed.
@@ -164,7 +336,11 @@ impl Evaluator {
         let p = prefix.map_or(0, |p| p.len());
         let Some(stepper) = model.stepper() else {
             // No layer access: full recompute of the prefixed run, pretrained still cached.
-            let pre = self.pretrained_run(model, p)?;
+            let key = self.pretrained_key(model, p)?;
+            let Pretrained::Maps(pre) = self.pretrained_of(key)? else {
+                return Err(Error::Internal("pretrained maps missing"));
+            };
+            let pre = pre.clone();
             let with = match prefix {
                 Some(pf) => {
                     Some(model.forward(&self.ids, Some(pf), &LayerSel::Only(layers.to_vec()))?)
@@ -233,10 +409,14 @@ impl Evaluator {
                 // the full path's genuine softmax, so every layer input stays the full pass's own.
                 let feeds_next = l < top && l + 1 >= self.valid_in;
                 let (z, probs, values) = match &extra {
-                    Some((pk, pv)) if viewed && !feeds_next => attend_split(c, pk, pv)?,
-                    _ => attend_cached(c, extra.as_ref())?,
+                    Some((pk, pv)) if viewed && !feeds_next => {
+                        let (z, probs, values) = attend_split(c, pk, pv)?;
+                        (z, Some(probs), values)
+                    }
+                    // A layer only fed through makes no map.
+                    _ => attend_kept(c, extra.as_ref(), viewed)?,
                 };
-                if viewed {
+                if let Some(probs) = probs {
                     let n = self.ids.len();
                     runs.push(LayerRun {
                         layer: l,
@@ -255,8 +435,14 @@ impl Evaluator {
             }
         }
         self.valid_in = self.valid_in.max(top + 1);
-        let pre = self.pretrained_run(model, p)?;
-        let key = pre.p;
+        let key = self.pretrained_key(model, p)?;
+        let pre = self
+            .pretrained
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, r)| r)
+            .ok_or(Error::Internal("pretrained run missing"))?;
+        let p_pre = pre.p();
         let mut views = Vec::new();
         for &l in layers {
             let cached = self
@@ -266,12 +452,7 @@ impl Evaluator {
             let pv = match cached {
                 Some((_, v)) => v.clone(),
                 None => {
-                    let lp = pre
-                        .layers
-                        .iter()
-                        .find(|x| x.layer == l)
-                        .ok_or(Error::Internal("pretrained layer missing"))?;
-                    let v = capture::pretrained_views(lp, pre.p)?;
+                    let v = capture::pretrained_views(&pre.layer(l)?, p_pre)?;
                     self.pretrained_views.push((key, v.clone()));
                     v
                 }
@@ -283,10 +464,14 @@ impl Evaluator {
                 p,
             )?);
         }
+        // Views of layers no longer on screen are kept only while small.
+        self.pretrained_views.retain(|(_, v)| {
+            layers.contains(&v.layer) || v.pretrained.data.len() * 4 <= KEEP_OTHER_VIEWS_MAX_BYTES
+        });
         let logits_pretrained = match self.logits_pretrained.iter().find(|(k, _)| *k == key) {
             Some((_, v)) => v.clone(),
             None => {
-                let v = pre.logits_last.to_vec1::<f32>()?;
+                let v = pre.logits_last().to_vec1::<f32>()?;
                 self.logits_pretrained.push((key, v.clone()));
                 v
             }
@@ -299,6 +484,61 @@ impl Evaluator {
             logits_last_prefixed: None,
         })
     }
+}
+
+/// Per head: max |A - B| between the content-only attention of the last `n` query rows of `c` over
+/// its last `n` keys (the prefixed run renormalized over the content: by the paper's identity the
+/// softmax of the content scores alone) and that of the pretrained run `pre`. One head's two maps at a
+/// time (`n x n` each), never a layer's.
+fn content_attention_diff(c: &ContentKv, n: usize, pre: &ContentKv) -> Result<Vec<f32>> {
+    use crate::model::attention::{causal_attention, f32_values, AttnDims};
+    let (heads, t, hd) = c.q.dims3()?;
+    let kv = c.k.dim(0)?;
+    let off = t - n;
+    let rows = |x: &Tensor| -> Result<Vec<f32>> { Ok(f32_values(&x.narrow(1, off, n)?)?) };
+    let (q, k, v) = (rows(&c.q)?, rows(&c.k)?, rows(&c.v)?);
+    let (pq, pk, pv) = (
+        f32_values(&pre.q)?,
+        f32_values(&pre.k)?,
+        f32_values(&pre.v)?,
+    );
+    if pq.len() != q.len() || pk.len() != k.len() {
+        return Err(Error::Internal(
+            "pretrained and prefixed runs differ in shape",
+        ));
+    }
+    let one = AttnDims {
+        heads: 1,
+        kv_heads: 1,
+        t: n,
+        p: 0,
+        head_dim: hd,
+    };
+    let mut out = Vec::with_capacity(heads);
+    for h in 0..heads {
+        let kh = h / (heads / kv);
+        let head = |q: &[f32], k: &[f32], v: &[f32], scale: f64| {
+            causal_attention(
+                &q[h * n * hd..(h + 1) * n * hd],
+                &k[kh * n * hd..(kh + 1) * n * hd],
+                &v[kh * n * hd..(kh + 1) * n * hd],
+                one,
+                scale as f32,
+                true,
+            )
+            .probs
+            .unwrap_or_default()
+        };
+        let a = head(&q, &k, &v, c.scale);
+        let b = head(&pq, &pk, &pv, pre.scale);
+        out.push(
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max),
+        );
+    }
+    Ok(out)
 }
 
 /// Views for `layers` from a pretrained run (all layers) and a prefixed run (at least `layers`).

@@ -33,6 +33,9 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
+    // The matmul backend is chosen (OpenBLAS loaded, its kernel possibly re-initialized through
+    // `OPENBLAS_CORETYPE`, candidates timed) while this is still the only thread: see `blas::init`.
+    prefixscope::model::blas::init();
     match args.command {
         Some(cmd) => {
             // The loaders already turn a reader's panic into an error naming the file; this catches

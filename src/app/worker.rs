@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 /// How long the pointer must rest before the all-layer answer starts.
 const QUIET_BEFORE_FULL: Duration = Duration::from_millis(200);
 
+/// Above this many bytes for the views of every layer (four maps a layer), a full answer carries the
+/// maps of layer 0 and the viewed layer only, with the overview computed head by head
+/// ([`Evaluator::overview`]): SmolLM2 from N = 512 on; at N = 4,096 all its views would take 72 GB.
+const ALL_LAYER_VIEWS_MAX_BYTES: usize = 1 << 30;
+
 /// What the UI asks of the compute thread.
 #[derive(Clone)]
 pub struct ComputeRequest {
@@ -448,9 +453,25 @@ fn run_request(
     } else {
         Edit::between(c.last_prefix.as_ref(), req.prefix.as_ref(), n_layers)
     };
+    // A long prompt: every layer's views would not fit in memory, so the full answer keeps the maps
+    // of the quick answer's layers only and the overview is computed head by head.
+    let p = req.prefix.as_ref().map_or(0, |p| p.len());
+    let all_views = n_layers * n_heads * req.ids.len() * (req.ids.len() + p) * 4 * 4;
+    let lean = full && all_views > ALL_LAYER_VIEWS_MAX_BYTES;
+    let quick: Vec<usize> = if req.view_layer == 0 || req.view_layer >= n_layers {
+        vec![0]
+    } else {
+        vec![0, req.view_layer]
+    };
+    let layers = if lean { &quick[..] } else { layers };
     let cap = c.eval.update(model, req.prefix.as_ref(), edit, layers)?;
     c.last_prefix = req.prefix.clone();
     let mut overview = c.overview.clone();
+    if lean {
+        if let Some(rows) = c.eval.overview(model, req.prefix.as_ref())? {
+            overview = rows;
+        }
+    }
     for lc in &cap.layers {
         if let Some(row) = overview.get_mut(lc.layer) {
             *row = (0..lc.n_heads())

@@ -148,14 +148,11 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     a.save.save(prefix.as_ref(), &loaded, a.force)?;
     let layers = parse_layers(&a.layers, info.n_layers)?;
     let cap = capture(loaded.model.as_ref(), &ids, prefix.as_ref(), &layers)?;
-    let named = cap.named_arrays();
+    // Only the layers asked for were captured; their arrays move into the file, not copied.
+    let named = cap.into_named_arrays();
     prefixscope::capture::check_named_finite(&named)?;
     match arrays::extension(&a.out).as_str() {
         "json" => arrays::write_json(&a.out, &named),
-        _ => {
-            let refs: Vec<(&str, &arrays::Array)> =
-                named.iter().map(|(n, a)| (n.as_str(), a)).collect();
-            arrays::write_arrays(&a.out, &refs)
-        }
+        _ => arrays::write_arrays_owned(&a.out, named),
     }
 }

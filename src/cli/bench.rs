@@ -1,5 +1,6 @@
-//! `prefixscope bench`: load time, peak memory, and the time of one forward pass that returns every
-//! attention matrix, at several prompt lengths. Medians over repeated runs; numbers, never pass/fail.
+//! `prefixscope bench`: load time, the matmul backend, and the time and peak memory of one forward pass
+//! that returns every attention matrix, at several prompt lengths; a long prompt with the maps of four
+//! layers only; the slider-update latencies. Medians over repeated runs; numbers, never pass/fail.
 
 use prefixscope::load;
 use prefixscope::model::LayerSel;
@@ -13,12 +14,19 @@ pub struct Args {
     /// Keep GGUF weights quantized in memory (each is dequantized for its product): less memory, same numbers.
     #[arg(long)]
     pub quantized: bool,
-    /// Prompt lengths to time.
-    #[arg(long, value_delimiter = ',', default_value = "32,128,512")]
+    /// Prompt lengths to time (a full forward returning every attention matrix).
+    #[arg(long, value_delimiter = ',', default_value = "32,128,512,2048")]
     pub lengths: Vec<usize>,
-    /// Timed runs per length (after one warm-up).
+    /// Timed runs per length (after one warm-up); at most 3 from N = 1,024 on.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Prompt length of the long-prompt case: a forward keeping the maps of four layers only (first,
+    /// two inner, last). 0 skips it.
+    #[arg(long, default_value_t = 2048)]
+    pub four_layer_n: usize,
+    /// Only the full forwards and the long-prompt case (no update or redraw latencies).
+    #[arg(long)]
+    pub forward_only: bool,
     /// Prompt length for the slider-update latencies.
     #[arg(long, default_value_t = 128)]
     pub update_n: usize,
@@ -39,6 +47,47 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Start a new peak-memory window: Linux resets `VmHWM` to the current resident size when "5" is
+/// written to `/proc/self/clear_refs` (since 4.0). False where that is not possible (then
+/// [`peak_rss_bytes`] keeps the peak since the process started).
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Time of `f` (median of `repeats` after one warm-up) and the peak resident memory while it ran
+/// (`None` where the peak cannot be reset per case).
+fn timed_with_peak<T>(
+    repeats: usize,
+    mut f: impl FnMut() -> prefixscope::Result<T>,
+) -> prefixscope::Result<(f64, Option<u64>)> {
+    let windowed = reset_peak_rss();
+    drop(f()?); // warm-up
+    let mut times = Vec::new();
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        let out = f()?;
+        times.push(t.elapsed().as_secs_f64());
+        drop(out);
+    }
+    Ok((median(times), peak_rss_bytes().filter(|_| windowed)))
+}
+
+/// The best GFLOP/s of a projection-shaped product `(1024, 576) @ (576, 1536)` (SmolLM2's gate/up
+/// at N = 1,024) on the backend in use: what the forward's GFLOP/s are measured against.
+fn matmul_peak_gflops() -> prefixscope::Result<f64> {
+    let dev = candle_core::Device::Cpu;
+    let (m, k, n) = (1024, 576, 1536);
+    let x = candle_core::Tensor::randn(0f32, 1.0, (m, k), &dev)?;
+    let w = candle_core::Tensor::randn(0f32, 1.0, (k, n), &dev)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..8 {
+        let t = Instant::now();
+        drop(prefixscope::model::blas::matmul(&x, &w)?);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (m * k * n) as f64 / best / 1e9)
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -68,27 +117,63 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     let info = model.info().clone();
     let mut forward = serde_json::Map::new();
     let mut flops = serde_json::Map::new();
-    for &n in &a.lengths {
-        let n = info.max_positions.map_or(n, |m| n.min(m));
-        let ids = synthetic_ids(n, info.vocab_size);
-        model.forward(&ids, None, &LayerSel::All)?; // warm-up
-        let times: Vec<f64> = (0..a.repeats.max(1))
-            .map(|_| {
-                let t = Instant::now();
-                model
-                    .forward(&ids, None, &LayerSel::All)
-                    .map(|_| t.elapsed().as_secs_f64())
-            })
-            .collect::<prefixscope::Result<_>>()?;
-        let med = median(times);
-        // Matrix work of one pass: 2 flops per weight per token (the embedding table is a lookup,
-        // except one row through the tied head), plus QK^T and AV over the causal half.
+    let mut peaks = serde_json::Map::new();
+    // Matrix work of one pass: 2 flops per weight per token (the embedding table is a lookup,
+    // except one row through the tied head), plus QK^T and AV over the causal half.
+    let gflop_at = |n: usize| {
         let matmul_params = info.n_params - info.vocab_size * info.d_model;
         let attn =
             4.0 * (info.n_layers * info.n_heads * info.head_dim) as f64 * (n * n) as f64 / 2.0;
-        let gflop = (2.0 * matmul_params as f64 * n as f64 + attn) / 1e9;
+        (2.0 * matmul_params as f64 * n as f64 + attn) / 1e9
+    };
+    let repeats_at = |n: usize| {
+        if n >= 1024 {
+            a.repeats.clamp(1, 3)
+        } else {
+            a.repeats.max(1)
+        }
+    };
+    for &n in &a.lengths {
+        let n = info.max_positions.map_or(n, |m| n.min(m));
+        let ids = synthetic_ids(n, info.vocab_size);
+        let (med, peak) =
+            timed_with_peak(repeats_at(n), || model.forward(&ids, None, &LayerSel::All))?;
         forward.insert(n.to_string(), med.into());
-        flops.insert(n.to_string(), (gflop / med).into());
+        flops.insert(n.to_string(), (gflop_at(n) / med).into());
+        peaks.insert(n.to_string(), peak.into());
+    }
+    let four = if a.four_layer_n > 0 {
+        let n = info
+            .max_positions
+            .map_or(a.four_layer_n, |m| a.four_layer_n.min(m));
+        let last = info.n_layers - 1;
+        let mut layers = vec![0, last / 3, 2 * last / 3, last];
+        layers.dedup();
+        let ids = synthetic_ids(n, info.vocab_size);
+        let sel = LayerSel::Only(layers.clone());
+        let (med, peak) = timed_with_peak(repeats_at(n), || model.forward(&ids, None, &sel))?;
+        Some(serde_json::json!({
+            "n": n,
+            "layers": layers,
+            "forward_s": med,
+            "gflops": gflop_at(n) / med,
+            "peak_rss_bytes": peak,
+        }))
+    } else {
+        None
+    };
+    let sgemm_gflops = matmul_peak_gflops()?;
+    if a.forward_only {
+        return print_forward_only(
+            &a,
+            &info,
+            load_s,
+            sgemm_gflops,
+            &forward,
+            &flops,
+            &peaks,
+            four,
+        );
     }
     let mut update = update_latencies(model, a.repeats.max(1), a.update_n)?;
     // `None` in a build without the window (feature `gui` off): there is no view to lay out.
@@ -121,10 +206,14 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             "model": a.model.display().to_string(),
             "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
             "matmul": prefixscope::model::blas::backend(),
+            "cpu": prefixscope::model::blas::Cpu::detect().describe(),
+            "matmul_peak_gflops": sgemm_gflops,
             "load_s": load_s,
             "peak_rss_bytes": peak,
             "full_forward_s": forward,
             "gflops": flops,
+            "forward_peak_rss_bytes": peaks,
+            "four_layers": four,
             "update_n": a.update_n,
             "update_s": update,
             "toy_update_s": toy_detail,
@@ -133,23 +222,20 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         });
         println!("{v}");
     } else {
-        println!("model           {}", a.model.display());
-        println!("load            {load_s:.3} s");
-        println!("matmul          {}", prefixscope::model::blas::backend());
-        println!("peak memory     {:.1} MB", peak as f64 / 1e6);
-        for n in a.lengths.iter().map(|n| n.to_string()) {
-            let (Some(t), Some(g)) = (forward.get(&n), flops.get(&n).and_then(|x| x.as_f64()))
-            else {
-                continue;
-            };
-            println!(
-                "forward N={n:<5} {:.4} s (median of {}), {g:.1} GFLOP/s, all {} x {} attention matrices",
-                t.as_f64().unwrap_or(0.0),
-                a.repeats,
-                info.n_layers,
-                info.n_heads
-            );
-        }
+        print_forward(
+            &a,
+            &info,
+            load_s,
+            sgemm_gflops,
+            &forward,
+            &flops,
+            &peaks,
+            &four,
+        );
+        println!(
+            "peak memory     {:.1} MB (whole run, before the toy)",
+            peak as f64 / 1e6
+        );
         for (k, v) in &update {
             println!(
                 "update {k:<18} {:.3} ms (median, N={}, P=1)",
@@ -182,6 +268,89 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         }
     }
     Ok(())
+}
+
+type Map = serde_json::Map<String, serde_json::Value>;
+
+/// `bench --forward-only`: the forward figures alone, as text or one JSON object.
+#[allow(clippy::too_many_arguments)]
+fn print_forward_only(
+    a: &Args,
+    info: &prefixscope::model::ModelInfo,
+    load_s: f64,
+    sgemm_gflops: f64,
+    forward: &Map,
+    flops: &Map,
+    peaks: &Map,
+    four: Option<serde_json::Value>,
+) -> prefixscope::Result<()> {
+    if a.json {
+        let v = serde_json::json!({
+            "model": a.model.display().to_string(),
+            "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
+            "matmul": prefixscope::model::blas::backend(),
+            "cpu": prefixscope::model::blas::Cpu::detect().describe(),
+            "matmul_peak_gflops": sgemm_gflops,
+            "load_s": load_s,
+            "full_forward_s": forward,
+            "gflops": flops,
+            "forward_peak_rss_bytes": peaks,
+            "four_layers": four,
+        });
+        println!("{v}");
+    } else {
+        print_forward(a, info, load_s, sgemm_gflops, forward, flops, peaks, &four);
+    }
+    Ok(())
+}
+
+/// The text lines of the forward figures.
+#[allow(clippy::too_many_arguments)]
+fn print_forward(
+    a: &Args,
+    info: &prefixscope::model::ModelInfo,
+    load_s: f64,
+    sgemm_gflops: f64,
+    forward: &Map,
+    flops: &Map,
+    peaks: &Map,
+    four: &Option<serde_json::Value>,
+) {
+    let mb = |v: Option<&serde_json::Value>| match v.and_then(|x| x.as_f64()) {
+        Some(b) => format!("{:.0} MB", b / 1e6),
+        None => "peak n/a".into(),
+    };
+    println!("model           {}", a.model.display());
+    println!("load            {load_s:.3} s");
+    println!("matmul          {}", prefixscope::model::blas::backend());
+    println!(
+        "cpu             {}",
+        prefixscope::model::blas::Cpu::detect().describe()
+    );
+    println!("matmul peak     {sgemm_gflops:.1} GFLOP/s ((1024, 576) @ (576, 1536), best of 8)");
+    let mut ns: Vec<&String> = forward.keys().collect();
+    ns.sort_by_key(|n| n.parse::<usize>().unwrap_or(usize::MAX));
+    for n in ns {
+        let t = &forward[n];
+        let g = flops.get(n).and_then(|x| x.as_f64()).unwrap_or(0.0);
+        println!(
+            "forward N={n:<5} {:.4} s (median), {g:.1} GFLOP/s, peak {}, all {} x {} attention matrices",
+            t.as_f64().unwrap_or(0.0),
+            mb(peaks.get(n)),
+            info.n_layers,
+            info.n_heads
+        );
+    }
+    if let Some(f) = four {
+        println!(
+            "forward N={:<5} {:.4} s (median), {:.1} GFLOP/s, peak {}, maps of layers {} only",
+            f["n"],
+            f["forward_s"].as_f64().unwrap_or(0.0),
+            f["gflops"].as_f64().unwrap_or(0.0),
+            mb(f.get("peak_rss_bytes")),
+            f["layers"]
+        );
+    }
 }
 
 /// CPU time of one redraw of the views (raw, renormalized, pretrained, difference) at `n` tokens,

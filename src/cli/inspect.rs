@@ -30,6 +30,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             v[k] = d.into();
         }
         v["path"] = a.model.display().to_string().into();
+        v["matmul"] = prefixscope::model::blas::backend().into();
+        v["cpu"] = prefixscope::model::blas::Cpu::detect().describe().into();
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         println!("model:        {}", a.model.display());
@@ -51,6 +53,11 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         println!("dtype:        {}", info.dtype);
         println!("tokenizer:    {}", loaded.tokenizer.describe());
         println!("parameters:   {}", info.n_params);
+        println!("matmul:       {}", prefixscope::model::blas::backend());
+        println!(
+            "cpu:          {}",
+            prefixscope::model::blas::Cpu::detect().describe()
+        );
     }
     Ok(())
 }

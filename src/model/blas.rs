@@ -1,10 +1,26 @@
-//! Optional OpenBLAS for the big f32 matmuls, loaded at run time.
+//! The matmul backend for the big f32 products, chosen by measurement at first use.
 //!
-//! candle's own gemm uses AVX2 kernels only (its AVX-512 path needs a nightly compiler); on the CPUs
-//! this project runs on, OpenBLAS's `sgemm` is about four times faster for the projection matmuls
-//! that dominate a forward pass. It is looked up once with `dlopen` (`libopenblas.so.0`, Debian's
-//! `libopenblas0`, or the file `PREFIXSCOPE_BLAS` names); without it everything runs on candle's
-//! matmul, with the same results up to rounding. `PREFIXSCOPE_BLAS=off` forces candle's.
+//! candle's own gemm uses AVX2 kernels only (its AVX-512 path needs a nightly compiler); OpenBLAS's
+//! `sgemm` is up to four times faster for the projection matmuls that dominate a forward pass, *when it
+//! runs a kernel for this CPU*. Debian bookworm's OpenBLAS 0.3.21 does not know CPUs newer than it
+//! (an Intel Xeon of family 6 model 207 among them) and falls back to its SSE3 *Prescott* kernel,
+//! slower than candle's gemm. So nothing is trusted:
+//! 1. the CPU's vector extensions are read (`is_x86_feature_detected!`, family/model from `cpuid`);
+//! 2. OpenBLAS is loaded with `dlopen` (`libopenblas.so.0`, Debian's `libopenblas0`, or the file
+//!    `PREFIXSCOPE_BLAS` names) and asked which kernel it chose (`openblas_get_corename`);
+//! 3. when that kernel is weaker than the CPU supports ([`core_to_force`]), the library is re-initialized
+//!    with `OPENBLAS_CORETYPE` set to the kernel the CPU's extensions allow (SkylakeX for AVX-512,
+//!    Haswell for AVX2 + FMA, Sandybridge for AVX);
+//! 4. one projection-shaped product (`(128, 576) @ (576, 1536)`, a few ms) is timed on each candidate
+//!    (OpenBLAS as the library chose, OpenBLAS with the forced kernel, candle's gemm) and the fastest
+//!    is kept ([`fastest`]); so the backend is never slower than candle's gemm.
+//!
+//! Without any BLAS library everything runs on candle's matmul, with the same results up to rounding.
+//! `PREFIXSCOPE_BLAS=off` forces candle's; a user's own `OPENBLAS_CORETYPE` is respected;
+//! `PREFIXSCOPE_BLAS_SIMULATE_CORE=Prescott` starts OpenBLAS on that kernel as if the library had
+//! chosen it (to see the forced path on a CPU the library knows). The
+//! decision functions ([`core_level`], [`best_core`], [`core_to_force`], [`fastest`]) are pure, so that
+//! CI tests the choice on any CPU with made-up CPUs, kernel names and timings.
 
 use candle_core::{DType, Tensor};
 use std::sync::OnceLock;
@@ -27,6 +43,11 @@ type Sgemm = unsafe extern "C" fn(
     ldc: i32,
 );
 
+/// `openblas_get_corename`, `openblas_get_config`: static C strings.
+type GetStr = unsafe extern "C" fn() -> *const std::ffi::c_char;
+/// `gotoblas_dynamic_quit`, `gotoblas_dynamic_init` (builds with `DYNAMIC_ARCH` only).
+type Hook = unsafe extern "C" fn();
+
 /// Products smaller than this many multiply-adds stay on candle's matmul (the call overhead is most
 /// of their cost).
 const BLAS_MIN_MACS: usize = 1 << 16;
@@ -35,60 +56,407 @@ const ROW_MAJOR: i32 = 101;
 const NO_TRANS: i32 = 111;
 const TRANS: i32 = 112;
 
+/// What the CPU offers, as far as the choice of a gemm kernel goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cpu {
+    /// `cpuid` vendor string ("GenuineIntel", "AuthenticAMD"), empty off x86.
+    pub vendor: String,
+    /// Display family and model (extended fields folded in, as Intel and AMD document them).
+    pub family: u32,
+    pub model: u32,
+    pub avx: bool,
+    pub avx2_fma: bool,
+    /// AVX-512 F, CD, BW, DQ and VL: what OpenBLAS's SkylakeX kernels use.
+    pub avx512: bool,
+}
+
+impl Cpu {
+    /// This machine's CPU (all extensions false off x86-64).
+    pub fn detect() -> Cpu {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::__cpuid;
+            // `cpuid` exists on every x86-64 CPU; leaves 0 and 1 are always valid.
+            let (l0, l1) = (__cpuid(0), __cpuid(1));
+            let vendor: Vec<u8> = [l0.ebx, l0.edx, l0.ecx]
+                .iter()
+                .flat_map(|r| r.to_le_bytes())
+                .collect();
+            let base_family = (l1.eax >> 8) & 0xf;
+            let base_model = (l1.eax >> 4) & 0xf;
+            let family = if base_family == 0xf {
+                base_family + ((l1.eax >> 20) & 0xff)
+            } else {
+                base_family
+            };
+            let model = if base_family == 0x6 || base_family == 0xf {
+                base_model + (((l1.eax >> 16) & 0xf) << 4)
+            } else {
+                base_model
+            };
+            Cpu {
+                vendor: String::from_utf8_lossy(&vendor).into_owned(),
+                family,
+                model,
+                avx: is_x86_feature_detected!("avx"),
+                avx2_fma: is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+                avx512: is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512cd")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512dq")
+                    && is_x86_feature_detected!("avx512vl"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Cpu::default()
+    }
+
+    /// "AuthenticAMD family 25 model 17, AVX-512", for `inspect`.
+    pub fn describe(&self) -> String {
+        let ext = if self.avx512 {
+            "AVX-512"
+        } else if self.avx2_fma {
+            "AVX2 + FMA"
+        } else if self.avx {
+            "AVX"
+        } else {
+            "no AVX"
+        };
+        format!(
+            "{} family {} model {}, {ext}",
+            self.vendor, self.family, self.model
+        )
+    }
+}
+
+/// The widest vector extension an OpenBLAS x86 kernel (`openblas_get_corename`) uses: 3 AVX-512, 2 AVX2,
+/// 1 AVX, 0 SSE only (and any name not known here: an unknown name is never taken as better).
+pub fn core_level(corename: &str) -> u8 {
+    match corename.to_ascii_lowercase().as_str() {
+        "skylakex" | "cooperlake" | "sapphirerapids" => 3,
+        "haswell" | "zen" | "excavator" | "steamroller" => 2,
+        "sandybridge" | "bulldozer" | "piledriver" => 1,
+        _ => 0,
+    }
+}
+
+/// The kernel (an `OPENBLAS_CORETYPE` value) for the widest extension the CPU has, `None` for a CPU
+/// without AVX (nothing to gain over the library's own choice).
+pub fn best_core(cpu: &Cpu) -> Option<&'static str> {
+    if cpu.avx512 {
+        Some("SKYLAKEX")
+    } else if cpu.avx2_fma {
+        Some("HASWELL")
+    } else if cpu.avx {
+        Some("SANDYBRIDGE")
+    } else {
+        None
+    }
+}
+
+/// The kernel to force when the library chose `chosen` on `cpu`: only when `chosen` uses narrower
+/// vectors than the CPU has (a library older than the CPU falls back to Prescott). A kernel as wide
+/// as ours is left alone (OpenBLAS knows its own tuning for Zen or Cooperlake better).
+pub fn core_to_force(cpu: &Cpu, chosen: &str) -> Option<&'static str> {
+    best_core(cpu).filter(|c| core_level(c) > core_level(chosen))
+}
+
+/// Index of the fastest candidate (smallest time in seconds); ties go to the earlier one, and a
+/// time that is not a finite positive number (a failed measurement) never wins. `None` when
+/// nothing was measured.
+pub fn fastest(seconds: &[f64]) -> Option<usize> {
+    seconds
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.is_finite() && **t > 0.0)
+        .fold(None, |best: Option<(usize, f64)>, (i, &t)| match best {
+            Some((_, b)) if b <= t => best,
+            _ => Some((i, t)),
+        })
+        .map(|(i, _)| i)
+}
+
 struct Blas {
     // Kept alive for as long as `sgemm` may be called.
     _lib: libloading::Library,
     sgemm: Sgemm,
-    name: String,
+    /// "OpenBLAS 0.3.21" (from `openblas_get_config`), or the file name for another CBLAS.
+    version: String,
+    /// The kernel in use (`openblas_get_corename`), when the library says.
+    core: Option<String>,
+    /// The kernel the library chose itself, when we forced another.
+    replaced: Option<String>,
+}
+
+/// The backend in use and how it was chosen.
+struct Backend {
+    blas: Option<Blas>,
+    /// One line for `inspect` and `bench`.
+    description: String,
+}
+
+/// Choose the backend now (loading OpenBLAS and timing the candidates) rather than at the first
+/// product. `main` calls it before any thread is started: re-initializing OpenBLAS with another
+/// kernel sets `OPENBLAS_CORETYPE` in the process environment, which is only sound while no other
+/// thread reads the environment (glibc's `setenv` may move `environ` under a concurrent `getenv`).
+/// Library users (tests) that never call it get the same choice at the first product, made under the
+/// same lock; by then their threads may be running, which is why the binary calls this first.
+pub fn init() {
+    backend_state();
+}
+
+fn backend_state() -> &'static Backend {
+    static BACKEND: OnceLock<Backend> = OnceLock::new();
+    BACKEND.get_or_init(choose_backend)
 }
 
 fn blas() -> Option<&'static Blas> {
-    static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
-    BLAS.get_or_init(|| {
-        let wanted = std::env::var("PREFIXSCOPE_BLAS").ok();
-        if wanted.as_deref() == Some("off") {
-            return None;
-        }
-        let candidates: Vec<String> = match wanted {
-            Some(p) => vec![p],
-            None => vec![
-                "libopenblas.so.0".into(),
-                "libopenblas.so".into(),
-                "libopenblas.dylib".into(),
-            ],
-        };
-        for name in candidates {
-            // SAFETY: loading a BLAS library runs its initializers, which is what it is for; the
-            // symbol has the standard CBLAS signature declared above.
-            unsafe {
-                let Ok(lib) = libloading::Library::new(&name) else {
-                    continue;
-                };
-                let sgemm = match lib.get::<Sgemm>(b"cblas_sgemm\0") {
-                    Ok(f) => *f,
-                    Err(_) => continue,
-                };
-                tracing::info!("using {name} for f32 matmuls");
-                return Some(Blas {
-                    _lib: lib,
-                    sgemm,
-                    name,
-                });
-            }
-        }
-        None
-    })
-    .as_ref()
+    backend_state().blas.as_ref()
 }
 
-/// Whether OpenBLAS (or the library `PREFIXSCOPE_BLAS` names) was found.
+fn c_str(f: Option<GetStr>) -> Option<String> {
+    // SAFETY: both OpenBLAS functions return a pointer to a static NUL-terminated string.
+    f.map(|f| unsafe { f() }).filter(|p| !p.is_null()).map(|p| {
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// Load one CBLAS library by name; `None` when it is absent or has no `cblas_sgemm`.
+fn open(name: &str) -> Option<Blas> {
+    // SAFETY: loading a BLAS library runs its initializers, which is what it is for; the symbols
+    // have the signatures declared above (CBLAS and OpenBLAS's exported API).
+    unsafe {
+        let lib = libloading::Library::new(name).ok()?;
+        let sgemm = *lib.get::<Sgemm>(b"cblas_sgemm\0").ok()?;
+        let corename = lib
+            .get::<GetStr>(b"openblas_get_corename\0")
+            .ok()
+            .map(|f| *f);
+        let config = lib.get::<GetStr>(b"openblas_get_config\0").ok().map(|f| *f);
+        let version = c_str(config)
+            .map(|c| c.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|| name.to_string());
+        Some(Blas {
+            sgemm,
+            version,
+            core: c_str(corename),
+            replaced: None,
+            _lib: lib,
+        })
+    }
+}
+
+/// Re-initialize OpenBLAS's kernel table with `OPENBLAS_CORETYPE = core` (DYNAMIC_ARCH builds, as
+/// Debian's: `gotoblas_dynamic_init` reads the variable, `gotoblas_dynamic_quit` clears the table;
+/// buffers and threads do not depend on the kernel). Returns the kernel now in use, `None` when the
+/// library cannot be re-initialized. Called only from the backend's one-time initialization, before
+/// any product, and the variable is removed again afterwards (see [`init`] on why this is sound).
+fn reinit_core(b: &mut Blas, core: &str) -> Option<String> {
+    // SAFETY: the symbols are OpenBLAS's own, with no arguments; nothing else calls into the library
+    // while the backend is being chosen (it is reachable only through the `OnceLock` being filled).
+    unsafe {
+        let quit = *b._lib.get::<Hook>(b"gotoblas_dynamic_quit\0").ok()?;
+        let init = *b._lib.get::<Hook>(b"gotoblas_dynamic_init\0").ok()?;
+        let corename = b
+            ._lib
+            .get::<GetStr>(b"openblas_get_corename\0")
+            .ok()
+            .map(|f| *f);
+        std::env::set_var("OPENBLAS_CORETYPE", core);
+        quit();
+        init();
+        std::env::remove_var("OPENBLAS_CORETYPE");
+        b.core = c_str(corename);
+    }
+    b.core.clone()
+}
+
+/// How a candidate is run when timed: OpenBLAS with a given kernel, or candle's matmul.
+enum Trial<'a> {
+    Blas(&'a str),
+    Candle,
+}
+
+/// Seconds of one projection-shaped product `(128, 576) @ (576, 1536)` (SmolLM2's gate/up at
+/// N = 128, 0.23 GFLOP) for each candidate: the fastest of several rounds that take the candidates in
+/// turn, after one warm-up each (thread start-up), so that a busy machine slows all of them alike and
+/// one preemption does not decide; more rounds when the two best are close. OpenBLAS's kernel is
+/// switched between trials ([`reinit_core`]); on return it is the one of the last `Trial::Blas`.
+fn time_trials(b: &mut Blas, trials: &[Trial]) -> Vec<f64> {
+    // Six rounds; up to eighteen while the two best are within 20% of each other (a busy machine).
+    const ROUNDS: usize = 6;
+    const MAX_ROUNDS: usize = 18;
+    let (m, k, n) = (128, 576, 1536);
+    let x: Vec<f32> = (0..m * k).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+    let w: Vec<f32> = (0..k * n).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+    let dev = candle_core::Device::Cpu;
+    let tensors = (
+        Tensor::from_slice(&x, (m, k), &dev),
+        Tensor::from_slice(&w, (k, n), &dev),
+    );
+    let mut best = vec![f64::INFINITY; trials.len()];
+    for round in 0..=MAX_ROUNDS {
+        if round > ROUNDS && !close_call(&best) {
+            break;
+        }
+        for (i, trial) in trials.iter().enumerate() {
+            if let Trial::Blas(core) = trial {
+                let switch = !core.is_empty() && b.core.as_deref() != Some(core);
+                if switch && reinit_core(b, core).is_none() {
+                    best[i] = f64::NAN;
+                    continue;
+                }
+            }
+            let t = std::time::Instant::now();
+            let ok = match (trial, &tensors) {
+                (Trial::Blas(_), _) => {
+                    std::hint::black_box(gemm(b, &x, false, &w, false, m, n, k));
+                    true
+                }
+                (Trial::Candle, (Ok(xt), Ok(wt))) => std::hint::black_box(xt.matmul(wt)).is_ok(),
+                _ => false,
+            };
+            let dt = t.elapsed().as_secs_f64();
+            if !ok {
+                best[i] = f64::NAN;
+            } else if round > 0 {
+                best[i] = best[i].min(dt);
+            }
+        }
+    }
+    best
+}
+
+/// Whether the two fastest times so far are within 20% of each other.
+fn close_call(times: &[f64]) -> bool {
+    let mut t: Vec<f64> = times.iter().copied().filter(|t| t.is_finite()).collect();
+    t.sort_by(f64::total_cmp);
+    t.len() >= 2 && t[1] < t[0] * 1.2
+}
+
+fn describe(b: &Blas) -> String {
+    match (&b.core, &b.replaced) {
+        (Some(c), Some(r)) => format!(
+            "{}, core {c} (forced: {r} was chosen by the library)",
+            b.version
+        ),
+        (Some(c), None) => format!("{}, core {c}", b.version),
+        _ => b.version.clone(),
+    }
+}
+
+fn choose_backend() -> Backend {
+    let candle_only = |why: String| Backend {
+        blas: None,
+        description: format!("candle gemm{why}"),
+    };
+    let wanted = std::env::var("PREFIXSCOPE_BLAS").ok();
+    if wanted.as_deref() == Some("off") {
+        return candle_only(" (PREFIXSCOPE_BLAS=off)".into());
+    }
+    let explicit = wanted.is_some();
+    let names: Vec<String> = match wanted {
+        Some(p) => vec![p],
+        None => vec![
+            "libopenblas.so.0".into(),
+            "libopenblas.so".into(),
+            "libopenblas.dylib".into(),
+        ],
+    };
+    let Some(mut b) = names.iter().find_map(|n| open(n)) else {
+        return candle_only(String::new());
+    };
+    let cpu = Cpu::detect();
+    let user_core = std::env::var_os("OPENBLAS_CORETYPE").is_some();
+    // Candidates: the library's own kernel, then (when it is narrower than the CPU allows) the
+    // forced one; candle's gemm is timed last. A library the user named is timed too: it is kept
+    // only if it beats candle's gemm.
+    // A diagnostic: start the library on the kernel named here, as if it had chosen it, to see the
+    // forced path on a CPU the library knows (tests/blas_choice.rs).
+    if let (Some(c), false) = (
+        std::env::var("PREFIXSCOPE_BLAS_SIMULATE_CORE").ok(),
+        user_core,
+    ) {
+        reinit_core(&mut b, &c);
+    }
+    let chosen = b.core.clone();
+    let forced = match (&chosen, user_core) {
+        (Some(c), false) => core_to_force(&cpu, c),
+        _ => None,
+    };
+    let mut trials = vec![];
+    if let Some(c) = &chosen {
+        trials.push(Trial::Blas(c.as_str()));
+    }
+    if let Some(f) = forced {
+        trials.push(Trial::Blas(f));
+    }
+    if trials.is_empty() {
+        // A CBLAS that does not name its kernel: it is timed as it is.
+        trials.push(Trial::Blas(""));
+    }
+    trials.push(Trial::Candle);
+    let all = time_trials(&mut b, &trials);
+    let candle_t = all[all.len() - 1];
+    let times = &all[..all.len() - 1];
+    let ms = |t: f64| format!("{:.2} ms", t * 1e3);
+    let pick = fastest(&all);
+    tracing::info!(
+        "matmul candidates on {}: library kernel {:?} {}, forced {:?} {}, candle {}",
+        cpu.describe(),
+        chosen,
+        ms(times[0]),
+        forced,
+        times.get(1).map_or("-".into(), |&t| ms(t)),
+        ms(candle_t)
+    );
+    match pick {
+        // The library's own kernel: undo the forced one (timed last) that measured slower.
+        Some(0) => {
+            if let (Some(_), Some(c)) = (forced, &chosen) {
+                reinit_core(&mut b, c);
+            }
+            let description = describe(&b);
+            Backend {
+                blas: Some(b),
+                description,
+            }
+        }
+        Some(1) if forced.is_some() => {
+            b.replaced = chosen;
+            let description = describe(&b);
+            Backend {
+                blas: Some(b),
+                description,
+            }
+        }
+        _ => {
+            let why = format!(
+                " ({} measured slower: {} against {}{})",
+                b.version,
+                ms(times.iter().copied().fold(f64::INFINITY, f64::min)),
+                ms(candle_t),
+                if explicit { ", PREFIXSCOPE_BLAS" } else { "" }
+            );
+            // Never unloaded: OpenBLAS's threads are running, and unloading a library under its own
+            // threads is not something its destructors are tested for.
+            std::mem::forget(b);
+            candle_only(why)
+        }
+    }
+}
+
+/// Whether the products run on a BLAS library (it was found and measured faster than candle's gemm).
 pub fn active() -> bool {
     blas().is_some()
 }
 
-/// Which BLAS the projections use, for `inspect`/`bench` ("candle gemm" without one).
+/// Which backend the projections use and its kernel, for `inspect`/`bench`: "OpenBLAS 0.3.21, core
+/// SkylakeX (forced: Prescott was chosen by the library)", or "candle gemm".
 pub fn backend() -> String {
-    blas().map_or("candle gemm".into(), |b| format!("OpenBLAS ({})", b.name))
+    backend_state().description.clone()
 }
 
 /// `x (m, k) @ w (k, n)` for contiguous f32 CPU matrices, through OpenBLAS when it is there.
@@ -291,6 +659,75 @@ impl candle_core::CustomOp2 for Gemm {
 mod tests {
     use super::super::test_util::{flat, max_abs_diff};
     use super::*;
+
+    fn cpu(avx: bool, avx2_fma: bool, avx512: bool) -> Cpu {
+        Cpu {
+            vendor: "GenuineIntel".into(),
+            family: 6,
+            model: 207,
+            avx,
+            avx2_fma,
+            avx512,
+        }
+    }
+
+    /// The case of the issue: an AVX-512 Xeon newer than Debian's OpenBLAS 0.3.21, which falls back
+    /// to Prescott; and the cases where the library's own kernel must be left alone.
+    #[test]
+    fn a_fallback_kernel_is_replaced_by_the_widest_the_cpu_has() {
+        let xeon = cpu(true, true, true);
+        assert_eq!(core_to_force(&xeon, "Prescott"), Some("SKYLAKEX"));
+        assert_eq!(core_to_force(&xeon, "Haswell"), Some("SKYLAKEX"));
+        // The library knows this CPU: its AVX-512 kernel (Zen 4 gets Cooperlake) is kept.
+        assert_eq!(core_to_force(&xeon, "Cooperlake"), None);
+        assert_eq!(core_to_force(&xeon, "SkylakeX"), None);
+        // AVX2 machine: Haswell over a fallback, never an AVX-512 kernel it cannot run.
+        let avx2 = cpu(true, true, false);
+        assert_eq!(core_to_force(&avx2, "Prescott"), Some("HASWELL"));
+        assert_eq!(core_to_force(&avx2, "Nehalem"), Some("HASWELL"));
+        assert_eq!(core_to_force(&avx2, "Zen"), None);
+        assert_eq!(core_to_force(&avx2, "SkylakeX"), None);
+        assert_eq!(
+            core_to_force(&cpu(true, false, false), "Core2"),
+            Some("SANDYBRIDGE")
+        );
+        // No AVX: nothing to force, whatever the library says.
+        assert_eq!(core_to_force(&cpu(false, false, false), "Prescott"), None);
+        // An unknown name counts as the narrowest, so a CPU with AVX-512 gets SkylakeX.
+        assert_eq!(core_to_force(&xeon, "SomeFutureCore"), Some("SKYLAKEX"));
+    }
+
+    #[test]
+    fn the_fastest_measured_candidate_wins_and_a_failed_one_never_does() {
+        // The issue's figures: Prescott 0.341 s, SkylakeX 0.219 s, candle 0.353 s.
+        assert_eq!(fastest(&[0.341, 0.219, 0.353]), Some(1));
+        // The library's kernel slower than candle's gemm: candle (last) wins.
+        assert_eq!(fastest(&[0.40, 0.353]), Some(1));
+        assert_eq!(fastest(&[0.2, 0.3]), Some(0));
+        // Ties go to the earlier candidate.
+        assert_eq!(fastest(&[0.3, 0.3, 0.3]), Some(0));
+        assert_eq!(fastest(&[f64::NAN, 0.5, 0.0, 0.6]), Some(1));
+        assert_eq!(fastest(&[f64::INFINITY]), None);
+        assert_eq!(fastest(&[]), None);
+        // More rounds while the two best are within 20%.
+        assert!(close_call(&[1.0, 1.1, 5.0]));
+        assert!(close_call(&[5.0, 1.15, 1.0]));
+        assert!(!close_call(&[1.0, 1.3]));
+        assert!(!close_call(&[1.0, f64::NAN]));
+        assert!(!close_call(&[1.0]));
+    }
+
+    /// Whatever this machine has, the backend says what it is in one line, and the products agree
+    /// with candle's (the measured choice changes speed, never numbers).
+    #[test]
+    fn the_backend_is_described() {
+        let d = backend();
+        assert!(
+            d.starts_with("candle gemm") || d.contains("core ") || d.contains("BLAS"),
+            "{d}"
+        );
+        assert_eq!(active(), !d.starts_with("candle gemm"));
+    }
 
     #[test]
     fn blas_matmul_equals_a_naive_f64_product() {

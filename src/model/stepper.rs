@@ -3,7 +3,7 @@
 //! two can never compute attention differently. It lives with the models because every family
 //! implements [`Stepper`]; the evaluator sits above it and caches its results.
 
-use super::attention::{attend, causal_softmax_stats, content_rows, repeat_kv};
+use super::attention::{attend, causal_attention_t, content_rows, repeat_kv};
 use super::{LayerRun, LayerSel, PrefixTensors, Run, Transformer};
 use crate::error::Result;
 use crate::prefix::Prefix;
@@ -21,8 +21,8 @@ pub struct ContentKv {
 }
 
 /// What the paper's identity needs from a layer whose inputs a prefix edit cannot change: the
-/// attention over the content alone (the pretrained pattern of this layer's inputs) and its per-row
-/// log-sum-exp.
+/// attention over the content alone (the pretrained pattern of this layer's inputs), its per-row
+/// log-sum-exp, and the head outputs it gives.
 #[derive(Debug, Clone)]
 struct ContentAttn {
     /// `(H, T, T)` row-major, causal.
@@ -32,6 +32,8 @@ struct ContentAttn {
     /// scores are large.
     max: Vec<f64>,
     sum: Vec<f64>,
+    /// `(H, T, hd)`: `renorm @ values`.
+    z: Tensor,
 }
 
 impl ContentKv {
@@ -54,14 +56,19 @@ impl ContentKv {
         if let Some(c) = self.content_attn.get() {
             return Ok(c);
         }
-        let h = self.q.dim(0)?;
-        let n_rep = h / self.k.dim(0)?;
-        let scores = (self.q.matmul(&repeat_kv(&self.k, n_rep)?.t()?)? * self.scale)?;
-        let (renorm, max, sum) = causal_softmax_stats(&scores, 0)?;
+        let (z, probs, max, sum) =
+            causal_attention_t(&self.q, &self.k, &self.v, 0, self.scale, true)?;
+        let renorm = probs
+            .ok_or(crate::error::Error::Internal(
+                "attention map asked for, not made",
+            ))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let c = ContentAttn {
             renorm,
             max: max.into_iter().map(f64::from).collect(),
             sum: sum.into_iter().map(f64::from).collect(),
+            z,
         };
         Ok(self.content_attn.get_or_init(|| c))
     }
@@ -133,33 +140,70 @@ pub trait Stepper: Send + Sync {
 /// reference implementations compute it (HF `past_key_values`, `docs/conventions.md` rules 4, 6, 7).
 /// Returns `(z (H, T, hd), probs (H, T, P + T), values (KV, P + T, hd))`.
 ///
-/// Without a prefix the content-only softmax is made once per layer input and kept in [`ContentKv`]
-/// (the split path reuses it).
+/// Without a prefix the content-only softmax is the same as the split path's: reused when that one
+/// has made it already.
 pub fn attend_cached(
     c: &ContentKv,
     extra: Option<&(Tensor, Tensor)>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let (z, probs, values) = attend_kept(c, extra, true)?;
+    let probs = probs.ok_or(crate::error::Error::Internal(
+        "attention map asked for, not made",
+    ))?;
+    Ok((z, probs, values))
+}
+
+/// [`attend_cached`], with the probabilities made only when `keep_probs` (a layer nobody looks at
+/// needs only its head outputs: no `T x T` map is made or kept, and without a prefix the content
+/// attention is not cached either, unless it already was).
+pub fn attend_kept(
+    c: &ContentKv,
+    extra: Option<&(Tensor, Tensor)>,
+    keep_probs: bool,
+) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+    // Tuning (a tracked stream: the content's queries, or a prefix held as `Var`s) and float64
+    // checks take the differentiable softmax: the blocked kernel reads f32 slices and would cut the
+    // gradient.
+    let tracked = c.q.track_op()
+        || c.q.dtype() != candle_core::DType::F32
+        || extra.is_some_and(|(pk, pv)| pk.track_op() || pv.track_op());
+    if tracked {
+        let (keys, values, p) = match extra {
+            Some((pk, pv)) => (
+                Tensor::cat(&[pk, &c.k], 1)?,
+                Tensor::cat(&[pv, &c.v], 1)?,
+                pk.dim(1)?,
+            ),
+            None => (c.k.clone(), c.v.clone(), 0),
+        };
+        let (z, probs) = attend(&c.q, &keys, &values, p, c.scale)?;
+        return Ok((z, Some(probs), values));
+    }
     match extra {
         Some((pk, pv)) => {
             let p = pk.dim(1)?;
             let keys = Tensor::cat(&[pk, &c.k], 1)?;
             let values = Tensor::cat(&[pv, &c.v], 1)?;
-            let (z, probs) = attend(&c.q, &keys, &values, p, c.scale)?;
+            let (z, probs, _, _) =
+                causal_attention_t(&c.q, &keys, &values, p, c.scale, keep_probs)?;
             Ok((z, probs, values))
         }
-        // Tuning (a tracked stream) and float64 checks take the differentiable softmax.
-        None if c.q.track_op() || c.q.dtype() != candle_core::DType::F32 => {
-            let (z, probs) = attend(&c.q, &c.k, &c.v, 0, c.scale)?;
-            Ok((z, probs, c.v.clone()))
-        }
-        None => {
-            let ca = c.content_attn()?;
-            let (h, t, _) = c.q.dims3()?;
-            let n_rep = h / c.k.dim(0)?;
-            let probs = Tensor::from_slice(&ca.renorm, (h, t, t), c.q.device())?;
-            let z = probs.matmul(&repeat_kv(&c.v, n_rep)?.contiguous()?)?;
-            Ok((z, probs, c.v.clone()))
-        }
+        None => match c.content_attn.get() {
+            Some(ca) => {
+                let (h, t, _) = c.q.dims3()?;
+                let probs = keep_probs
+                    .then(|| Tensor::from_slice(&ca.renorm, (h, t, t), c.q.device()))
+                    .transpose()?;
+                Ok((ca.z.clone(), probs, c.v.clone()))
+            }
+            // Not cached here: only the split path (a prefix edit) reads the content attention
+            // again, and it makes it on first use.
+            None => {
+                let (z, probs, _, _) =
+                    causal_attention_t(&c.q, &c.k, &c.v, 0, c.scale, keep_probs)?;
+                Ok((z, probs, c.v.clone()))
+            }
+        },
     }
 }
 
@@ -176,8 +220,10 @@ pub fn full_run(
     for l in 0..m.n_layers() {
         let c = m.layer_content(l, &x, pos0)?;
         let extra = m.prefix_kv(l, prefix)?;
-        let (z, probs, values) = attend_cached(&c, extra.as_ref())?;
-        if sel.contains(l) {
+        // Only the selected layers make their `T x (P + T)` maps.
+        let (z, probs, values) = attend_kept(&c, extra.as_ref(), sel.contains(l))?;
+        drop(c);
+        if let Some(probs) = probs {
             layers.push(LayerRun {
                 layer: l,
                 pattern: content_rows(&probs, n)?,
