@@ -241,6 +241,25 @@ impl Worker {
         job
     }
 
+    /// Make an already loaded model current again without reading its file (e.g. back from
+    /// Construction mode): it gets a new generation, which the returned copy carries.
+    pub fn reinstall(&mut self, m: &LoadedModel) -> LoadedModel {
+        let model_gen = self.next_model_gen;
+        self.next_model_gen += 1;
+        let _ = self.tx.send(Msg::Install {
+            model_gen,
+            model: m.model.clone(),
+        });
+        LoadedModel {
+            model_gen,
+            model: m.model.clone(),
+            path: m.path.clone(),
+            info: m.info.clone(),
+            tokenizer: m.tokenizer.clone(),
+            load_time: Duration::ZERO,
+        }
+    }
+
     pub fn compute(&self, req: ComputeRequest) {
         self.busy.store(true, Ordering::Relaxed);
         let _ = self.tx.send(Msg::Compute(req));
