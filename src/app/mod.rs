@@ -134,6 +134,10 @@ pub struct PrefixScopeApp {
     stats: FrameStats,
     /// What went wrong reading the app's own files at start (shown on the status line).
     pub startup_note: Option<String>,
+    /// The Checks panel's rectangle and its Ui's id in the last frame (for the layout tests).
+    pub checks_panel: Option<(egui::Id, egui::Rect)>,
+    /// Explore mode's state while Construction mode is on (restored on the way back).
+    explore: Option<construction::ExploreState>,
 }
 
 /// egui's proportional font lacks arrows and many symbols that its monospace font (Hack) has: use Hack
@@ -219,6 +223,8 @@ impl PrefixScopeApp {
             session,
             opts,
             startup_note,
+            checks_panel: None,
+            explore: None,
         };
         app.editor.token = app.session.editor_token;
         app.editor.layer = app.session.editor_layer;
@@ -383,6 +389,9 @@ impl PrefixScopeApp {
         }
         self.prompt.tokenize(&tok);
         self.views.clamp(info.n_layers, info.n_heads);
+        self.views.zoom = None;
+        // A message about the previous model's prefix ("loaded …") does not describe the new one.
+        self.editor.message = None;
         let prefix = self.initial_prefix(&path, &info);
         self.editor.set_prefix(prefix);
         self.editor.saved_version = self.editor.version;
@@ -742,6 +751,22 @@ impl PrefixScopeApp {
             self.construction_ui(ui);
             return;
         }
+        // The checks sit at the bottom of this panel; everything else scrolls in the space above
+        // them, so no list can grow over them at any window size.
+        let checks = egui::Panel::bottom("checks").show(ui, |ui| {
+            let id = ui.unique_id();
+            self.checks_ui(ui);
+            id
+        });
+        self.checks_panel = Some((checks.inner, checks.response.rect));
+        egui::ScrollArea::vertical()
+            .id_salt("controls")
+            .auto_shrink([false, false])
+            .show(ui, |ui| self.explore_controls_ui(ui));
+    }
+
+    /// Explore mode's controls: the model, the prompt and the prefix editor.
+    fn explore_controls_ui(&mut self, ui: &mut egui::Ui) {
         let status = ModelStatus {
             path: self.loaded.as_ref().map(|l| l.path.as_path()),
             info: self.loaded.as_ref().map(|l| &l.info),
@@ -776,8 +801,6 @@ impl PrefixScopeApp {
             self.prompt.labels_raw = false;
         }
         ui.separator();
-        // The checks sit at the bottom of this panel; the slider list takes what is left.
-        egui::Panel::bottom("checks").show(ui, |ui| self.checks_ui(ui));
         ui.label(egui::RichText::new("Prefix").strong().size(15.0));
         let info = self.loaded.as_ref().map(|l| l.info.clone());
         let request = self.editor.ui(ui, info.as_ref(), tok.as_deref());
@@ -806,12 +829,15 @@ impl PrefixScopeApp {
         };
         let good = egui::Color32::from_rgb(110, 200, 120);
         let warn = ui.visuals().warn_fg_color;
+        // A claim with a tolerance: green and "passes" within it, the warning colour above it.
         let line = |ui: &mut egui::Ui, what: &str, v: Option<f32>, tol: f32| {
             match v {
-                Some(x) => ui.colored_label(
-                    if x <= tol { good } else { warn },
-                    format!("{what} = {x:.2e}"),
-                ),
+                Some(x) if x <= tol => ui
+                    .colored_label(good, format!("{what} = {x:.2e} · passes"))
+                    .on_hover_text(format!("the paper's claim holds within {tol:.0e}")),
+                Some(x) => ui
+                    .colored_label(warn, format!("{what} = {x:.2e} · fails"))
+                    .on_hover_text(format!("above the tolerance {tol:.0e}")),
                 None => ui.label(format!("{what}: no prefix")),
             };
         };
@@ -829,12 +855,14 @@ impl PrefixScopeApp {
         );
         if let Some(lc) = c.capture.layer(self.views.layer) {
             if self.views.layer != 0 {
-                line(
-                    ui,
-                    &format!("layer {}: max |renorm − pretrained|", self.views.layer),
-                    lc.max_renorm_diff(None),
-                    f32::INFINITY,
-                );
+                // A measurement, not a check: the paper claims nothing past layer 0, so this line
+                // has the plain text colour, never the colour of a passed check.
+                let what = format!("layer {}: max |renorm − pretrained|", self.views.layer);
+                let text = match lc.max_renorm_diff(None) {
+                    Some(x) => format!("{what} = {x:.2e} · measured (no claim past layer 0)"),
+                    None => format!("{what}: no prefix"),
+                };
+                ui.label(text);
             }
         }
         ui.add_space(2.0);
@@ -873,18 +901,29 @@ impl PrefixScopeApp {
             ui.spinner();
             return;
         };
-        // The maps get the height the export row and the overview (22 px per head) leave, and at
-        // least two thirds of it.
+        // The maps get the height the export row and the overview leave (at least 60 % of it).
         let total = ui.available_height();
-        let below = 90.0 + 22.0 * n_heads as f32;
-        let views_h = (total - below).max(total * 0.68).max(200.0);
+        let below = overview::min_height(n_heads) + 48.0;
+        let views_h = (total - below).max(total * 0.6).max(200.0);
         let width = ui.available_width();
+        // An answer for other tokens than the prompt's: dimmed and said so until the new one comes.
+        let shown_n = shown.capture.token_ids.len();
+        let stale = (shown.capture.token_ids != self.prompt.ids
+            && self.prompt.error.is_none()
+            && !self.prompt.ids.is_empty())
+        .then(|| {
+            format!(
+                "showing N = {shown_n}, computing N = {}",
+                self.prompt.ids.len()
+            )
+        });
         ui.allocate_ui(egui::vec2(width, views_h), |ui| {
             self.views.ui(
                 ui,
                 &ViewData {
                     computed: shown,
                     labels: &self.shown_labels,
+                    stale,
                 },
             );
         });
@@ -895,6 +934,7 @@ impl PrefixScopeApp {
                 labels: &self.shown_labels,
                 layer: self.views.layer,
                 head: self.views.head,
+                cmap: self.views.norm.cmap,
             },
         );
         ui.separator();
