@@ -623,8 +623,10 @@ impl PrefixScopeApp {
 
         self.request_if_changed();
         if self.loading.is_some() || self.worker.is_busy() {
-            // Progress and results arrive from other threads; keep drawing while they work.
-            ctx.request_repaint_after(Duration::from_millis(50));
+            // Results and progress wake the window themselves; this only keeps the status line
+            // ticking. (A spinner or a 50 ms repaint made a software-rendered window compete with
+            // the load for the CPU at startup, #19 finding 11.)
+            ctx.request_repaint_after(Duration::from_millis(250));
         }
         if self.last_autosave.elapsed() >= AUTOSAVE_EVERY {
             self.autosave();
@@ -877,7 +879,7 @@ impl PrefixScopeApp {
                     ui.label(n);
                 }
                 if self.loading.is_some() {
-                    ui.spinner();
+                    // Text, not a spinner: a spinner repaints every frame (see `show`).
                     ui.label("loading…");
                 } else if ui.button("Open a checkpoint…").clicked() {
                     match rfd::FileDialog::new().add_filter("checkpoints", &["safetensors", "gguf"]).pick_file() {
@@ -898,7 +900,7 @@ impl PrefixScopeApp {
         self.views.controls_ui(ui);
         ui.add_space(6.0);
         let Some(shown) = &self.shown else {
-            ui.spinner();
+            ui.label("computing the first views…");
             return;
         };
         // The maps get the height the export row and the overview leave (at least 60 % of it).
