@@ -17,6 +17,7 @@ pub mod colormap;
 pub mod construct;
 pub mod error;
 pub mod figure;
+pub mod glyphs;
 pub mod incremental;
 pub mod load;
 pub mod model;

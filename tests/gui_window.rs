@@ -406,3 +406,55 @@ fn views_for_an_older_prompt_are_dimmed_and_say_so() {
     assert!(h.query_by_label_contains("showing N =").is_none());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every character of `s` is one the window's fonts draw (a code point `U+…` stands for the others).
+fn all_drawable(h: &Harness<'_, PrefixScopeApp>, s: &str) -> bool {
+    let font = egui::FontId::proportional(11.0);
+    h.ctx.fonts_mut(|f| {
+        s.chars()
+            .all(|c| c.is_whitespace() || f.has_glyph(&font, c))
+    })
+}
+
+#[test]
+fn every_script_is_drawn_or_written_as_its_code_point() {
+    let Some(model) = common::smollm2_or_skip() else {
+        return;
+    };
+    let dir = temp_dir("gui-window-glyphs");
+    let prompt = "<b>&\"quotes\"</b> café 🙂 新しい";
+    let mut h = app(Some(model), &dir, prompt, (1280.0, 800.0));
+    let labels = h.state().shown_labels().to_vec();
+    let chips = h.state().prompt.labels.clone();
+    for l in labels.iter().chain(&chips) {
+        assert!(all_drawable(&h, l), "'{l}' has a character no font draws");
+        assert!(!l.contains('?') && !l.contains('\u{FFFD}'), "'{l}'");
+    }
+    let joined = labels.concat();
+    for (c, cp) in [('新', "U+65B0"), ('🙂', "U+1F642"), ('é', "U+00E9")] {
+        assert!(
+            joined.contains(c) || joined.contains(cp),
+            "neither {c} nor {cp} in {labels:?}"
+        );
+    }
+    assert!(joined.contains("quotes") && joined.contains('&') && joined.contains('<'));
+    // The exported figure: drawn by the figure's fonts, else the code point.
+    let out = dir.join("glyphs.svg");
+    type_into(
+        &mut h,
+        Role::TextInput,
+        "export path",
+        &out.display().to_string(),
+    );
+    h.get_by_label("Export figure").click();
+    h.step();
+    let svg = std::fs::read_to_string(&out).expect("figure written");
+    let expect = if prefixscope::glyphs::covered('新') {
+        "新"
+    } else {
+        "U+65B0"
+    };
+    assert!(svg.contains(expect), "the figure lacks {expect}");
+    assert!(!svg.contains('\u{FFFD}'));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,6 +2,7 @@
 //! from their drawing; the worker thread owns the model and does every computation; this file wires
 //! them together, keeps the session, and never computes anything itself.
 
+pub mod code_points;
 pub mod colormap;
 pub mod construction;
 pub mod export;
@@ -140,8 +141,9 @@ pub struct PrefixScopeApp {
     explore: Option<construction::ExploreState>,
 }
 
-/// egui's proportional font lacks arrows and many symbols that its monospace font (Hack) has: use Hack
-/// as a fallback so labels and token names do not fall back to tofu.
+/// The window's fonts: egui's shipped faces, Hack as a fallback of the proportional family (arrows
+/// and symbols), then the system faces that add scripts the shipped ones lack (CJK, Thai, Arabic, …;
+/// found at run time by fontdb, `crate::glyphs::fallback_faces`), in both families.
 pub fn install_fonts(ctx: &egui::Context) {
     let mut defs = egui::FontDefinitions::default();
     if defs.font_data.contains_key("Hack") {
@@ -151,23 +153,26 @@ pub fn install_fonts(ctx: &egui::Context) {
             }
         }
     }
+    for (name, data, index) in crate::glyphs::fallback_faces() {
+        let mut font = egui::FontData::from_owned(data);
+        font.index = index;
+        defs.font_data
+            .insert(name.clone(), std::sync::Arc::new(font));
+        for fam in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
+            if let Some(list) = defs.families.get_mut(&fam) {
+                list.push(name.clone());
+            }
+        }
+    }
     ctx.set_fonts(defs);
+    // Whatever no font has: its code point (`U+1F642`), never a box.
+    ctx.add_glyph_rasterizer(code_points::rasterizer());
 }
 
-/// A token label with every character the fonts cannot draw replaced by '?'.
+/// A token label with every character the fonts cannot draw written as its code point (`U+65B0`).
 pub fn displayable(ctx: &egui::Context, s: &str) -> String {
     let font = egui::FontId::proportional(11.0);
-    ctx.fonts_mut(|f| {
-        s.chars()
-            .map(|c| {
-                if c.is_whitespace() || f.has_glyph(&font, c) {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .collect()
-    })
+    ctx.fonts_mut(|f| crate::glyphs::drawable_with(s, |c| f.has_glyph(&font, c)))
 }
 
 impl PrefixScopeApp {
@@ -274,6 +279,10 @@ impl PrefixScopeApp {
     /// The result on screen.
     pub fn shown(&self) -> Option<&Computed> {
         self.shown.as_deref()
+    }
+    /// The token labels on screen (axis labels, readouts, exported figures), made drawable.
+    pub fn shown_labels(&self) -> &[String] {
+        &self.shown_labels
     }
     /// Whether the shown result answers the current prompt and prefix.
     pub fn is_current(&self) -> bool {

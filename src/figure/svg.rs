@@ -236,7 +236,8 @@ fn label_markup(s: &str) -> String {
 
 pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
+    // A character no font has is written as its code point (`crate::glyphs`), never a box.
+    for c in crate::glyphs::drawable(s).chars() {
         match c {
             '&' => o.push_str("&amp;"),
             '<' => o.push_str("&lt;"),
