@@ -458,3 +458,94 @@ fn every_script_is_drawn_or_written_as_its_code_point() {
     assert!(!svg.contains('\u{FFFD}'));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The views alone over a 1,024-token answer of SmolLM2 (layer 0 only, so the test holds one layer's
+/// attention in memory): each frame, the first one included (it builds the textures), stays under
+/// 50 ms, and Ctrl+scroll zooms all maps into one window with its own labels.
+#[test]
+fn thousand_token_views_draw_in_under_50_ms_and_zoom() {
+    use prefixscope::app::views::{ViewData, ViewsPanel};
+    use prefixscope::app::worker::{compute_once, ComputeRequest};
+    use std::time::{Duration, Instant};
+    let Some(model) = common::smollm2_or_skip() else {
+        return;
+    };
+    let loaded = prefixscope::load::load(&model).expect("SmolLM2");
+    let info = loaded.model.info().clone();
+    let ids: Vec<u32> = (0..1024)
+        .map(|k| ((k * 7919 + 13) % info.vocab_size) as u32)
+        .collect();
+    let prefix =
+        prefixscope::prefix::Prefix::zeros(prefixscope::prefix::PrefixKind::SoftPrompt, 1, &info);
+    let req = ComputeRequest {
+        gen: 1,
+        model_gen: 1,
+        ids: ids.clone(),
+        prefix: Some(prefix),
+        view_layer: 0,
+    };
+    let computed = compute_once(loaded.model.as_ref(), &req, &[0]).expect("layer 0");
+    let labels = loaded.tokenizer.labels(&ids);
+    let mut h = Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_ui_state(
+            move |ui, (panel, fonts, took): &mut (ViewsPanel, bool, Vec<Duration>)| {
+                // The window's fonts first (the token labels hold arrows and symbols), as the app.
+                if !*fonts {
+                    prefixscope::app::install_fonts(ui.ctx());
+                    *fonts = true;
+                    return;
+                }
+                let t = Instant::now();
+                panel.ui(
+                    ui,
+                    &ViewData {
+                        computed: &computed,
+                        labels: &labels,
+                        stale: None,
+                    },
+                );
+                took.push(t.elapsed());
+            },
+            (ViewsPanel::default(), false, Vec::new()),
+        );
+    h.step();
+    // The views' own time per frame (what the window spends drawing them; the harness's
+    // accessibility bookkeeping is not the app's), the first frame (textures) included.
+    h.run_steps(6);
+    let times = h.state().2.clone();
+    let worst = times.iter().copied().max().unwrap_or_default();
+    eprintln!("1,024-token views, time per frame: {times:?}");
+    assert!(
+        worst < Duration::from_millis(50),
+        "a frame of the 1,024-token views took {worst:?}"
+    );
+    let all = key_labels_of(&h, "pretrained (no prefix)");
+    // Zoom in 4x over the pretrained map.
+    let rect = h
+        .get_by_label_contains("pretrained (no prefix) heatmap")
+        .rect();
+    h.hover_at(rect.center());
+    h.step();
+    h.event(egui::Event::Zoom(4.0));
+    h.run_steps(2);
+    let z = h.state().0.zoom.expect("zoomed in");
+    assert_eq!(z.size, 256, "{z:?}");
+    let zoomed = key_labels_of(&h, "pretrained (no prefix)");
+    assert_ne!(zoomed, all, "the labels did not follow the zoom");
+    // Zooming out as far shows every token again.
+    h.event(egui::Event::Zoom(0.25));
+    h.run_steps(2);
+    assert!(h.state().0.zoom.is_none(), "zooming out kept a window");
+}
+
+/// [`key_labels`] for a harness over the views alone.
+fn key_labels_of<S>(h: &Harness<'_, S>, map: &str) -> Vec<String> {
+    let name = format!("{map} heatmap");
+    let node = h.get_by_label_contains(&name);
+    node.value()
+        .expect("key labels")
+        .split(" | ")
+        .map(str::to_string)
+        .collect()
+}

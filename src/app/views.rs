@@ -55,6 +55,8 @@ pub struct Zoom {
 #[derive(Default, Clone)]
 struct Textures {
     maps: Vec<(TexKey, egui::TextureHandle)>,
+    /// max |renormalized - pretrained| of (capture, layer, head): a pass over N² values, once.
+    diff_max: Option<((usize, usize, usize), f32)>,
 }
 impl std::fmt::Debug for Textures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -288,12 +290,20 @@ impl ViewsPanel {
             .iter()
             .find(|(l, _)| *l == self.layer)
             .and_then(|(_, d)| d.as_ref());
-        let diff_max = lc
-            .max_renorm_diff(Some(h))
-            .unwrap_or(0.0)
-            // Below 1e-6 a difference is float rounding: keep such maps near white instead of
-            // stretching noise over the whole colour range.
-            .max(1e-6);
+        let diff_key = (cap_key(data.computed), self.layer, h);
+        let diff_max = match self.textures.diff_max {
+            Some((k, v)) if k == diff_key => v,
+            _ => {
+                let v = lc
+                    .max_renorm_diff(Some(h))
+                    .unwrap_or(0.0)
+                    // Below 1e-6 a difference is float rounding: keep such maps near white
+                    // instead of stretching noise over the whole colour range.
+                    .max(1e-6);
+                self.textures.diff_max = Some((diff_key, v));
+                v
+            }
+        };
         let zoom = self.zoom_window(n);
         let m = zoom.size;
         let room = label_room(ui, data.labels, p);
@@ -688,22 +698,40 @@ impl ViewsPanel {
         }
         let (n, cols) = (a.shape[1], a.shape[2]);
         let offset = cols - n;
-        let mut pixels = Vec::with_capacity(n * cols);
-        for r in 0..n {
-            for c in 0..cols {
+        // Colours from a table over the colour-bar position (4096 steps, finer than the maps' 256
+        // colours), rows in parallel: a 1,024-token map is a million cells.
+        const STEPS: usize = 4096;
+        let lut: Vec<Color32> = (0..STEPS)
+            .map(|k| {
+                let t = k as f32 / (STEPS - 1) as f32;
+                match which {
+                    ViewKind::Difference => diverging(2.0 * t - 1.0),
+                    _ => super::colormap::sample(self.norm.cmap, t),
+                }
+            })
+            .collect();
+        let norm = self.norm;
+        let diff_max = m.diff_max;
+        let position = move |v: f32| match which {
+            ViewKind::Difference => (0.5 + 0.5 * v / diff_max).clamp(0.0, 1.0),
+            _ => norm.position(v, 1.0),
+        };
+        let head = &a.data[m.h * n * cols..(m.h + 1) * n * cols];
+        let mut pixels = vec![Color32::TRANSPARENT; n * cols];
+        use rayon::prelude::*;
+        pixels
+            .par_chunks_mut(cols)
+            .zip(head.par_chunks(cols))
+            .enumerate()
+            .for_each(|(r, (out, values))| {
                 // Causal: content key j is visible to query i only for j <= i.
-                let masked = c.checked_sub(offset).is_some_and(|j| j > r);
-                pixels.push(if masked {
-                    Color32::TRANSPARENT
-                } else {
-                    let v = at(a, m.h, r, c);
-                    match which {
-                        ViewKind::Difference => diverging(v / m.diff_max),
-                        _ => self.norm.color(v, 1.0),
-                    }
-                });
-            }
-        }
+                let visible = (offset + r + 1).min(cols);
+                for (px, &v) in out[..visible].iter_mut().zip(&values[..visible]) {
+                    let t = position(v);
+                    let t = if t.is_finite() { t } else { 0.0 };
+                    *px = lut[(t * (STEPS - 1) as f32).round() as usize];
+                }
+            });
         let image = egui::ColorImage::new([cols, n], pixels);
         let options = egui::TextureOptions {
             magnification: egui::TextureFilter::Nearest,
@@ -875,8 +903,11 @@ impl ViewsPanel {
 fn label_room(ui: &egui::Ui, labels: &[String], p: usize) -> f32 {
     let font = egui::FontId::proportional(LABEL_PX);
     let painter = ui.painter();
+    // At most 256 labels, evenly spread: a 1,024-token prompt must not lay out every label for this.
+    let stride = labels.len().div_ceil(256).max(1);
     let widest = labels
         .iter()
+        .step_by(stride)
         .map(|l| axis_label(l))
         .chain(crate::figure::prefix_labels(p))
         .map(|t| {
