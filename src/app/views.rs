@@ -57,6 +57,9 @@ struct Textures {
     maps: Vec<(TexKey, egui::TextureHandle)>,
     /// max |renormalized - pretrained| of (capture, layer, head): a pass over N² values, once.
     diff_max: Option<((usize, usize, usize), f32)>,
+    /// The pass in which a texture was last built: one per frame, so that a new answer for a long
+    /// prompt spreads its four textures over four frames instead of one long frame.
+    built_in_pass: Option<u64>,
 }
 impl std::fmt::Debug for Textures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -567,7 +570,11 @@ impl ViewsPanel {
                 );
             }
             Some(a) => {
-                let tex = self.texture(ui.ctx(), ctx, spec.which, a, capture);
+                let Some(tex) = self.texture(ui.ctx(), ctx, spec.which, a, capture) else {
+                    // Built in a coming frame (one texture per frame).
+                    ui.ctx().request_repaint();
+                    return None;
+                };
                 let n = ctx.n as f32;
                 let tint = Color32::WHITE;
                 let v = [z.row0 as f32 / n, (z.row0 + z.size) as f32 / n];
@@ -672,7 +679,7 @@ impl ViewsPanel {
         which: ViewKind,
         a: &Array,
         capture: usize,
-    ) -> egui::TextureId {
+    ) -> Option<egui::TextureId> {
         let key = TexKey {
             capture,
             layer: self.layer,
@@ -693,10 +700,18 @@ impl ViewsPanel {
             .position(|(k, _)| k.which == which);
         if let Some(i) = slot {
             if self.textures.maps[i].0 == key {
-                return self.textures.maps[i].1.id();
+                return Some(self.textures.maps[i].1.id());
             }
         }
         let (n, cols) = (a.shape[1], a.shape[2]);
+        // Small maps are built together; large ones one per frame.
+        let pass = ctx.cumulative_pass_nr();
+        if n * cols > 1 << 16 {
+            if self.textures.built_in_pass == Some(pass) {
+                return None;
+            }
+            self.textures.built_in_pass = Some(pass);
+        }
         let offset = cols - n;
         // Colours from a table over the colour-bar position (4096 steps, finer than the maps' 256
         // colours), rows in parallel: a 1,024-token map is a million cells.
@@ -744,7 +759,7 @@ impl ViewsPanel {
             Some(i) => self.textures.maps[i] = (key, handle),
             None => self.textures.maps.push((key, handle)),
         }
-        id
+        Some(id)
     }
 
     /// Prefix mass a_i of each query row, as a bar right of the raw map, with a 0 / 0.5 / 1 scale.
@@ -903,8 +918,8 @@ impl ViewsPanel {
 fn label_room(ui: &egui::Ui, labels: &[String], p: usize) -> f32 {
     let font = egui::FontId::proportional(LABEL_PX);
     let painter = ui.painter();
-    // At most 256 labels, evenly spread: a 1,024-token prompt must not lay out every label for this.
-    let stride = labels.len().div_ceil(256).max(1);
+    // At most 64 labels, evenly spread: a 1,024-token prompt must not lay out every label for this.
+    let stride = labels.len().div_ceil(64).max(1);
     let widest = labels
         .iter()
         .step_by(stride)
