@@ -18,6 +18,19 @@ use std::path::{Path, PathBuf};
 
 const SIZES: [(f32, f32); 3] = [(1024.0, 700.0), (1280.0, 800.0), (1920.0, 1080.0)];
 const TOY_PROMPT: &str = "3 1 4 1 5 7 2 6 5 3 1 1 2 3 3 4 5 5 6";
+/// The prompt of every script.
+pub const QUOTES_PROMPT: &str = "<b>&\"quotes\"</b> café 🙂 新しい";
+
+/// About 200 SmolLM2 tokens of plain prose (the screenshots use the same text).
+fn long_prompt() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/screenshots/prompt-200.txt"
+    ))
+    .expect("tests/screenshots/prompt-200.txt")
+    .trim()
+    .to_string()
+}
 
 fn options(model: Option<PathBuf>, dir: &Path, prompt: &str) -> AppOptions {
     AppOptions {
@@ -115,7 +128,7 @@ fn checks_panel_overlaps_no_widget_at_1024x700_1280x800_1920x1080() {
 
     if let Some(model) = common::smollm2_or_skip() {
         let mut h = app(
-            Some(model),
+            Some(model.clone()),
             &dir,
             "The cat sat on the mat because it was warm",
             (1280.0, 800.0),
@@ -132,6 +145,17 @@ fn checks_panel_overlaps_no_widget_at_1024x700_1280x800_1920x1080() {
         h.run_steps(2);
         step_until(&mut h, "the key/value views", |a| a.is_current());
         assert_checks_clear(&mut h, "SmolLM2, layer 7, key/value prefix");
+        for (what, prompt) in [
+            ("200 tokens", long_prompt()),
+            ("quotes", QUOTES_PROMPT.into()),
+        ] {
+            let mut h = app(Some(model.clone()), &dir, &prompt, (1280.0, 800.0));
+            if what == "200 tokens" {
+                let n = h.state().prompt.ids.len();
+                assert!((180..=230).contains(&n), "{n} tokens");
+            }
+            assert_checks_clear(&mut h, &format!("SmolLM2, {what}"));
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -914,7 +914,13 @@ impl PrefixScopeApp {
         };
         // The maps get the height the export row and the overview leave (at least 60 % of it).
         let total = ui.available_height();
-        let below = overview::min_height(n_heads) + 48.0;
+        // The export row wraps onto a second line in a narrow central panel.
+        let export_h = if ui.available_width() < 900.0 {
+            74.0
+        } else {
+            48.0
+        };
+        let below = overview::min_height(n_heads) + export_h;
         let views_h = (total - below).max(total * 0.6).max(200.0);
         let width = ui.available_width();
         // An answer for other tokens than the prompt's: dimmed and said so until the new one comes.

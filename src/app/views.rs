@@ -385,8 +385,7 @@ impl ViewsPanel {
             self.hover = Some(hover_text(lc, data.labels, diff, h, p, which, r, c));
         }
         let hover_text = self.hover.take().unwrap_or_else(|| {
-            "hover a cell for its exact values · Ctrl+scroll zooms, drag pans, double click shows all"
-                .into()
+            "hover: exact values · Ctrl+scroll: zoom · drag: pan · double click: all".into()
         });
         ui.label(egui::RichText::new(hover_text).small().monospace());
     }
@@ -621,8 +620,27 @@ impl ViewsPanel {
         // Column labels (key tokens), rotated: prefix columns by name, content by the one rule.
         let font = egui::FontId::proportional(LABEL_PX);
         let col_x = |shown: usize| rect.left() + (shown as f32 + 0.5) * cell;
+        // When the cells are narrower than a label, the prefix columns' names would sit on the first
+        // content label: they go into the free corner under the row labels, pointing at the prefix
+        // columns, in the divider's colour.
+        let prefix_below = step == 1;
+        if raw && p > 0 && !prefix_below {
+            let name = if p == 1 {
+                prefix_names[0].clone()
+            } else {
+                format!("{}–{}", prefix_names[0], prefix_names[p - 1])
+            };
+            painter.text(
+                Pos2::new(rect.left() - 2.0, rect.bottom() + 4.0),
+                egui::Align2::RIGHT_TOP,
+                format!("{name} ▸"),
+                egui::FontId::proportional(LABEL_PX),
+                DIVIDER,
+            );
+        }
         let placed = prefix_shown
             .iter()
+            .filter(|_| prefix_below)
             .map(|&k| (col_x(k), prefix_names[k].clone(), DIVIDER))
             .chain(content.iter().map(|&j| {
                 let shown = if raw { p + j - z.col0 } else { j - z.col0 };
