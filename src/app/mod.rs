@@ -1002,11 +1002,27 @@ impl eframe::App for PrefixScopeApp {
     }
 }
 
+/// The window icon, `assets/icon.png`.
+fn window_icon() -> Option<egui::IconData> {
+    let img = image::load_from_memory(include_bytes!("../../assets/icon.png"))
+        .ok()?
+        .into_rgba8();
+    Some(egui::IconData {
+        width: img.width(),
+        height: img.height(),
+        rgba: img.into_raw(),
+    })
+}
+
 /// Open the window (blocks until it closes).
 pub fn run(opts: AppOptions) -> crate::Result<()> {
     let (w, h) = opts.size.unwrap_or((1280.0, 800.0));
+    let mut viewport = egui::ViewportBuilder::default();
+    if let Some(icon) = window_icon() {
+        viewport = viewport.with_icon(icon);
+    }
     let mut native = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
+        viewport: viewport
             .with_title("prefixscope")
             .with_app_id("prefixscope")
             .with_inner_size([w, h])
