@@ -500,72 +500,24 @@ impl ViewsPanel {
         origin: Pos2,
         capture: usize,
     ) -> Option<(ViewKind, usize, usize)> {
-        let geo = ctx.geo;
-        let (cell, p, z) = (geo.cell, ctx.p, ctx.zoom);
-        let raw = spec.which == ViewKind::Raw;
-        let shown_cols = if raw { p + z.size } else { z.size };
-        let top = origin.y + TITLE_H;
-        let rect = Rect::from_min_size(
-            Pos2::new(origin.x, top),
-            Vec2::new(cell * shown_cols as f32, geo.map_h),
-        );
+        let frame = MapFrame::new(ctx, spec, origin);
+        map_title(ui, spec, &frame, origin);
         let painter = ui.painter();
-        let text_col = ui.visuals().text_color();
-        let weak = ui.visuals().weak_text_color();
-        // The full title when it fits above the map, a short one when it does not.
-        let title_font = egui::FontId::proportional(13.0);
-        let full = painter.layout_no_wrap(spec.title.into(), title_font.clone(), text_col);
-        let title = if full.size().x <= rect.width() + GAP - 4.0 {
-            spec.title
-        } else {
-            spec.short
-        };
-        painter.text(
-            Pos2::new(rect.center().x, origin.y + 2.0),
-            egui::Align2::CENTER_TOP,
-            title,
-            title_font,
-            text_col,
+        painter.rect_filled(frame.rect, 0.0, ui.visuals().panel_fill);
+        let resp = ui.interact(
+            frame.rect,
+            ui.scope_id().with(("heatmap", spec.title)),
+            Sense::hover(),
         );
-        painter.rect_filled(rect, 0.0, ui.visuals().panel_fill);
-        let id = ui.scope_id().with(("heatmap", spec.title));
-        let resp = ui.interact(rect, id, Sense::hover());
-        let step = label_step(cell);
-        let content: Vec<usize> = labelled(z.col0..z.col0 + z.size, step).collect();
-        let prefix_names = crate::figure::prefix_labels(p);
-        let prefix_shown: Vec<usize> = if raw {
-            (0..p).step_by(step).collect()
-        } else {
-            vec![]
-        };
-        // The key labels as drawn, for screen readers and tests: prefix names, then content labels.
-        let key_labels: Vec<String> = prefix_shown
-            .iter()
-            .map(|&k| prefix_names[k].clone())
-            .chain(content.iter().map(|&j| axis_label(ctx.label(j))))
-            .collect();
-        let access = format!(
-            "{} heatmap, layer {}, head {}, {} queries by {} keys",
-            spec.title,
-            self.layer,
-            ctx.h,
-            ctx.n,
-            if raw { p + ctx.n } else { ctx.n }
-        );
-        let value = format!("key labels: {}", key_labels.join(" | "));
-        resp.widget_info(|| {
-            let mut info = egui::WidgetInfo::labeled(egui::Role::Image, true, &access);
-            info.current_text_value = Some(value.clone());
-            info
-        });
+        self.describe_map(&resp, ctx, spec, &frame);
         match spec.source {
             None => {
                 painter.text(
-                    rect.center(),
+                    frame.rect.center(),
                     egui::Align2::CENTER_CENTER,
                     "no prefix",
                     egui::FontId::proportional(LABEL_PX),
-                    weak,
+                    ui.visuals().weak_text_color(),
                 );
             }
             Some(a) => {
@@ -574,119 +526,42 @@ impl ViewsPanel {
                     ui.ctx().request_repaint();
                     return None;
                 };
-                let n = ctx.n as f32;
-                let tint = Color32::WHITE;
-                let v = [z.row0 as f32 / n, (z.row0 + z.size) as f32 / n];
-                if raw {
-                    let total = (p + ctx.n) as f32;
-                    if p > 0 {
-                        let pr =
-                            Rect::from_min_size(rect.min, Vec2::new(cell * p as f32, geo.map_h));
-                        let uv = Rect::from_min_max(
-                            Pos2::new(0.0, v[0]),
-                            Pos2::new(p as f32 / total, v[1]),
-                        );
-                        painter.image(tex, pr, uv, tint);
-                    }
-                    let cr = Rect::from_min_max(
-                        Pos2::new(rect.left() + cell * p as f32, rect.top()),
-                        rect.max,
-                    );
-                    let uv = Rect::from_min_max(
-                        Pos2::new((p + z.col0) as f32 / total, v[0]),
-                        Pos2::new((p + z.col0 + z.size) as f32 / total, v[1]),
-                    );
-                    painter.image(tex, cr, uv, tint);
-                } else {
-                    let uv = Rect::from_min_max(
-                        Pos2::new(z.col0 as f32 / n, v[0]),
-                        Pos2::new((z.col0 + z.size) as f32 / n, v[1]),
-                    );
-                    painter.image(tex, rect, uv, tint);
-                }
+                paint_texture(painter, tex, ctx, &frame);
             }
         }
-        if raw && p > 0 {
-            // The divider between the prefix columns and the content.
-            let xd = rect.left() + p as f32 * cell;
-            painter.line_segment(
-                [
-                    Pos2::new(xd, top - 3.0),
-                    Pos2::new(xd, top + geo.map_h + 3.0),
-                ],
-                Stroke::new(2.0, DIVIDER),
-            );
-        }
-        // Column labels (key tokens), rotated: prefix columns by name, content by the one rule.
-        let font = egui::FontId::proportional(LABEL_PX);
-        let col_x = |shown: usize| rect.left() + (shown as f32 + 0.5) * cell;
-        // When the cells are narrower than a label, the prefix columns' names would sit on the first
-        // content label: they go into the free corner under the row labels, pointing at the prefix
-        // columns, in the divider's colour.
-        let prefix_below = step == 1;
-        if raw && p > 0 && !prefix_below {
-            let name = if p == 1 {
-                prefix_names[0].clone()
-            } else {
-                format!("{}–{}", prefix_names[0], prefix_names[p - 1])
-            };
-            painter.text(
-                Pos2::new(rect.left() - 2.0, rect.bottom() + 4.0),
-                egui::Align2::RIGHT_TOP,
-                format!("{name} ▸"),
-                egui::FontId::proportional(LABEL_PX),
-                DIVIDER,
-            );
-        }
-        let placed = prefix_shown
+        column_labels(ui, ctx, spec, &frame);
+        hovered_cell(ui, ctx, spec, &frame, &resp)
+    }
+
+    /// The map's accessible name and value: what it shows, and the key labels as drawn (prefix
+    /// names, then content labels), for screen readers and tests.
+    fn describe_map(
+        &self,
+        resp: &egui::Response,
+        ctx: &MapCtx<'_>,
+        spec: &MapSpec<'_>,
+        frame: &MapFrame,
+    ) {
+        let key_labels: Vec<String> = frame
+            .prefix_shown
             .iter()
-            .filter(|_| prefix_below)
-            .map(|&k| (col_x(k), prefix_names[k].clone(), DIVIDER))
-            .chain(content.iter().map(|&j| {
-                let shown = if raw { p + j - z.col0 } else { j - z.col0 };
-                (col_x(shown), axis_label(ctx.label(j)), text_col)
-            }));
-        for (x, text, colour) in placed {
-            let galley = painter.layout_no_wrap(text, font.clone(), colour);
-            let w = galley.size().x.min(geo.label_room - 4.0);
-            let pos = Pos2::new(x - galley.size().y / 2.0, rect.bottom() + 4.0 + w);
-            painter.add(
-                egui::epaint::TextShape::new(pos, galley, colour)
-                    .with_angle(-std::f32::consts::FRAC_PI_2),
-            );
-        }
-        let key = painter.text(
-            Pos2::new(rect.center().x, rect.bottom() + geo.label_room + 1.0),
-            egui::Align2::CENTER_TOP,
-            "key",
-            egui::FontId::proportional(12.0),
-            weak,
+            .map(|&k| frame.prefix_names[k].clone())
+            .chain(frame.content.iter().map(|&j| axis_label(ctx.label(j))))
+            .collect();
+        let access = format!(
+            "{} heatmap, layer {}, head {}, {} queries by {} keys",
+            spec.title,
+            self.layer,
+            ctx.h,
+            ctx.n,
+            if frame.raw { ctx.p + ctx.n } else { ctx.n }
         );
-        axis_title(ui, key, ("key axis", spec.title), "key");
-        let pos = resp.hover_pos()?;
-        let c = ((pos.x - rect.left()) / cell).floor() as usize;
-        let r = ((pos.y - rect.top()) / cell).floor() as usize;
-        if r >= z.size || c >= shown_cols {
-            return None;
-        }
-        painter.rect_stroke(
-            Rect::from_min_size(
-                Pos2::new(rect.left() + c as f32 * cell, top + r as f32 * cell),
-                Vec2::splat(cell.max(2.0)),
-            ),
-            0.0,
-            Stroke::new(1.5, Color32::WHITE),
-            egui::StrokeKind::Outside,
-        );
-        // Back to the full matrix: rows and content columns shift by the zoom window.
-        let col = if raw && c < p {
-            c
-        } else if raw {
-            p + z.col0 + (c - p)
-        } else {
-            z.col0 + c
-        };
-        Some((spec.which, z.row0 + r, col))
+        let value = format!("key labels: {}", key_labels.join(" | "));
+        resp.widget_info(|| {
+            let mut info = egui::WidgetInfo::labeled(egui::Role::Image, true, &access);
+            info.current_text_value = Some(value.clone());
+            info
+        });
     }
 
     /// The map of `which` as a texture, one pixel per cell (masked cells transparent).
@@ -929,6 +804,191 @@ impl ViewsPanel {
         );
         resp.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, &label));
     }
+}
+
+/// Where one map goes and which of its columns are labelled.
+struct MapFrame {
+    rect: Rect,
+    raw: bool,
+    /// Cell columns drawn: the prefix columns (raw map) and the zoom window's content columns.
+    shown_cols: usize,
+    /// The thinning step, the content tokens labelled, the prefix columns labelled, their names.
+    step: usize,
+    content: Vec<usize>,
+    prefix_shown: Vec<usize>,
+    prefix_names: Vec<String>,
+}
+
+impl MapFrame {
+    fn new(ctx: &MapCtx<'_>, spec: &MapSpec<'_>, origin: Pos2) -> MapFrame {
+        let (cell, p, z) = (ctx.geo.cell, ctx.p, ctx.zoom);
+        let raw = spec.which == ViewKind::Raw;
+        let shown_cols = if raw { p + z.size } else { z.size };
+        let rect = Rect::from_min_size(
+            Pos2::new(origin.x, origin.y + TITLE_H),
+            Vec2::new(cell * shown_cols as f32, ctx.geo.map_h),
+        );
+        let step = label_step(cell);
+        MapFrame {
+            rect,
+            raw,
+            shown_cols,
+            step,
+            content: labelled(z.col0..z.col0 + z.size, step).collect(),
+            prefix_shown: if raw {
+                (0..p).step_by(step).collect()
+            } else {
+                vec![]
+            },
+            prefix_names: crate::figure::prefix_labels(p),
+        }
+    }
+}
+
+/// The full title when it fits above the map, a short one when it does not.
+fn map_title(ui: &egui::Ui, spec: &MapSpec<'_>, frame: &MapFrame, origin: Pos2) {
+    let painter = ui.painter();
+    let text_col = ui.visuals().text_color();
+    let font = egui::FontId::proportional(13.0);
+    let full = painter.layout_no_wrap(spec.title.into(), font.clone(), text_col);
+    let title = if full.size().x <= frame.rect.width() + GAP - 4.0 {
+        spec.title
+    } else {
+        spec.short
+    };
+    painter.text(
+        Pos2::new(frame.rect.center().x, origin.y + 2.0),
+        egui::Align2::CENTER_TOP,
+        title,
+        font,
+        text_col,
+    );
+}
+
+/// The texture's zoom window into the map's rectangle (the raw map: all prefix columns, then the
+/// window's content columns), and the divider after the prefix columns.
+fn paint_texture(painter: &egui::Painter, tex: egui::TextureId, ctx: &MapCtx<'_>, f: &MapFrame) {
+    let (cell, p, z, rect) = (ctx.geo.cell, ctx.p, ctx.zoom, f.rect);
+    let n = ctx.n as f32;
+    let tint = Color32::WHITE;
+    let v = [z.row0 as f32 / n, (z.row0 + z.size) as f32 / n];
+    let uv = |u0: f32, u1: f32| Rect::from_min_max(Pos2::new(u0, v[0]), Pos2::new(u1, v[1]));
+    if !f.raw {
+        let u = [z.col0 as f32 / n, (z.col0 + z.size) as f32 / n];
+        painter.image(tex, rect, uv(u[0], u[1]), tint);
+        return;
+    }
+    let total = (p + ctx.n) as f32;
+    let xd = rect.left() + cell * p as f32;
+    if p > 0 {
+        let pr = Rect::from_min_max(rect.min, Pos2::new(xd, rect.bottom()));
+        painter.image(tex, pr, uv(0.0, p as f32 / total), tint);
+    }
+    let cr = Rect::from_min_max(Pos2::new(xd, rect.top()), rect.max);
+    let u = [
+        (p + z.col0) as f32 / total,
+        (p + z.col0 + z.size) as f32 / total,
+    ];
+    painter.image(tex, cr, uv(u[0], u[1]), tint);
+    if p > 0 {
+        painter.line_segment(
+            [
+                Pos2::new(xd, rect.top() - 3.0),
+                Pos2::new(xd, rect.bottom() + 3.0),
+            ],
+            Stroke::new(2.0, DIVIDER),
+        );
+    }
+}
+
+/// Column labels (key tokens), rotated: content by the one rule, prefix columns by name (in the
+/// corner under the row labels when labels are thinned), and the axis title "key".
+fn column_labels(ui: &egui::Ui, ctx: &MapCtx<'_>, spec: &MapSpec<'_>, f: &MapFrame) {
+    let painter = ui.painter();
+    let (cell, p, z, rect) = (ctx.geo.cell, ctx.p, ctx.zoom, f.rect);
+    let text_col = ui.visuals().text_color();
+    let font = egui::FontId::proportional(LABEL_PX);
+    let col_x = |shown: usize| rect.left() + (shown as f32 + 0.5) * cell;
+    // When the cells are narrower than a label, the prefix columns' names would sit on the first
+    // content label: they go into the free corner under the row labels, pointing at the prefix
+    // columns, in the divider's colour.
+    let prefix_below = f.step == 1;
+    if f.raw && p > 0 && !prefix_below {
+        let name = if p == 1 {
+            f.prefix_names[0].clone()
+        } else {
+            format!("{}–{}", f.prefix_names[0], f.prefix_names[p - 1])
+        };
+        painter.text(
+            Pos2::new(rect.left() - 2.0, rect.bottom() + 4.0),
+            egui::Align2::RIGHT_TOP,
+            format!("{name} ▸"),
+            font.clone(),
+            DIVIDER,
+        );
+    }
+    let placed = f
+        .prefix_shown
+        .iter()
+        .filter(|_| prefix_below)
+        .map(|&k| (col_x(k), f.prefix_names[k].clone(), DIVIDER))
+        .chain(f.content.iter().map(|&j| {
+            let shown = if f.raw { p + j - z.col0 } else { j - z.col0 };
+            (col_x(shown), axis_label(ctx.label(j)), text_col)
+        }));
+    for (x, text, colour) in placed {
+        let galley = painter.layout_no_wrap(text, font.clone(), colour);
+        let w = galley.size().x.min(ctx.geo.label_room - 4.0);
+        let pos = Pos2::new(x - galley.size().y / 2.0, rect.bottom() + 4.0 + w);
+        painter.add(
+            egui::epaint::TextShape::new(pos, galley, colour)
+                .with_angle(-std::f32::consts::FRAC_PI_2),
+        );
+    }
+    let key = painter.text(
+        Pos2::new(rect.center().x, rect.bottom() + ctx.geo.label_room + 1.0),
+        egui::Align2::CENTER_TOP,
+        "key",
+        egui::FontId::proportional(12.0),
+        ui.visuals().weak_text_color(),
+    );
+    axis_title(ui, key, ("key axis", spec.title), "key");
+}
+
+/// The cell under the pointer, outlined, as (view, query row, column of the full matrix; the raw
+/// map's columns count its prefix columns).
+fn hovered_cell(
+    ui: &egui::Ui,
+    ctx: &MapCtx<'_>,
+    spec: &MapSpec<'_>,
+    f: &MapFrame,
+    resp: &egui::Response,
+) -> Option<(ViewKind, usize, usize)> {
+    let (cell, p, z, rect) = (ctx.geo.cell, ctx.p, ctx.zoom, f.rect);
+    let pos = resp.hover_pos()?;
+    let c = ((pos.x - rect.left()) / cell).floor() as usize;
+    let r = ((pos.y - rect.top()) / cell).floor() as usize;
+    if r >= z.size || c >= f.shown_cols {
+        return None;
+    }
+    ui.painter().rect_stroke(
+        Rect::from_min_size(
+            Pos2::new(rect.left() + c as f32 * cell, rect.top() + r as f32 * cell),
+            Vec2::splat(cell.max(2.0)),
+        ),
+        0.0,
+        Stroke::new(1.5, Color32::WHITE),
+        egui::StrokeKind::Outside,
+    );
+    // Back to the full matrix: rows and content columns shift by the zoom window.
+    let col = if f.raw && c < p {
+        c
+    } else if f.raw {
+        p + z.col0 + (c - p)
+    } else {
+        z.col0 + c
+    };
+    Some((spec.which, z.row0 + r, col))
 }
 
 /// The room the widest token label (or prefix column name) needs, at most [`LABEL_ROOM_MAX`]: short
