@@ -581,3 +581,26 @@ fn key_labels_of<S>(h: &Harness<'_, S>, map: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+#[test]
+fn hiding_the_overview_gives_the_maps_its_height() {
+    let dir = temp_dir("gui-window-overview");
+    let mut h = app(None, &dir, TOY_PROMPT, (1024.0, 700.0));
+    let before = h
+        .get_by_label_contains("pretrained (no prefix) heatmap")
+        .rect();
+    assert!(h.query_by_label_contains("overview of 1 layers").is_some());
+    h.get_by_role_and_label(Role::CheckBox, "overview").click();
+    h.run_steps(3);
+    let after = h
+        .get_by_label_contains("pretrained (no prefix) heatmap")
+        .rect();
+    assert!(h.query_by_label_contains("overview of 1 layers").is_none());
+    assert!(
+        after.width() > before.width() * 1.1,
+        "maps {} px wide with the overview, {} px without",
+        before.width(),
+        after.width()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -920,7 +920,11 @@ impl PrefixScopeApp {
         } else {
             48.0
         };
-        let below = overview::min_height(n_heads) + export_h;
+        let below = if self.views.overview {
+            overview::min_height(n_heads)
+        } else {
+            0.0
+        } + export_h;
         let views_h = (total - below).max(total * 0.6).max(200.0);
         let width = ui.available_width();
         // An answer for other tokens than the prompt's: dimmed and said so until the new one comes.
@@ -954,6 +958,9 @@ impl PrefixScopeApp {
                 cmap: self.views.norm.cmap,
             },
         );
+        if !self.views.overview {
+            return;
+        }
         ui.separator();
         let sel = (self.views.layer, self.views.head);
         if let Some((l, h)) = self.overview.ui(

@@ -28,11 +28,14 @@ pub struct ViewData<'a> {
 }
 
 /// The view settings (saved with the session).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ViewsPanel {
     pub layer: usize,
     pub head: usize,
     pub norm: Norm,
+    /// Whether the overview grid is shown under the maps (hidden, the maps take its height).
+    #[serde(default = "shown")]
+    pub overview: bool,
     /// What the pointer is over, shown under the maps (`None` when nothing).
     #[serde(skip)]
     pub hover: Option<String>,
@@ -41,6 +44,10 @@ pub struct ViewsPanel {
     pub zoom: Option<Zoom>,
     #[serde(skip)]
     textures: Textures,
+}
+
+fn shown() -> bool {
+    true
 }
 
 /// A square window over the (query, content key) matrix: first row and column, and its size.
@@ -227,6 +234,20 @@ struct MapSpec<'a> {
     source: Option<&'a Array>,
 }
 
+impl Default for ViewsPanel {
+    fn default() -> Self {
+        ViewsPanel {
+            layer: 0,
+            head: 0,
+            norm: Norm::default(),
+            overview: true,
+            hover: None,
+            zoom: None,
+            textures: Textures::default(),
+        }
+    }
+}
+
 impl ViewsPanel {
     /// Keep the selection inside the model's layers and heads.
     pub fn clamp(&mut self, n_layers: usize, n_heads: usize) {
@@ -271,6 +292,8 @@ impl ViewsPanel {
                 }
                 Scale::Linear => {}
             }
+            ui.checkbox(&mut self.overview, "overview")
+                .on_hover_text("the grid of every layer and head under the maps; hide it to give the maps its height");
             if self.zoom.is_some() && ui.button("show all tokens").clicked() {
                 self.zoom = None;
             }
