@@ -6,13 +6,14 @@
 # its own (--quit-after). Used by tests/gui_screenshot.rs, which `cargo test` (and so .ci/run) runs.
 #
 # usage: .ci/screenshot-check.sh [--model PATH] [--size WxH] [--out FILE.png] [--bin PATH]
-#                                [--expect REF.png] [--max-diff FRACTION]
+#                                [--expect REF.png] [--max-diff FRACTION] [--prompt TEXT]
 # Needs: Xvfb, ImageMagick (import, identify, compare), xdotool, Mesa GL (libgl1-mesa-dri
 #        libegl-mesa0), libxkbcommon-x11-0. Without --model it opens the bundled default model.
 set -euo pipefail
 size=1280x800
 out=""
 model=()
+prompt=()
 bin="${PREFIXSCOPE_BIN:-}"
 expect=""
 # Fraction of pixels allowed to differ from --expect by more than the fuzz (8% per channel): the
@@ -23,6 +24,7 @@ max_diff=0.01
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) model=(--model "$2"); shift 2 ;;
+    --prompt) prompt=(--prompt "$2"); shift 2 ;;
     --size) size="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
@@ -63,7 +65,7 @@ export DISPLAY=":$(cat "$work/display")"
 
 quit_after=4
 start=$(date +%s.%N)
-"$bin" "${model[@]}" --fresh --session-dir "$work/session" --size "$size" --quit-after "$quit_after" \
+"$bin" "${model[@]}" "${prompt[@]}" --fresh --session-dir "$work/session" --size "$size" --quit-after "$quit_after" \
   --timings >"$work/app.out" 2>"$work/app.err" &
 app=$!
 

@@ -18,6 +18,7 @@ pub mod colormap;
 pub mod construct;
 pub mod error;
 pub mod figure;
+pub mod glyphs;
 pub mod hooks;
 pub mod incremental;
 pub mod load;

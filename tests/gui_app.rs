@@ -425,7 +425,7 @@ fn heatmap_rect(h: &egui_kittest::Harness<'_, PrefixScopeApp>, title: &str) -> e
 
 #[test]
 fn maps_go_in_a_grid_when_the_window_is_tall_and_in_a_row_otherwise() {
-    for (size, grid) in [((1280.0, 800.0), false), ((1280.0, 1300.0), true)] {
+    for (size, grid) in [((1920.0, 700.0), false), ((1280.0, 1300.0), true)] {
         let dir = temp_dir("gui-grid");
         let mut h = default_toy(&dir, "3 1 4 1 5 7 2 6 5 3 1 1 2 3 3 4 5 5 6", size);
         h.run_steps(2);

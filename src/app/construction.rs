@@ -20,6 +20,17 @@ const MODEL_FILE: &str = "construction-unconditional.safetensors";
 /// The target a fresh panel starts with (the notebook's).
 pub const DEFAULT_TARGET: &str = "I love transformers!";
 
+/// What Explore mode had on screen when Construction mode began, given back unchanged when it ends:
+/// the model (kept in memory, not read again), the prompt, the prefix with its undo history, and the
+/// view settings.
+pub struct ExploreState {
+    loaded: Option<super::worker::LoadedModel>,
+    loading: Option<PathBuf>,
+    prompt: super::prompt::PromptPanel,
+    editor: super::prefix_editor::PrefixEditor,
+    views: super::views::ViewsPanel,
+}
+
 /// The panel's state: the target, the built construction whose virtual token the sliders edit, and
 /// the text that token generates.
 pub struct ConstructionPanel {
@@ -37,9 +48,8 @@ pub struct ConstructionPanel {
     version: u64,
     /// Time of the last generation (shown, so the "live" claim can be checked on screen).
     gen_time: Duration,
-    /// Where the model was written, and the model the window showed before entering the mode.
+    /// Where the model was written.
     model_file: Option<PathBuf>,
-    previous_model: Option<PathBuf>,
     /// (model_gen, version) last pushed into the app's editor and prompt.
     synced: Option<(u64, u64)>,
 }
@@ -56,7 +66,6 @@ impl Default for ConstructionPanel {
             version: 0,
             gen_time: Duration::ZERO,
             model_file: None,
-            previous_model: None,
             synced: None,
         };
         p.set_target(DEFAULT_TARGET);
@@ -292,7 +301,20 @@ impl PrefixScopeApp {
         }
         self.construction.active = active;
         if active {
-            self.construction.previous_model = self.model_path().map(|p| p.to_path_buf());
+            self.explore = Some(ExploreState {
+                loaded: self.loaded.as_ref().map(|m| super::worker::LoadedModel {
+                    model_gen: m.model_gen,
+                    model: m.model.clone(),
+                    path: m.path.clone(),
+                    info: m.info.clone(),
+                    tokenizer: m.tokenizer.clone(),
+                    load_time: m.load_time,
+                }),
+                loading: self.loading.as_ref().map(|j| j.path.clone()),
+                prompt: self.prompt.clone(),
+                editor: std::mem::take(&mut self.editor),
+                views: self.views.clone(),
+            });
             let dir = autosave_dir(&self.opts).unwrap_or_else(std::env::temp_dir);
             let file = dir.join(MODEL_FILE);
             let saved = std::fs::create_dir_all(&dir)
@@ -311,8 +333,35 @@ impl PrefixScopeApp {
                 }
                 Err(e) => self.construction.error = Some(e.one_line()),
             }
-        } else if let Some(prev) = self.construction.previous_model.take() {
-            self.open_model(prev);
+        } else if let Some(state) = self.explore.take() {
+            self.restore_explore(state);
+        }
+    }
+
+    /// Back to Explore mode: the model it showed becomes current again without a reload, and the
+    /// prompt, the prefix (with its undo history) and the view settings are as they were.
+    fn restore_explore(&mut self, state: ExploreState) {
+        if let Some(job) = self.loading.take() {
+            job.cancel();
+        }
+        self.prompt = state.prompt;
+        self.editor = state.editor;
+        self.views = state.views;
+        self.shown = None;
+        self.last_sent = None;
+        match (state.loaded, state.loading) {
+            (Some(m), _) => {
+                let m = self.worker.reinstall(&m);
+                self.model_panel.path_text = m.path.display().to_string();
+                self.session.model_path = Some(m.path.clone());
+                let tok = m.tokenizer.clone();
+                self.prompt.ids.clear();
+                self.prompt.tokenize(&tok);
+                self.loaded = Some(m);
+            }
+            // Explore was still loading its model: load it again.
+            (None, Some(path)) => self.open_model(path),
+            (None, None) => self.loaded = None,
         }
     }
 

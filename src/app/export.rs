@@ -19,6 +19,8 @@ pub struct ExportData<'a> {
     pub labels: &'a [String],
     pub layer: usize,
     pub head: usize,
+    /// The colour map on screen: the exported figure uses it too.
+    pub cmap: crate::colormap::ColorMap,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +76,11 @@ impl ExportPanel {
         self.chosen.map_or_else(|| visible_views(cap), |v| vec![v])
     }
 
-    fn options(&self) -> ExportOptions {
+    fn options(&self, data: &ExportData<'_>) -> ExportOptions {
         ExportOptions {
             scale: self.scale,
             overwrite: self.overwrite,
+            cmap: Some(data.cmap),
             ..Default::default()
         }
     }
@@ -207,7 +210,7 @@ impl ExportPanel {
             data.head,
             &self.views(data.capture),
             path,
-            &self.options(),
+            &self.options(data),
         )
     }
 
@@ -220,7 +223,7 @@ impl ExportPanel {
                 data.layer,
                 data.head,
                 &views,
-                &self.options(),
+                &self.options(data),
             ) {
                 Ok((w, h, rgba)) => {
                     ctx.copy_image(egui::ColorImage::from_rgba_unmultiplied(

@@ -2,6 +2,7 @@
 //! from their drawing; the worker thread owns the model and does every computation; this file wires
 //! them together, keeps the session, and never computes anything itself.
 
+pub mod code_points;
 pub mod colormap;
 pub mod construction;
 pub mod export;
@@ -138,10 +139,15 @@ pub struct PrefixScopeApp {
     stats: FrameStats,
     /// What went wrong reading the app's own files at start (shown on the status line).
     pub startup_note: Option<String>,
+    /// The Checks panel's rectangle and its Ui's id in the last frame (for the layout tests).
+    pub checks_panel: Option<(egui::Id, egui::Rect)>,
+    /// Explore mode's state while Construction mode is on (restored on the way back).
+    explore: Option<construction::ExploreState>,
 }
 
-/// egui's proportional font lacks arrows and many symbols that its monospace font (Hack) has: use Hack
-/// as a fallback so labels and token names do not fall back to tofu.
+/// The window's fonts: egui's shipped faces, Hack as a fallback of the proportional family (arrows
+/// and symbols), then the system faces that add scripts the shipped ones lack (CJK, Thai, Arabic, …;
+/// found at run time by fontdb, `crate::glyphs::fallback_faces`), in both families.
 pub fn install_fonts(ctx: &egui::Context) {
     let mut defs = egui::FontDefinitions::default();
     if defs.font_data.contains_key("Hack") {
@@ -151,23 +157,26 @@ pub fn install_fonts(ctx: &egui::Context) {
             }
         }
     }
+    for (name, data, index) in crate::glyphs::fallback_faces() {
+        let mut font = egui::FontData::from_owned(data);
+        font.index = index;
+        defs.font_data
+            .insert(name.clone(), std::sync::Arc::new(font));
+        for fam in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
+            if let Some(list) = defs.families.get_mut(&fam) {
+                list.push(name.clone());
+            }
+        }
+    }
     ctx.set_fonts(defs);
+    // Whatever no font has: its code point (`U+1F642`), never a box.
+    ctx.add_glyph_rasterizer(code_points::rasterizer());
 }
 
-/// A token label with every character the fonts cannot draw replaced by '?'.
+/// A token label with every character the fonts cannot draw written as its code point (`U+65B0`).
 pub fn displayable(ctx: &egui::Context, s: &str) -> String {
     let font = egui::FontId::proportional(11.0);
-    ctx.fonts_mut(|f| {
-        s.chars()
-            .map(|c| {
-                if c.is_whitespace() || f.has_glyph(&font, c) {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .collect()
-    })
+    ctx.fonts_mut(|f| crate::glyphs::drawable_with(s, |c| f.has_glyph(&font, c)))
 }
 
 impl PrefixScopeApp {
@@ -225,6 +234,8 @@ impl PrefixScopeApp {
             session,
             opts,
             startup_note,
+            checks_panel: None,
+            explore: None,
         };
         app.editor.token = app.session.editor_token;
         app.editor.layer = app.session.editor_layer;
@@ -274,6 +285,10 @@ impl PrefixScopeApp {
     /// The result on screen.
     pub fn shown(&self) -> Option<&Computed> {
         self.shown.as_deref()
+    }
+    /// The token labels on screen (axis labels, readouts, exported figures), made drawable.
+    pub fn shown_labels(&self) -> &[String] {
+        &self.shown_labels
     }
     /// Whether the shown result answers the current prompt and prefix.
     pub fn is_current(&self) -> bool {
@@ -389,6 +404,9 @@ impl PrefixScopeApp {
         }
         self.prompt.tokenize(&tok);
         self.views.clamp(info.n_layers, info.n_heads);
+        self.views.zoom = None;
+        // A message about the previous model's prefix ("loaded …") does not describe the new one.
+        self.editor.message = None;
         let prefix = self.initial_prefix(&path, &info);
         self.editor.set_prefix(prefix);
         self.editor.saved_version = self.editor.version;
@@ -622,8 +640,10 @@ impl PrefixScopeApp {
 
         self.request_if_changed();
         if self.loading.is_some() || self.worker.is_busy() {
-            // Progress and results arrive from other threads; keep drawing while they work.
-            ctx.request_repaint_after(Duration::from_millis(50));
+            // Results and progress wake the window themselves; this only keeps the status line
+            // ticking. (A spinner or a 50 ms repaint made a software-rendered window compete with
+            // the load for the CPU at startup, #19 finding 11.)
+            ctx.request_repaint_after(Duration::from_millis(250));
         }
         if self.last_autosave.elapsed() >= AUTOSAVE_EVERY {
             self.autosave();
@@ -751,6 +771,22 @@ impl PrefixScopeApp {
             self.construction_ui(ui);
             return;
         }
+        // The checks sit at the bottom of this panel; everything else scrolls in the space above
+        // them, so no list can grow over them at any window size.
+        let checks = egui::Panel::bottom("checks").show(ui, |ui| {
+            let id = ui.unique_id();
+            self.checks_ui(ui);
+            id
+        });
+        self.checks_panel = Some((checks.inner, checks.response.rect));
+        egui::ScrollArea::vertical()
+            .id_salt("controls")
+            .auto_shrink([false, false])
+            .show(ui, |ui| self.explore_controls_ui(ui));
+    }
+
+    /// Explore mode's controls: the model, the prompt and the prefix editor.
+    fn explore_controls_ui(&mut self, ui: &mut egui::Ui) {
         let status = ModelStatus {
             path: self.loaded.as_ref().map(|l| l.path.as_path()),
             info: self.loaded.as_ref().map(|l| &l.info),
@@ -786,8 +822,6 @@ impl PrefixScopeApp {
         }
         ui.separator();
         self.tune_section(ui);
-        // The checks sit at the bottom of this panel; the slider list takes what is left.
-        egui::Panel::bottom("checks").show(ui, |ui| self.checks_ui(ui));
         ui.label(egui::RichText::new("Prefix").strong().size(15.0));
         let info = self.loaded.as_ref().map(|l| l.info.clone());
         let request = self.editor.ui(ui, info.as_ref(), tok.as_deref());
@@ -816,12 +850,15 @@ impl PrefixScopeApp {
         };
         let good = egui::Color32::from_rgb(110, 200, 120);
         let warn = ui.visuals().warn_fg_color;
+        // A claim with a tolerance: green and "passes" within it, the warning colour above it.
         let line = |ui: &mut egui::Ui, what: &str, v: Option<f32>, tol: f32| {
             match v {
-                Some(x) => ui.colored_label(
-                    if x <= tol { good } else { warn },
-                    format!("{what} = {x:.2e}"),
-                ),
+                Some(x) if x <= tol => ui
+                    .colored_label(good, format!("{what} = {x:.2e} · passes"))
+                    .on_hover_text(format!("the paper's claim holds within {tol:.0e}")),
+                Some(x) => ui
+                    .colored_label(warn, format!("{what} = {x:.2e} · fails"))
+                    .on_hover_text(format!("above the tolerance {tol:.0e}")),
                 None => ui.label(format!("{what}: no prefix")),
             };
         };
@@ -839,12 +876,14 @@ impl PrefixScopeApp {
         );
         if let Some(lc) = c.capture.layer(self.views.layer) {
             if self.views.layer != 0 {
-                line(
-                    ui,
-                    &format!("layer {}: max |renorm − pretrained|", self.views.layer),
-                    lc.max_renorm_diff(None),
-                    f32::INFINITY,
-                );
+                // A measurement, not a check: the paper claims nothing past layer 0, so this line
+                // has the plain text colour, never the colour of a passed check.
+                let what = format!("layer {}: max |renorm − pretrained|", self.views.layer);
+                let text = match lc.max_renorm_diff(None) {
+                    Some(x) => format!("{what} = {x:.2e} · measured (no claim past layer 0)"),
+                    None => format!("{what}: no prefix"),
+                };
+                ui.label(text);
             }
         }
         ui.add_space(2.0);
@@ -859,7 +898,7 @@ impl PrefixScopeApp {
                     ui.label(n);
                 }
                 if self.loading.is_some() {
-                    ui.spinner();
+                    // Text, not a spinner: a spinner repaints every frame (see `show`).
                     ui.label("loading…");
                 } else if ui.button("Open a checkpoint…").clicked() {
                     match rfd::FileDialog::new().add_filter("checkpoints", &["safetensors", "gguf"]).pick_file() {
@@ -880,21 +919,42 @@ impl PrefixScopeApp {
         self.views.controls_ui(ui);
         ui.add_space(6.0);
         let Some(shown) = &self.shown else {
-            ui.spinner();
+            ui.label("computing the first views…");
             return;
         };
-        // The maps get the height the export row and the overview (22 px per head) leave, and at
-        // least two thirds of it.
+        // The maps get the height the export row and the overview leave (at least 60 % of it).
         let total = ui.available_height();
-        let below = 90.0 + 22.0 * n_heads as f32;
-        let views_h = (total - below).max(total * 0.68).max(200.0);
+        // The export row wraps onto a second line in a narrow central panel.
+        let export_h = if ui.available_width() < 900.0 {
+            74.0
+        } else {
+            48.0
+        };
+        let below = if self.views.overview {
+            overview::min_height(n_heads)
+        } else {
+            0.0
+        } + export_h;
+        let views_h = (total - below).max(total * 0.6).max(200.0);
         let width = ui.available_width();
+        // An answer for other tokens than the prompt's: dimmed and said so until the new one comes.
+        let shown_n = shown.capture.token_ids.len();
+        let stale = (shown.capture.token_ids != self.prompt.ids
+            && self.prompt.error.is_none()
+            && !self.prompt.ids.is_empty())
+        .then(|| {
+            format!(
+                "showing N = {shown_n}, computing N = {}",
+                self.prompt.ids.len()
+            )
+        });
         ui.allocate_ui(egui::vec2(width, views_h), |ui| {
             self.views.ui(
                 ui,
                 &ViewData {
                     computed: shown,
                     labels: &self.shown_labels,
+                    stale,
                 },
             );
         });
@@ -905,8 +965,12 @@ impl PrefixScopeApp {
                 labels: &self.shown_labels,
                 layer: self.views.layer,
                 head: self.views.head,
+                cmap: self.views.norm.cmap,
             },
         );
+        if !self.views.overview {
+            return;
+        }
         ui.separator();
         let sel = (self.views.layer, self.views.head);
         let (grid, fresh) = self.plots.overview_grid(self.overview.metric, shown);
@@ -953,11 +1017,27 @@ impl eframe::App for PrefixScopeApp {
     }
 }
 
+/// The window icon, `assets/icon.png`.
+fn window_icon() -> Option<egui::IconData> {
+    let img = image::load_from_memory(include_bytes!("../../assets/icon.png"))
+        .ok()?
+        .into_rgba8();
+    Some(egui::IconData {
+        width: img.width(),
+        height: img.height(),
+        rgba: img.into_raw(),
+    })
+}
+
 /// Open the window (blocks until it closes).
 pub fn run(opts: AppOptions) -> crate::Result<()> {
     let (w, h) = opts.size.unwrap_or((1280.0, 800.0));
+    let mut viewport = egui::ViewportBuilder::default();
+    if let Some(icon) = window_icon() {
+        viewport = viewport.with_icon(icon);
+    }
     let mut native = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
+        viewport: viewport
             .with_title("prefixscope")
             .with_app_id("prefixscope")
             .with_inner_size([w, h])

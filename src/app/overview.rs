@@ -15,6 +15,17 @@ fn log_position(x: f32, hi: f32) -> f32 {
     1.0 - r.log10() / FLOOR.log10()
 }
 
+/// Cell heights of the grid (it takes what the maps leave, between the two), and what the grid needs
+/// besides its cells (title, layer numbers, the colour bar and its ticks).
+const CELL_H_MIN: f32 = 10.0;
+const CELL_H_MAX: f32 = 28.0;
+const FRAME_H: f32 = 16.0 + 16.0 + 30.0;
+
+/// The height the central panel keeps free for the overview of `n_heads` heads.
+pub fn min_height(n_heads: usize) -> f32 {
+    FRAME_H + CELL_H_MIN * n_heads as f32 + 8.0
+}
+
 #[derive(Default)]
 pub struct OverviewPanel {
     hover: Option<(usize, usize, Option<f32>)>,
@@ -61,7 +72,7 @@ impl OverviewPanel {
         let label_w = 30.0;
         let avail = ui.available_size();
         let cell_w = ((avail.x - label_w - 10.0) / n_layers as f32).clamp(4.0, 60.0);
-        let cell_h = ((avail.y - 40.0) / n_heads as f32).clamp(4.0, 22.0);
+        let cell_h = ((avail.y - FRAME_H) / n_heads as f32).clamp(4.0, CELL_H_MAX);
         let size = Vec2::new(
             label_w + cell_w * n_layers as f32,
             cell_h * n_heads as f32 + 16.0,
@@ -153,9 +164,81 @@ impl OverviewPanel {
             )),
             None => resp,
         };
+        colour_bar(
+            ui,
+            rect.left() + label_w,
+            cell_w * n_layers as f32,
+            hi,
+            cmap,
+        );
         if resp.clicked() {
             return resp.interact_pointer_pos().and_then(cell_at);
         }
         None
     }
+}
+
+/// The overview's colour bar: the log scale from `hi`·1e-4 to `hi`, a tick per decade.
+fn colour_bar(ui: &mut egui::Ui, left: f32, width: f32, hi: f32, cmap: ColorMap) {
+    let width = width.clamp(120.0, 480.0);
+    let (rect, _) = ui.allocate_exact_size(
+        Vec2::new(width + left - ui.cursor().left(), 28.0),
+        Sense::hover(),
+    );
+    let bar = Rect::from_min_size(Pos2::new(left, rect.top() + 2.0), Vec2::new(width, 9.0));
+    let painter = ui.painter();
+    let steps = 64;
+    let mut mesh = egui::Mesh::default();
+    for k in 0..steps {
+        let t = (k as f32 + 0.5) / steps as f32;
+        let x0 = bar.left() + width * k as f32 / steps as f32;
+        mesh.add_colored_rect(
+            Rect::from_min_max(
+                Pos2::new(x0, bar.top()),
+                Pos2::new(x0 + width / steps as f32 + 0.5, bar.bottom()),
+            ),
+            super::colormap::sample(cmap, t),
+        );
+    }
+    painter.add(egui::Shape::mesh(mesh));
+    let text_col = ui.visuals().text_color();
+    let decades = -FLOOR.log10() as i32;
+    // A tick per decade where there is room for its label, else the ends and the middle.
+    let every = if width >= 60.0 * decades as f32 { 1 } else { 2 };
+    for k in (0..=decades).step_by(every) {
+        let t = k as f32 / decades as f32;
+        let x = bar.left() + t * width;
+        let value = hi * 10f32.powi(k - decades);
+        painter.line_segment(
+            [Pos2::new(x, bar.bottom()), Pos2::new(x, bar.bottom() + 3.0)],
+            Stroke::new(1.0, text_col),
+        );
+        let align = match k {
+            0 => egui::Align2::LEFT_TOP,
+            k if k == decades => egui::Align2::RIGHT_TOP,
+            _ => egui::Align2::CENTER_TOP,
+        };
+        painter.text(
+            Pos2::new(x, bar.bottom() + 4.0),
+            align,
+            format!("{value:.0e}"),
+            egui::FontId::proportional(10.0),
+            text_col,
+        );
+    }
+    let resp = ui.interact(
+        bar,
+        ui.scope_id().with("overview colour bar"),
+        Sense::hover(),
+    );
+    resp.widget_info(|| {
+        egui::WidgetInfo::labeled(
+            egui::Role::Image,
+            true,
+            format!(
+                "overview colour bar: max |renormalized − pretrained|, log scale {:.0e} to {hi:.2e}",
+                hi * FLOOR
+            ),
+        )
+    });
 }

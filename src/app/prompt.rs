@@ -64,12 +64,20 @@ impl PromptPanel {
     /// Draw; returns true when the text or the BOS choice changed (the caller re-tokenizes).
     pub fn ui(&mut self, ui: &mut egui::Ui, tok: Option<&Tokenizer>) -> bool {
         let mut changed = false;
-        let resp = ui.add(
-            egui::TextEdit::multiline(&mut self.text)
-                .desired_rows(2)
-                .desired_width(ui.available_width() - 16.0)
-                .hint_text("prompt text"),
-        );
+        // A long prompt scrolls inside its box instead of pushing the prefix editor away.
+        let width = ui.available_width() - 16.0;
+        let resp = egui::ScrollArea::vertical()
+            .id_salt("prompt text")
+            .max_height(110.0)
+            .show(ui, |ui| {
+                ui.add(
+                    egui::TextEdit::multiline(&mut self.text)
+                        .desired_rows(2)
+                        .desired_width(width)
+                        .hint_text("prompt text"),
+                )
+            })
+            .inner;
         resp.widget_info(|| {
             egui::WidgetInfo::labeled(egui::Role::MultilineTextInput, true, "prompt")
         });

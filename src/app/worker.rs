@@ -197,14 +197,21 @@ impl Worker {
         let spawned = std::thread::Builder::new()
             .name("prefixscope-load".into())
             .spawn(move || {
-                lower_priority();
+                // Normal priority: while a model loads the window only shows its progress, and a
+                // load at nice 10 lost to everything else on a busy machine (startup 12 s, #19).
                 let t0 = Instant::now();
                 let wake = repaint.clone();
+                // One repaint per 1 % of progress at most, not one per tensor.
+                let last = AtomicU32::new(0);
                 let ctl = LoadControl {
                     cancel: Some(cancel),
                     progress: Some(Arc::new(move |f: f32| {
-                        progress.store(f.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
-                        wake_ui(&wake);
+                        let f = f.clamp(0.0, 1.0);
+                        progress.store(f.to_bits(), Ordering::Relaxed);
+                        let pct = (f * 100.0) as u32;
+                        if last.swap(pct, Ordering::Relaxed) != pct {
+                            wake_ui(&wake);
+                        }
                     })),
                     quantized,
                 };
@@ -244,6 +251,25 @@ impl Worker {
             });
         }
         job
+    }
+
+    /// Make an already loaded model current again without reading its file (e.g. back from
+    /// Construction mode): it gets a new generation, which the returned copy carries.
+    pub fn reinstall(&mut self, m: &LoadedModel) -> LoadedModel {
+        let model_gen = self.next_model_gen;
+        self.next_model_gen += 1;
+        let _ = self.tx.send(Msg::Install {
+            model_gen,
+            model: m.model.clone(),
+        });
+        LoadedModel {
+            model_gen,
+            model: m.model.clone(),
+            path: m.path.clone(),
+            info: m.info.clone(),
+            tokenizer: m.tokenizer.clone(),
+            load_time: Duration::ZERO,
+        }
     }
 
     pub fn compute(&self, req: ComputeRequest) {
@@ -367,6 +393,15 @@ fn compute_loop(
                         vec![0]
                     } else {
                         vec![0, req.view_layer]
+                    };
+                    // The first answer for a model: every layer at once, as the command
+                    // line does; a quick answer and a quiet wait before the full one only delay
+                    // the first complete views (#19, finding 11).
+                    let fresh = cache.as_ref().is_none_or(|c| c.model_gen != req.model_gen);
+                    let quick: Vec<usize> = if fresh {
+                        (0..n_layers).collect()
+                    } else {
+                        quick
                     };
                     let quick_is_all = quick.len() == n_layers;
                     let ok = answer(m.as_ref(), &req, &mut cache, &quick, quick_is_all, &tx);

@@ -383,11 +383,10 @@ fn redraw_latency(loaded: &load::Loaded, repeats: usize, n: usize) -> prefixscop
     let data = ViewData {
         computed: &computed,
         labels: &labels,
+        stale: None,
     };
-    let mut panel = ViewsPanel {
-        layer,
-        ..Default::default()
-    };
+    let mut panel = ViewsPanel::default();
+    panel.layer = layer;
     // The window size the screenshot checks use.
     let input = || egui::RawInput {
         screen_rect: Some(egui::Rect::from_min_size(

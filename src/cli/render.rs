@@ -112,6 +112,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         title: a.title.clone(),
         annotate,
         columns: a.columns,
+        cmap: None,
     };
     figure::export_views(&cap, &labels, a.layer, a.head, &views, &a.out, &opts)?;
     eprintln!("wrote {}", a.out.display());

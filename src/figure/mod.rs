@@ -273,6 +273,8 @@ pub struct ExportOptions {
     pub annotate: Annotate,
     /// Panels per grid row; 0 puts every panel on one row.
     pub columns: usize,
+    /// The attention panels' colour map as the window draws it; `None`: the paper's reversed magma.
+    pub cmap: Option<crate::colormap::ColorMap>,
 }
 
 impl Default for ExportOptions {
@@ -283,6 +285,7 @@ impl Default for ExportOptions {
             title: None,
             annotate: Annotate::Auto,
             columns: 0,
+            cmap: None,
         }
     }
 }
@@ -298,7 +301,13 @@ pub fn views_figure(
 ) -> Result<Figure> {
     let panels = views
         .iter()
-        .map(|&v| view_heatmap(cap, labels, layer, head, v).map(Panel::Heatmap))
+        .map(|&v| {
+            let mut h = view_heatmap(cap, labels, layer, head, v)?;
+            if let (Some(cmap), Scale::Sequential { min, max }) = (opts.cmap, h.scale) {
+                h.scale = Scale::Map { min, max, cmap };
+            }
+            Ok(Panel::Heatmap(h))
+        })
         .collect::<Result<Vec<_>>>()?;
     let cols = if opts.columns == 0 {
         panels.len()

@@ -18,6 +18,9 @@ pub fn fonts() -> Arc<fontdb::Database> {
         let mut db = fontdb::Database::new();
         db.load_system_fonts();
         db.load_font_data(epaint_default_fonts::UBUNTU_LIGHT.to_vec());
+        // The window's other shipped faces: symbols and arrows (Hack), emoji outlines (Noto Emoji).
+        db.load_font_data(epaint_default_fonts::HACK_REGULAR.to_vec());
+        db.load_font_data(epaint_default_fonts::NOTO_EMOJI_REGULAR.to_vec());
         let has_dejavu = db
             .faces()
             .any(|f| f.families.iter().any(|(n, _)| n == "DejaVu Sans"));

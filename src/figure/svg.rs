@@ -15,6 +15,13 @@ pub const FONT_FAMILY: &str = "DejaVu Sans, Ubuntu, sans-serif";
 pub enum Scale {
     /// Perceptual, colour-blind-safe magma (reversed: 0 is pale, 1 is dark, like the paper's `rocket_r`).
     Sequential { min: f32, max: f32 },
+    /// A colour map as the window draws it (0 at the map's start): what an export from the window
+    /// uses, so the file shows the colours the screen showed.
+    Map {
+        min: f32,
+        max: f32,
+        cmap: crate::colormap::ColorMap,
+    },
     /// Diverging red-blue around 0 (ColorBrewer RdBu, colour-blind safe) for differences: `[-limit, limit]`.
     Diverging { limit: f32 },
 }
@@ -38,7 +45,7 @@ impl Scale {
 
     pub fn range(&self) -> (f32, f32) {
         match *self {
-            Scale::Sequential { min, max } => (min, max),
+            Scale::Sequential { min, max } | Scale::Map { min, max, .. } => (min, max),
             Scale::Diverging { limit } => (-limit, limit),
         }
     }
@@ -51,6 +58,7 @@ impl Scale {
         // The window's tables (`crate::colormap`), so a figure and the screen agree.
         let [r, g, b] = match self {
             Scale::Sequential { .. } => crate::colormap::ColorMap::Magma.sample(1.0 - t),
+            Scale::Map { cmap, .. } => cmap.sample(t),
             // `diverging` takes -1..=1 and paints positive differences red.
             Scale::Diverging { .. } => crate::colormap::diverging(2.0 * t - 1.0),
         };
@@ -228,7 +236,8 @@ fn label_markup(s: &str) -> String {
 
 pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
+    // A character no font has is written as its code point (`crate::glyphs`), never a box.
+    for c in crate::glyphs::drawable(s).chars() {
         match c {
             '&' => o.push_str("&amp;"),
             '<' => o.push_str("&lt;"),

@@ -162,6 +162,19 @@ impl PrefixEditor {
     pub fn set_prefix(&mut self, prefix: Prefix) {
         self.kind = prefix.kind();
         self.p = prefix.len();
+        // The sliders must reach every value of the prefix (trained prefixes exceed the default ±2).
+        let arrays: Vec<&crate::arrays::Array> = match &prefix {
+            Prefix::SoftPrompt(a) | Prefix::Hidden(a) => vec![a],
+            Prefix::KeyValue { keys, values } => vec![keys, values],
+        };
+        let widest = arrays
+            .iter()
+            .flat_map(|a| a.data.iter())
+            .filter(|x| x.is_finite())
+            .fold(0f32, |m, x| m.max(x.abs()));
+        if widest > self.range {
+            self.range = (widest * 1.25 * 10.0).ceil() / 10.0;
+        }
         self.prefix = Some(prefix);
         self.undo.clear();
         self.redo.clear();
@@ -446,6 +459,8 @@ impl PrefixEditor {
     /// Change the kind: a zero prefix of the new kind (one undo step).
     pub fn set_kind(&mut self, kind: PrefixKind, info: &ModelInfo) {
         self.begin_edit(None);
+        // "loaded …" described the prefix this replaces.
+        self.message = None;
         self.kind = kind;
         self.prefix = Some(Prefix::zeros(kind, self.p.max(1), info));
         self.direction = None;

@@ -68,7 +68,7 @@ impl PrefixEditor {
     /// The row under the prefix files: "open adapter…", "save as PEFT adapter…" and "replace".
     pub(super) fn adapter_ui(&mut self, ui: &mut egui::Ui) -> Option<EditorRequest> {
         let mut request = None;
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             if ui
                 .button("open adapter…")
                 .on_hover_text("a PEFT adapter folder or its adapter_model.safetensors: the path in the box, else a folder dialog")

@@ -270,8 +270,13 @@ impl PrefixEditor {
         let range = self.range;
         let mut edits: Vec<(usize, f32, egui::Id)> = Vec::new();
         let mut first = None;
+        // Inside the controls' own scroll area: at most what is left of its visible part (at least
+        // six rows), so the list scrolls on its own instead of growing without end.
+        let visible = ui.clip_rect().bottom() - ui.cursor().top();
+        let list_h = visible.clamp(6.0 * row_h, ui.clip_rect().height().max(6.0 * row_h));
         egui::ScrollArea::vertical()
             .id_salt("dims")
+            .max_height(list_h)
             .auto_shrink([false, true])
             .show_rows(ui, row_h, indices.len(), |ui, rows| {
                 for &i in &indices[rows] {
