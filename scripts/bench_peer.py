@@ -205,7 +205,7 @@ def check_same_attention(binary, gguf_path, peer):
         theirs = peer.forward(ids).attentions
         worst = 0.0
         for l in (0, last):
-            worst = max(worst, float(np.abs(ours[f"pretrained_L{l}"] - theirs[l][0].numpy()).max()))
+            worst = max(worst, float(np.abs(ours[f"blocks.{l}.attn.hook_pattern_pretrained"] - theirs[l][0].numpy()).max()))
     if worst > 1e-4:
         sys.exit(f"prefixscope and transformers disagree on the attention by {worst:.2e}: not the same weights")
     return worst

@@ -75,7 +75,10 @@ fn without_blas_the_binary_runs_on_candle_and_gives_the_same_attention() {
         outs.push(out);
     }
     let (ma, mb) = (common::npz_f32(&outs[0]), common::npz_f32(&outs[1]));
-    for key in ["pretrained_L0", "pretrained_L29"] {
+    for key in [
+        "blocks.0.attn.hook_pattern_pretrained",
+        "blocks.29.attn.hook_pattern_pretrained",
+    ] {
         let ((sa, a), (sb, b)) = (&ma[key], &mb[key]);
         assert_eq!(sa, sb);
         let d = common::max_abs_diff(a, b);

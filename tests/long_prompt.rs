@@ -81,13 +81,13 @@ fn memory_grows_with_n_squared_only_for_the_layers_asked_for() {
     assert_eq!(
         names,
         [
+            "blocks.17.attn.hook_pattern_pretrained",
+            "blocks.3.attn.hook_pattern_pretrained",
             "logits_last_pretrained",
-            "pretrained_L17",
-            "pretrained_L3",
             "token_ids"
         ]
     );
-    assert_eq!(arrays["pretrained_L3"].0, [9, n, n]);
+    assert_eq!(arrays["blocks.3.attn.hook_pattern_pretrained"].0, [9, n, n]);
     // The model (f32, about 0.6 GB) plus the two maps and their copies while written: well under the
     // model plus the 30 layers' maps (1.1 GB) that a run keeping every layer would hold.
     let peak = peak_children();
