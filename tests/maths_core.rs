@@ -587,11 +587,11 @@ fn a_capture_names_its_arrays_and_finds_its_layers() {
         names,
         [
             "token_ids",
-            "with_prefix_L3",
-            "renormalized_L3",
-            "prefix_mass_L3",
-            "pretrained_L3",
-            "pretrained_L5",
+            "blocks.3.attn.hook_pattern",
+            "blocks.3.attn.hook_pattern_renormalized",
+            "blocks.3.attn.hook_prefix_mass",
+            "blocks.3.attn.hook_pattern_pretrained",
+            "blocks.5.attn.hook_pattern_pretrained",
             "logits_last_pretrained",
             "logits_last_prefixed"
         ]
@@ -599,7 +599,10 @@ fn a_capture_names_its_arrays_and_finds_its_layers() {
     let get = |n: &str| &named.iter().find(|(m, _)| m == n).unwrap().1;
     assert_eq!(get("token_ids").data, vec![5.0, 7.0]);
     assert_eq!(get("token_ids").shape, vec![2]);
-    assert_eq!(get("prefix_mass_L3").data, vec![0.5, 0.5, 0.75, 0.25]);
+    assert_eq!(
+        get("blocks.3.attn.hook_prefix_mass").data,
+        vec![0.5, 0.5, 0.75, 0.25]
+    );
     assert_eq!(get("logits_last_prefixed").data, vec![2.0, 1.0]);
     assert_eq!(get("logits_last_pretrained").shape, vec![2]);
 }
