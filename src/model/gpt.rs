@@ -756,24 +756,8 @@ impl Gpt {
 /// batch of one, split where a prefix edit enters, so that a slider edit recomputes only the layers
 /// it can change.
 impl Stepper for Gpt {
-    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)> {
-        let p = prefix.map_or(0, |x| x.len());
-        match prefix {
-            Some(Prefix::SoftPrompt(a)) => self.embed_with(ids, Some(&a.to_tensor()?), p),
-            _ => self.embed_with(ids, None, p),
-        }
-    }
-
-    fn embed_input_t(
-        &self,
-        ids: &[u32],
-        prefix: Option<&PrefixTensors>,
-    ) -> Result<(Tensor, usize)> {
-        let p = prefix.map(PrefixTensors::len).transpose()?.unwrap_or(0);
-        match prefix {
-            Some(PrefixTensors::SoftPrompt(s)) => self.embed_with(ids, Some(s), p),
-            _ => self.embed_with(ids, None, p),
-        }
+    fn embed_with(&self, ids: &[u32], soft: Option<&Tensor>, p: usize) -> Result<(Tensor, usize)> {
+        Gpt::embed_with(self, ids, soft, p)
     }
 
     fn prefix_kv_t(

@@ -1165,24 +1165,8 @@ impl Llama {
 }
 
 impl Stepper for Llama {
-    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)> {
-        let p = prefix.map_or(0, |x| x.len());
-        match prefix {
-            Some(Prefix::SoftPrompt(a)) => self.embed_with(ids, Some(&a.to_tensor()?), p),
-            _ => self.embed_with(ids, None, p),
-        }
-    }
-
-    fn embed_input_t(
-        &self,
-        ids: &[u32],
-        prefix: Option<&PrefixTensors>,
-    ) -> Result<(Tensor, usize)> {
-        let p = prefix.map(PrefixTensors::len).transpose()?.unwrap_or(0);
-        match prefix {
-            Some(PrefixTensors::SoftPrompt(s)) => self.embed_with(ids, Some(s), p),
-            _ => self.embed_with(ids, None, p),
-        }
+    fn embed_with(&self, ids: &[u32], soft: Option<&Tensor>, p: usize) -> Result<(Tensor, usize)> {
+        Llama::embed_with(self, ids, soft, p)
     }
 
     fn layer_content(&self, l: usize, x: &Tensor, pos0: usize) -> Result<ContentKv> {

@@ -110,8 +110,18 @@ pub fn attend_split(c: &ContentKv, pk: &Tensor, pv: &Tensor) -> Result<(Tensor, 
 
 /// Layer-by-layer access to a model, in the order a forward pass uses it.
 pub trait Stepper: Send + Sync {
+    /// The residual stream entering layer 0 for content `ids` behind a prefix of `p` positions, and
+    /// the position of its first row; `soft` `(P, d)` is a soft prompt (in the stream itself). The
+    /// one body behind [`Stepper::embed_input`] and [`Stepper::embed_input_t`].
+    fn embed_with(&self, ids: &[u32], soft: Option<&Tensor>, p: usize) -> Result<(Tensor, usize)>;
     /// The residual stream entering layer 0 and the position of its first row.
-    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)>;
+    fn embed_input(&self, ids: &[u32], prefix: Option<&Prefix>) -> Result<(Tensor, usize)> {
+        let p = prefix.map_or(0, |x| x.len());
+        match prefix {
+            Some(Prefix::SoftPrompt(a)) => self.embed_with(ids, Some(&a.to_tensor()?), p),
+            _ => self.embed_with(ids, None, p),
+        }
+    }
     /// Layer `l`'s content queries, keys and values for input `x` whose first row is at `pos0`.
     fn layer_content(&self, l: usize, x: &Tensor, pos0: usize) -> Result<ContentKv>;
     /// Layer `l`'s prefix keys and values `(KV, P, hd)` (none for a soft prompt: it is in the stream).
@@ -122,8 +132,17 @@ pub trait Stepper: Send + Sync {
     fn logits_last(&self, x: &Tensor) -> Result<Tensor>;
     /// [`Stepper::embed_input`] for a prefix held as tensors (the tuned prefix: `Var`s whose
     /// gradients flow back through the stream).
-    fn embed_input_t(&self, ids: &[u32], prefix: Option<&PrefixTensors>)
-        -> Result<(Tensor, usize)>;
+    fn embed_input_t(
+        &self,
+        ids: &[u32],
+        prefix: Option<&PrefixTensors>,
+    ) -> Result<(Tensor, usize)> {
+        let p = prefix.map(PrefixTensors::len).transpose()?.unwrap_or(0);
+        match prefix {
+            Some(PrefixTensors::SoftPrompt(s)) => self.embed_with(ids, Some(s), p),
+            _ => self.embed_with(ids, None, p),
+        }
+    }
     /// [`Stepper::prefix_kv`] for a prefix held as tensors.
     fn prefix_kv_t(
         &self,
