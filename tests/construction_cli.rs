@@ -1,5 +1,7 @@
 //! `prefixscope construct` and `prefixscope capacity` from the outside: output, files, exit status.
 
+mod common;
+
 use std::process::Command;
 
 fn bin() -> Command {
@@ -96,7 +98,7 @@ fn bad_targets_exit_2_with_one_line() {
 /// `--save` writes a model `load::load` opens (and `inspect` describes) plus the virtual token.
 #[test]
 fn construct_save_then_inspect_and_attention() {
-    let dir = std::env::temp_dir().join(format!("prefixscope-cli-con-{}", std::process::id()));
+    let dir = common::temp_dir("cli-con");
     let d = dir.to_str().unwrap();
     let (rc, _, err) = run(&["construct", "--target", "hello", "--save", d]);
     assert_eq!(rc, 0, "{err}");
@@ -140,13 +142,11 @@ fn construct_save_then_inspect_and_attention() {
         "after 'hell' the virtual token says 'o'"
     );
     assert_eq!(arrays["blocks.0.attn.hook_pattern"].shape, vec![2, 4, 5]);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn capacity_reports_hard_against_soft() {
-    let dir = std::env::temp_dir().join(format!("prefixscope-cap-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("cap");
     // Run where no models/ exists, so only the construction is counted.
     let o = bin()
         .current_dir(&dir)
@@ -170,7 +170,6 @@ fn capacity_reports_hard_against_soft() {
         .unwrap();
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("toy model: none found"), "{text}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A damaged construction file is refused with the tensor or field named.
@@ -178,8 +177,7 @@ fn capacity_reports_hard_against_soft() {
 fn damaged_construction_files() {
     use prefixscope::construct;
     use prefixscope::construct::model::{Construction, META_CONFIG};
-    let dir = std::env::temp_dir().join(format!("prefixscope-bad-con-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("bad-con");
     let b = construct::build_target("x").unwrap();
     let cfg = serde_json::to_string(b.model.config()).unwrap();
     let write = |name: &str, drop: Option<&str>, meta: Vec<(&str, String)>| {
@@ -235,5 +233,4 @@ fn damaged_construction_files() {
         );
     }
     assert!(Construction::load_file(&cases[0].0).is_err());
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,5 +1,7 @@
 //! The constructions generate what their virtual tokens hold, through the model's own forward pass.
 
+mod common;
+
 use prefixscope::construct::model::Construction;
 use prefixscope::construct::{self, Kind, V};
 use prefixscope::model::{LayerSel, Transformer};
@@ -206,8 +208,7 @@ fn capacity_hard_against_soft() {
 /// Saving and loading through `load::load` gives the same model.
 #[test]
 fn save_and_load_round_trip() {
-    let dir = std::env::temp_dir().join(format!("prefixscope-con-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("con");
     for b in [
         construct::build_target("round trip!").unwrap(),
         construct::build_map(&construct::random_two_token_map(9), None).unwrap(),
@@ -242,7 +243,6 @@ fn save_and_load_round_trip() {
     b.prefix.save(&pfx).unwrap();
     let p2 = Prefix::load(&pfx, prefixscope::prefix::PrefixKind::SoftPrompt).unwrap();
     assert_eq!(p2, b.prefix);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[allow(non_snake_case)]

@@ -5,18 +5,15 @@ mod common;
 
 use prefixscope::arrays::{read_arrays, write_arrays, Array};
 use prefixscope::figure::raster;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_prefixscope"))
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("prefixscope-figcli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn tempdir(tag: &str) -> common::Scratch {
+    common::temp_dir(&format!("figcli-{tag}"))
 }
 
 fn one_line_error(out: &std::process::Output) -> String {

@@ -1,6 +1,8 @@
 //! Data export: the matrices behind a figure, written as CSV, NPY, NPZ and JSON, read back equal to
 //! what the library computed from a capture (and to the paper's formulas computed here by hand).
 
+mod common;
+
 use prefixscope::arrays::{read_arrays, Array};
 use prefixscope::capture::{Capture, LayerCapture};
 use prefixscope::figure::{export_views, view_heatmap, views_rgba, ExportOptions, ViewKind};
@@ -143,9 +145,7 @@ fn views_match_the_paper_formulas() {
 #[test]
 fn npz_json_csv_npy_read_back_equal() {
     let cap = capture();
-    let dir = std::env::temp_dir().join(format!("prefixscope-figure-data-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("figure-data");
     let opts = ExportOptions::default();
 
     // NPZ: one array per view plus the token ids and the prefix length.
@@ -251,7 +251,6 @@ fn npz_json_csv_npy_read_back_equal() {
         .filter(|n| n.contains(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -271,9 +270,7 @@ fn clipboard_pixels_are_the_png_pixels() {
     )
     .unwrap();
     assert_eq!(rgba.len(), (w * h * 4) as usize);
-    let dir = std::env::temp_dir().join(format!("prefixscope-figure-clip-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("figure-clip");
     let png = dir.join("f.png");
     export_views(
         &cap,
@@ -289,7 +286,6 @@ fn clipboard_pixels_are_the_png_pixels() {
     assert_eq!((img.width(), img.height()), (w, h));
     assert_eq!(img.as_raw(), &rgba);
     assert!(rgba.chunks(4).all(|p| p[3] == 255), "opaque");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -353,15 +353,11 @@ fn scatter_panels_draw_points_segments_and_legend() {
     );
 }
 
-fn tempdir() -> std::path::PathBuf {
+fn tempdir() -> common::Scratch {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "prefixscope-figure-draw-{}-{}",
-        std::process::id(),
+    common::temp_dir(&format!(
+        "figure-draw-{}",
         N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    ))
 }

@@ -48,7 +48,7 @@ fn write_prefix(
 
 /// A models folder with a random sorter (+ fine-tune + prefix) and a random four-task model
 /// (+ four prefixes).
-fn models() -> std::path::PathBuf {
+fn models() -> toy_common::Scratch {
     let dir = toy_common::tmp_dir("figure-toys");
     let s = toy_common::cfg(1, 1, 16, false);
     toy::write(

@@ -421,7 +421,7 @@ fn run_reader(reader: &Reader, budget: Duration) -> Counts {
         let path = scratch.join(&file);
         std::fs::write(&path, &bytes).unwrap();
         let target = if reader.folder.is_some() {
-            scratch.clone()
+            scratch.to_path_buf()
         } else {
             path.clone()
         };
@@ -1258,7 +1258,7 @@ fn replay_kept_crashes() {
         }
         std::fs::copy(&p, scratch.join(file)).unwrap();
         let target = if reader.folder.is_some() {
-            scratch.clone()
+            scratch.to_path_buf()
         } else {
             scratch.join(file)
         };

@@ -45,7 +45,7 @@ fn views_show(app: &PrefixScopeApp, generated: &str) -> bool {
 fn construction_mode_generates_the_target_and_sliders_drive_it() {
     let dir = temp_dir("gui-construction-mode");
     let opts = AppOptions {
-        session_dir: Some(dir.clone()),
+        session_dir: Some(dir.to_path_buf()),
         fresh: true,
         ..Default::default()
     };

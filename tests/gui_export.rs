@@ -51,7 +51,7 @@ fn export_figure_and_data_from_the_app_and_refuse_to_overwrite() {
     let dir = temp_dir("gui-export");
     let opts = AppOptions {
         prompt: Some("2 6 0 1 4 6 3 0 1 2".into()),
-        session_dir: Some(dir.clone()),
+        session_dir: Some(dir.to_path_buf()),
         fresh: true,
         ..Default::default()
     };

@@ -15,7 +15,7 @@ fn the_app_opens_gemma3_and_draws_its_first_views() {
     let opts = AppOptions {
         model: Some(model),
         prompt: Some("The café crab sat on the mat".into()),
-        session_dir: Some(dir.clone()),
+        session_dir: Some(dir.to_path_buf()),
         fresh: true,
         ..Default::default()
     };

@@ -30,7 +30,7 @@ fn adapter_opened_in_the_app_matches_the_cli_and_bad_ones_keep_the_prefix() {
     let opts = AppOptions {
         model: Some(model.clone()),
         prompt: Some("the cat sat on the mat".into()),
-        session_dir: Some(dir.clone()),
+        session_dir: Some(dir.to_path_buf()),
         fresh: true,
         ..Default::default()
     };
@@ -93,7 +93,7 @@ fn adapter_opened_in_the_app_matches_the_cli_and_bad_ones_keep_the_prefix() {
             repo_path("tests/fixtures/peft/tiny-llama/prompt_tuning_bin"),
             "adapter_model.bin",
         ),
-        (dir.clone(), "adapter_config.json"),
+        (dir.to_path_buf(), "adapter_config.json"),
     ] {
         open_adapter(&mut h, &bad);
         let (is_err, text) = h.state().editor.message.clone().unwrap();
@@ -154,7 +154,7 @@ fn the_window_starts_from_an_adapter() {
             model: Some(repo_path("tests/fixtures/peft/tiny-llama")),
             prefix: Some(repo_path(adapter)),
             prompt: Some("the cat".into()),
-            session_dir: Some(dir.clone()),
+            session_dir: Some(dir.to_path_buf()),
             fresh: true,
             ..Default::default()
         };

@@ -18,7 +18,7 @@ fn a_short_tune_on_the_toy_fills_the_loss_plot_and_changes_the_prefix() {
     let dir = temp_dir("gui-tune");
     let opts = AppOptions {
         prompt: Some("3 1 4 1 5".into()),
-        session_dir: Some(dir.clone()),
+        session_dir: Some(dir.to_path_buf()),
         fresh: true,
         ..Default::default()
     };

@@ -126,7 +126,7 @@ fn the_tiny_folder_is_valid() {
 }
 
 /// A copy of the tiny folder with `config.json` edited by `edit`.
-fn tiny_with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+fn tiny_with_config(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> common::Scratch {
     let dir = common::temp_dir(name);
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         std::fs::copy(hostile("tiny-hf-folder-valid").join(f), dir.join(f)).unwrap();
@@ -166,20 +166,24 @@ fn config_floats_and_sizes_are_refused_by_field() {
     );
 }
 
-/// Toy file rewritten with `edit` applied to its tensors.
-fn toy_edited(name: &str, edit: impl FnOnce(&mut Vec<(String, candle_core::Tensor)>)) -> PathBuf {
+/// Toy file rewritten with `edit` applied to its tensors: the scratch folder (keep it alive) and the file.
+fn toy_edited(
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, candle_core::Tensor)>),
+) -> (common::Scratch, PathBuf) {
     let f = prefixscope::load::toy::read(&toy()).unwrap();
     let mut t: Vec<(String, candle_core::Tensor)> = f.tensors.into_iter().collect();
     t.sort_by(|a, b| a.0.cmp(&b.0));
     edit(&mut t);
-    let out = common::temp_dir(name).join("toy.safetensors");
+    let dir = common::temp_dir(name);
+    let out = dir.join("toy.safetensors");
     prefixscope::load::toy::write(&out, &t, &f.meta).unwrap();
-    out
+    (dir, out)
 }
 
 #[test]
 fn non_finite_weights_are_refused_naming_tensor_and_index() {
-    let out = toy_edited("hostile-nan", |t| {
+    let (_dir, out) = toy_edited("hostile-nan", |t| {
         let (_, w) = t
             .iter_mut()
             .find(|(n, _)| n == "transformer.wte.weight")
@@ -194,7 +198,7 @@ fn non_finite_weights_are_refused_naming_tensor_and_index() {
 #[test]
 fn a_run_that_overflows_says_at_which_layer_and_writes_nothing() {
     // Finite weights so large that q.k overflows f32 in layer 0.
-    let out = toy_edited("hostile-overflow", |t| {
+    let (_dir, out) = toy_edited("hostile-overflow", |t| {
         let (_, w) = t
             .iter_mut()
             .find(|(n, _)| n == "transformer.h.0.attn.c_attn.weight")
@@ -224,7 +228,7 @@ fn a_run_that_overflows_says_at_which_layer_and_writes_nothing() {
 #[test]
 fn long_and_control_character_names_print_as_one_short_line() {
     let long = format!("evil\u{1b}[2J\n{}", "x".repeat(70_000));
-    let out = toy_edited("hostile-name", |t| {
+    let (_dir, out) = toy_edited("hostile-name", |t| {
         let w = t[0].1.clone();
         t.push((long.clone(), w));
         t.retain(|(n, _)| n != "transformer.wte.weight");
@@ -446,7 +450,7 @@ fn the_app_starts_whatever_its_session_and_autosave_hold() {
     .unwrap();
     let opts = AppOptions {
         model: Some(toy()),
-        session_dir: Some(dir.clone()),
+        session_dir: Some(dir.to_path_buf()),
         fresh: false,
         ..Default::default()
     };
@@ -474,7 +478,7 @@ fn the_app_starts_whatever_its_session_and_autosave_hold() {
     std::fs::write(dir.join("session.json"), session.to_string()).unwrap();
     std::fs::write(dir.join("autosave-prefix.npz"), b"PK\x03\x04 not a zip").unwrap();
     let opts = AppOptions {
-        session_dir: Some(dir.clone()),
+        session_dir: Some(dir.to_path_buf()),
         ..opts
     };
     let mut h = common::gui::harness(PrefixScopeApp::new(None, opts));

@@ -179,7 +179,8 @@ fn copy_adapter(from: &str, to: &Path, edit: impl FnOnce(&mut serde_json::Value)
 fn refuse(model: &str, adapter: &Path, needles: &[&str]) -> String {
     let m = fixture(model);
     let ids = ids();
-    let out = temp_dir("peft-refused").join("out.npz");
+    let scratch = temp_dir("peft-refused");
+    let out = scratch.join("out.npz");
     let args = [
         "attention",
         "--model",
@@ -296,7 +297,8 @@ fn lora_pickle_and_bare_folders_are_refused() {
         &bin.join("adapter_model.bin"),
         &["adapter_model.bin", "save_file"],
     );
-    let bare = temp_dir("peft-bare").join("bare");
+    let scratch = temp_dir("peft-bare");
+    let bare = scratch.join("bare");
     std::fs::create_dir_all(&bare).unwrap();
     std::fs::copy(
         fixture("tiny-llama/prompt_tuning/adapter_model.safetensors"),

@@ -6,13 +6,15 @@ use prefixscope::load::toy;
 use prefixscope::model::gpt::GptConfig;
 use rand::SeedableRng;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-pub fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("prefixscope-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+// The toy tests do not all include `common` (its GUI half needs the `gui` feature); those that include
+// both get two copies of this small module, on purpose.
+#[allow(clippy::duplicate_mod)]
+#[path = "common/scratch.rs"]
+mod scratch;
+#[allow(unused_imports)]
+pub use scratch::{temp_dir as tmp_dir, Scratch};
 
 pub fn cfg(n_layer: usize, n_head: usize, n_embd: usize, skip_ln: bool) -> GptConfig {
     GptConfig {

@@ -7,13 +7,9 @@ pub mod gui;
 use prefixscope::arrays::Array;
 use std::path::PathBuf;
 
-/// A fresh, empty folder `prefixscope-{name}-{pid}` in the system temp dir.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("prefixscope-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
+mod scratch;
+#[allow(unused_imports)]
+pub use scratch::{temp_dir, Scratch};
 
 /// Every text string in a parsed SVG tree.
 pub fn svg_texts(tree: &resvg::usvg::Tree) -> Vec<String> {
