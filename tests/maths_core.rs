@@ -817,7 +817,11 @@ fn a_gpt_prefix_and_prompt_past_the_learned_positions_are_refused_where_the_stre
     let ids = [1u32; 16];
     let want = "prompt length: expected prefix + content <= 20 positions (the model's context), \
                 found 21";
-    for kind in [PrefixKind::SoftPrompt, PrefixKind::Hidden, PrefixKind::KeyValue] {
+    for kind in [
+        PrefixKind::SoftPrompt,
+        PrefixKind::Hidden,
+        PrefixKind::KeyValue,
+    ] {
         let over = Prefix::zeros(kind, 5, &info);
         let got = full_run(st, &ids, Some(&over), &LayerSel::All)
             .unwrap_err()
@@ -851,7 +855,11 @@ fn prefix_tensors_lengths_and_a_float64_copy_label() {
         .join("models/sort-1l1h/ascending.safetensors");
     let (g, _) = prefixscope::load::toy::load_gpt(&path).unwrap();
     let info = g.info().clone();
-    for kind in [PrefixKind::SoftPrompt, PrefixKind::Hidden, PrefixKind::KeyValue] {
+    for kind in [
+        PrefixKind::SoftPrompt,
+        PrefixKind::Hidden,
+        PrefixKind::KeyValue,
+    ] {
         for p in [0usize, 3] {
             let t = PrefixTensors::from_prefix(&Prefix::zeros(kind, p, &info)).unwrap();
             assert_eq!(t.len().unwrap(), p, "{kind:?}");
