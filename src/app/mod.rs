@@ -2,6 +2,7 @@
 //! from their drawing; the worker thread owns the model and does every computation; this file wires
 //! them together, keeps the session, and never computes anything itself.
 
+pub mod ab;
 pub mod code_points;
 pub mod colormap;
 pub mod construction;
@@ -76,10 +77,14 @@ pub struct Session {
     pub autosave_kind: Option<PrefixKind>,
     pub editor_token: usize,
     pub editor_layer: usize,
+    /// The A/B panel's pinned prefix A (its values are in `autosave-pinned.npz`).
+    #[serde(default)]
+    pub pinned: Option<ab::PinnedMeta>,
 }
 
 const SESSION_KEY: &str = "prefixscope-session";
 const AUTOSAVE_PREFIX: &str = "autosave-prefix.npz";
+const AUTOSAVE_PINNED: &str = "autosave-pinned.npz";
 const SESSION_FILE: &str = "session.json";
 const AUTOSAVE_EVERY: Duration = Duration::from_secs(3);
 
@@ -114,6 +119,7 @@ pub struct PrefixScopeApp {
     pub overview: OverviewPanel,
     pub plots: plots::PlotsPanel,
     pub tune: tune::TunePanel,
+    pub ab: ab::AbPanel,
     /// The current model (what the worker has installed).
     loaded: Option<LoadedModel>,
     loading: Option<LoadJob>,
@@ -207,6 +213,7 @@ impl PrefixScopeApp {
             plots: Default::default(),
             construction: Default::default(),
             tune: Default::default(),
+            ab: Default::default(),
             export: Default::default(),
             loaded: None,
             loading: None,
@@ -237,6 +244,7 @@ impl PrefixScopeApp {
             checks_panel: None,
             explore: None,
         };
+        app.restore_pinned();
         app.editor.token = app.session.editor_token;
         app.editor.layer = app.session.editor_layer;
         if let Some(text) = app.opts.prompt.clone() {
@@ -356,6 +364,8 @@ impl PrefixScopeApp {
                         self.shown = Some(c);
                     }
                 }
+                Reply::Pinned(c) => self.ab.arrived(c),
+                Reply::PinnedFailed { gen, message } => self.ab.failed(gen, message),
                 Reply::ComputeFailed { gen, message } => {
                     if self.last_sent.as_ref().is_some_and(|(g, _, _)| *g == gen) {
                         self.compute_error = Some(message);
@@ -501,6 +511,65 @@ impl PrefixScopeApp {
         self.last_sent = Some((gen, key.1, key.2));
     }
 
+    /// Ask the worker for A's maps (after B's request) when A, the prompt, the model or the viewed
+    /// layer changed.
+    fn request_pinned(&mut self) {
+        let Some(m) = &self.loaded else { return };
+        if self.prompt.ids.is_empty() || self.prompt.error.is_some() {
+            return;
+        }
+        if let Some(req) = self
+            .ab
+            .request(&m.info, m.model_gen, &self.prompt.ids, self.views.layer)
+        {
+            self.worker.compute_pinned(req);
+        }
+    }
+
+    /// Pin the live prefix as A (the A/B panel), or unpin A; the session keeps the choice.
+    pub fn toggle_pin(&mut self) {
+        if self.ab.pinned.is_some() {
+            self.ab.unpin();
+            self.session.pinned = None;
+        } else if let Some(p) = self.editor.prefix.clone() {
+            self.ab.pin(p);
+            self.session.pinned = self.ab.pinned.as_ref().map(|p| p.meta.clone());
+        }
+    }
+
+    /// A from the session's `autosave-pinned.npz`; an unreadable file is moved aside and reported.
+    fn restore_pinned(&mut self) {
+        let (Some(meta), Some(dir)) = (self.session.pinned.clone(), autosave_dir(&self.opts))
+        else {
+            return;
+        };
+        let file = dir.join(AUTOSAVE_PINNED);
+        match Prefix::load(&file, meta.kind) {
+            Ok(p) if p.len() == meta.len => {
+                self.ab.restore(p, meta);
+                self.ab.saved_version = self.ab.pinned.as_ref().map(|p| p.version);
+            }
+            Ok(p) => {
+                self.startup_note = Some(format!(
+                    "{}: P = {} where the session says {}; A/B not restored",
+                    file.display(),
+                    p.len(),
+                    meta.len
+                ));
+                self.session.pinned = None;
+            }
+            Err(e) => {
+                let moved = file
+                    .exists()
+                    .then(|| session_file::move_aside(&file))
+                    .flatten();
+                self.startup_note =
+                    Some(session_file::note(&file, &e.one_line(), moved.as_deref()));
+                self.session.pinned = None;
+            }
+        }
+    }
+
     fn session_snapshot(&self) -> Session {
         let mut s = self.session.clone();
         s.prompt = Some(self.prompt.clone());
@@ -530,6 +599,14 @@ impl PrefixScopeApp {
                         self.editor.saved_version = self.editor.version;
                     }
                     Err(e) => tracing::warn!("autosave failed: {}", e.one_line()),
+                }
+            }
+        }
+        if let Some(pin) = &self.ab.pinned {
+            if self.ab.saved_version != Some(pin.version) {
+                match pin.prefix.save(&dir.join(AUTOSAVE_PINNED)) {
+                    Ok(()) => self.ab.saved_version = Some(pin.version),
+                    Err(e) => tracing::warn!("autosave of A failed: {}", e.one_line()),
                 }
             }
         }
@@ -620,6 +697,7 @@ impl PrefixScopeApp {
             .size_range(280.0..=520.0)
             .show(ui, |ui| self.controls_ui(ui));
         self.show_plots(ui);
+        self.show_ab(ui);
         egui::CentralPanel::default().show(ui, |ui| self.central_ui(ui));
 
         if ctx.input(|i| !i.raw.hovered_files.is_empty()) {
@@ -639,6 +717,7 @@ impl PrefixScopeApp {
         }
 
         self.request_if_changed();
+        self.request_pinned();
         if self.loading.is_some() || self.worker.is_busy() {
             // Results and progress wake the window themselves; this only keeps the status line
             // ticking. (A spinner or a 50 ms repaint made a software-rendered window compete with
@@ -822,7 +901,24 @@ impl PrefixScopeApp {
         }
         ui.separator();
         self.tune_section(ui);
-        ui.label(egui::RichText::new("Prefix").strong().size(15.0));
+        ui.horizontal(|ui| {
+            ui.label(egui::RichText::new("Prefix").strong().size(15.0));
+            let (text, tip) = if self.ab.pinned.is_some() {
+                ("unpin A", "close the A/B panel")
+            } else {
+                (
+                    "pin as A",
+                    "keep this prefix as A and compare the prefix you edit next (B) with it",
+                )
+            };
+            if ui
+                .add_enabled(self.editor.prefix.is_some(), egui::Button::new(text))
+                .on_hover_text(tip)
+                .clicked()
+            {
+                self.toggle_pin();
+            }
+        });
         let info = self.loaded.as_ref().map(|l| l.info.clone());
         let request = self.editor.ui(ui, info.as_ref(), tok.as_deref());
         let Some(m) = &self.loaded else { return };
@@ -980,6 +1076,27 @@ impl PrefixScopeApp {
         {
             self.views.layer = l;
             self.views.head = h;
+        }
+    }
+}
+
+impl PrefixScopeApp {
+    /// The A/B panel under the maps while A is pinned.
+    fn show_ab(&mut self, ui: &mut egui::Ui) {
+        if self.ab.pinned.is_none() || self.construction.active {
+            return;
+        }
+        let Some(shown) = &self.shown else { return };
+        let mut action = None;
+        egui::Panel::bottom("ab")
+            .resizable(true)
+            .default_size(260.0)
+            .size_range(150.0..=600.0)
+            .show(ui, |ui| {
+                action = self.ab.ui(ui, shown, &self.shown_labels, &self.views);
+            });
+        if let Some(ab::AbAction::Unpin) = action {
+            self.toggle_pin();
         }
     }
 }
