@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::gui::{harness, step_until};
+use common::gui::{harness, step_until, type_into};
 use common::{repo_path, temp_dir};
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
@@ -295,5 +295,69 @@ fn plots_follow_an_edit() {
     assert_eq!(after, lc.max_renorm_diff(None).unwrap());
     assert_ne!(after, before, "the edit moved layer 1");
     assert_ne!(app.plots.bias.result.as_ref().unwrap().key, bias_before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The plots' settings (panel open, the bias plot's position, prompts and dimensions, the overview's
+/// colouring) are saved in the session file and restored by the next start, and the restored extra
+/// prompt is run again (tokenized for the new session's model).
+#[test]
+fn plots_settings_survive_the_session() {
+    let dir = temp_dir("gui-plots-session");
+    let mut h = opened(&dir);
+    h.get_by_role_and_label(Role::ComboBox, "colour by").click();
+    h.run_steps(2);
+    h.get_by_label("attention entropy (nats)").click();
+    h.run_steps(2);
+    type_into(
+        &mut h,
+        Role::MultilineTextInput,
+        "bias plot prompts",
+        "1 2 3 4",
+    );
+    {
+        let b = &mut h.state_mut().plots.bias;
+        b.from_end = 1;
+        b.beginnings = false;
+        b.auto_dims = false;
+        b.dims = (3, 5);
+    }
+    h.state_mut().autosave();
+    drop(h);
+    let (model, _) = deep_toy();
+    let opts = AppOptions {
+        model: Some(model),
+        session_dir: Some(dir.clone()),
+        fresh: false,
+        ..Default::default()
+    };
+    let mut h = harness(PrefixScopeApp::new(None, opts));
+    let app = h.state();
+    assert!(app.plots.open, "the panel is open again");
+    assert_eq!(app.overview.metric, HeadMetric::Entropy);
+    let b = &app.plots.bias;
+    assert_eq!(
+        (
+            b.from_end,
+            b.beginnings,
+            b.auto_dims,
+            b.dims,
+            b.extra.as_str()
+        ),
+        (1, false, false, (3, 5), "1 2 3 4")
+    );
+    step_until(&mut h, "the restored bias prompts' points", |a| {
+        let b = &a.plots.bias;
+        a.is_current() && b.result.as_ref().is_some_and(|r| Some(r.key) == b.asked)
+    });
+    let r = h.state().plots.bias.result.clone().unwrap();
+    let labels: Vec<&str> = r.points.iter().map(|(p, _)| p.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["the prompt", "1 2 3 4"],
+        "no beginnings, the extra prompt"
+    );
+    assert_eq!(r.points[1].0.ids.len(), 4);
+    assert!(r.points[1].1.is_ok(), "{:?}", r.points[1].1);
     let _ = std::fs::remove_dir_all(&dir);
 }

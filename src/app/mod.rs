@@ -80,6 +80,9 @@ pub struct Session {
     /// The A/B panel's pinned prefix A (its values are in `autosave-pinned.npz`).
     #[serde(default)]
     pub pinned: Option<ab::PinnedMeta>,
+    /// The plots panel's settings and the overview's colouring.
+    #[serde(default)]
+    pub plots: Option<plots::PlotsSettings>,
 }
 
 const SESSION_KEY: &str = "prefixscope-session";
@@ -245,6 +248,9 @@ impl PrefixScopeApp {
             explore: None,
         };
         app.restore_pinned();
+        if let Some(s) = app.session.plots.clone() {
+            app.overview.metric = app.plots.apply(&s);
+        }
         app.editor.token = app.session.editor_token;
         app.editor.layer = app.session.editor_layer;
         if let Some(text) = app.opts.prompt.clone() {
@@ -577,6 +583,7 @@ impl PrefixScopeApp {
         s.models = Some(self.model_panel.clone());
         s.editor_token = self.editor.token;
         s.editor_layer = self.editor.layer;
+        s.plots = Some(self.plots.settings(self.overview.metric));
         s
     }
 
