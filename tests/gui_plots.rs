@@ -361,3 +361,62 @@ fn plots_settings_survive_the_session() {
     assert!(r.points[1].1.is_ok(), "{:?}", r.points[1].1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The overview's grid, its colour bar and the top of the plots panel (and of the A/B panel when A
+/// is pinned), from egui's layout: `(cell height, colour bar bottom, first bottom panel top)`.
+fn overview_layout(h: &egui_kittest::Harness<'static, PrefixScopeApp>) -> (f32, f32, f32) {
+    let n_heads = h.state().model_info().unwrap().n_heads as f32;
+    let grid = h.get_by_label_contains("overview of").rect();
+    let bar = h.get_by_label_contains("overview colour bar").rect();
+    let mut top = h.get_by_label("Deviation by layer").rect().top();
+    if let Some(ab) = h.query_by_label_contains("A/B · layer") {
+        top = top.min(ab.rect().top());
+    }
+    ((grid.height() - 16.0) / n_heads, bar.bottom(), top)
+}
+
+/// With the plots open (and with A pinned as well) the overview keeps rows of at least 10 px and
+/// its colour bar stays above the bottom panels, at 1024 x 700 and 1280 x 800 (the plots panel used
+/// to take its 300 px from the overview, whose rows shrank to 4 px and whose colour bar went under
+/// the plots).
+#[test]
+fn overview_keeps_its_minimum_with_the_plots_open() {
+    for size in [(1024.0, 700.0), (1280.0, 800.0)] {
+        let dir = temp_dir("gui-plots-layout");
+        let (model, prefix) = deep_toy();
+        let opts = AppOptions {
+            model: Some(model),
+            prefix: Some(prefix),
+            prefix_kind: Some(PrefixKind::Hidden),
+            prompt: Some(PROMPT.into()),
+            session_dir: Some(dir.clone()),
+            fresh: true,
+            ..Default::default()
+        };
+        let mut h = common::gui::harness_sized(PrefixScopeApp::new(None, opts), size);
+        step_until(&mut h, "the full answer", |a| a.is_current());
+        h.get_by_label("plots").click();
+        h.run_steps(3);
+        let (cell, bar, top) = overview_layout(&h);
+        println!("{size:?} plots: cell {cell}, bar bottom {bar}, panel top {top}");
+        assert!(cell >= 10.0, "{size:?}: overview rows {cell} px");
+        assert!(
+            bar <= top,
+            "{size:?}: colour bar bottom {bar} under the plots at {top}"
+        );
+        h.state_mut().toggle_pin();
+        step_until(&mut h, "the A/B panel", |a| a.ab.maps.is_some());
+        h.run_steps(3);
+        let (cell, bar, top) = overview_layout(&h);
+        println!("{size:?} plots + A/B: cell {cell}, bar bottom {bar}, panel top {top}");
+        assert!(cell >= 10.0, "{size:?}, A/B: overview rows {cell} px");
+        assert!(
+            bar <= top,
+            "{size:?}, A/B: colour bar bottom {bar} under the panels at {top}"
+        );
+        let plots = h.get_by_label("Deviation by layer").rect();
+        let ab = h.get_by_label_contains("A/B · layer").rect();
+        println!("plots label {plots:?} ab label {ab:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1027,18 +1027,14 @@ impl PrefixScopeApp {
         };
         // The maps get the height the export row and the overview leave (at least 60 % of it).
         let total = ui.available_height();
-        // The export row wraps onto a second line in a narrow central panel.
-        let export_h = if ui.available_width() < 900.0 {
-            74.0
-        } else {
-            48.0
-        };
+        let export_h = export_height(ui.available_width());
         let below = if self.views.overview {
             overview::min_height(n_heads)
         } else {
             0.0
         } + export_h;
-        let views_h = (total - below).max(total * 0.6).max(200.0);
+        // The overview keeps its minimum: the bottom panels leave room for it (`bottom_range`).
+        let views_h = (total - below).max(MAPS_MIN);
         let width = ui.available_width();
         // An answer for other tokens than the prompt's: dimmed and said so until the new one comes.
         let shown_n = shown.capture.token_ids.len();
@@ -1087,7 +1083,42 @@ impl PrefixScopeApp {
     }
 }
 
+/// What the central panel keeps at least, besides the overview and the export row: the views'
+/// header (two lines in a narrow panel), the maps and the panel's margins.
+const CENTRAL_HEADER: f32 = 56.0;
+const MAPS_MIN: f32 = 160.0;
+const CENTRAL_MARGINS: f32 = 28.0;
+
+/// The export row's height: it wraps onto a second line in a narrow central panel.
+fn export_height(width: f32) -> f32 {
+    if width < 900.0 {
+        74.0
+    } else {
+        48.0
+    }
+}
+
 impl PrefixScopeApp {
+    /// The height the central panel needs at least (`width`: its width): the header, the maps'
+    /// minimum, the export row and the overview's minimum when it is shown.
+    fn central_min(&self, width: f32) -> f32 {
+        let overview = match (&self.loaded, self.views.overview) {
+            (Some(m), true) => overview::min_height(m.info.n_heads),
+            _ => 0.0,
+        };
+        CENTRAL_HEADER + MAPS_MIN + export_height(width) + overview + CENTRAL_MARGINS
+    }
+
+    /// The size range of a bottom panel (plots, A/B) declared now: at most what the central panel
+    /// can spare (shared with the A/B panel still to come when `share`), at least `min` or less
+    /// when even that does not fit.
+    fn bottom_range(&self, ui: &egui::Ui, min: f32, share: bool) -> std::ops::RangeInclusive<f32> {
+        let room = ui.available_height() - self.central_min(ui.available_width());
+        let room = if share { room * 0.55 } else { room };
+        let max = room.clamp(60.0, 900.0);
+        min.min(max)..=max
+    }
+
     /// The A/B panel under the maps while A is pinned.
     fn show_ab(&mut self, ui: &mut egui::Ui) {
         if self.ab.pinned.is_none() || self.construction.active {
@@ -1098,7 +1129,7 @@ impl PrefixScopeApp {
         egui::Panel::bottom("ab")
             .resizable(true)
             .default_size(260.0)
-            .size_range(150.0..=600.0)
+            .size_range(self.bottom_range(ui, 150.0, false))
             .show(ui, |ui| {
                 action = self.ab.ui(ui, shown, &self.shown_labels, &self.views);
             });

@@ -19,7 +19,8 @@ fn log_position(x: f32, hi: f32) -> f32 {
 /// besides its cells (title, layer numbers, the colour bar and its ticks).
 const CELL_H_MIN: f32 = 10.0;
 const CELL_H_MAX: f32 = 28.0;
-const FRAME_H: f32 = 16.0 + 16.0 + 30.0;
+/// Title, layer numbers, the "colour by" menu and the colour bar, with the spacing between them.
+const FRAME_H: f32 = 18.0 + 16.0 + 24.0 + 28.0 + 4.0 * 4.0;
 
 /// The height the central panel keeps free for the overview of `n_heads` heads.
 pub fn min_height(n_heads: usize) -> f32 {

@@ -188,7 +188,7 @@ impl super::PrefixScopeApp {
         egui::Panel::bottom("plots")
             .resizable(true)
             .default_size(300.0)
-            .size_range(180.0..=700.0)
+            .size_range(self.bottom_range(ui, 180.0, self.ab.pinned.is_some()))
             .show(ui, |ui| {
                 ui.columns(3, |cols| {
                     let devs = self.plots.metrics.as_ref().map(|m| m.deviations.as_slice());
