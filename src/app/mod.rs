@@ -1065,6 +1065,7 @@ impl PrefixScopeApp {
                 layer: self.views.layer,
                 head: self.views.head,
                 cmap: self.views.norm.cmap,
+                value_scale: self.views.norm.value_scale(),
             },
         );
         if !self.views.overview {
