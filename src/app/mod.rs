@@ -191,6 +191,20 @@ pub fn displayable(ctx: &egui::Context, s: &str) -> String {
 impl PrefixScopeApp {
     /// Build the app; `storage` is eframe's (None in tests). Starts loading a model at once.
     pub fn new(storage: Option<&dyn eframe::Storage>, opts: AppOptions) -> Self {
+        Self::new_with(storage, opts, None)
+    }
+
+    /// [`PrefixScopeApp::new`], taking over a load [`EarlyLoad::start`] began before the window
+    /// existed when it is for the model the session chooses (else it is cancelled).
+    fn new_with(
+        storage: Option<&dyn eframe::Storage>,
+        opts: AppOptions,
+        early: Option<EarlyLoad>,
+    ) -> Self {
+        let (worker, early_job, started) = match early {
+            Some(e) => (e.worker, e.job, e.started),
+            None => (Worker::new(), None, Instant::now()),
+        };
         let mut session = Session::default();
         let mut startup_note = None;
         if !opts.fresh {
@@ -207,7 +221,7 @@ impl PrefixScopeApp {
             session = from_file.or(from_eframe).unwrap_or_default();
         }
         let mut app = PrefixScopeApp {
-            worker: Worker::new(),
+            worker,
             model_panel: session.models.clone().unwrap_or_default(),
             prompt: session.prompt.clone().unwrap_or_default(),
             editor: PrefixEditor::default(),
@@ -229,7 +243,7 @@ impl PrefixScopeApp {
             compute_error: None,
             empty_note: None,
             last_autosave: Instant::now(),
-            started: Instant::now(),
+            started,
             startup_reported: false,
             filled_at: None,
             fonts_set: false,
@@ -262,9 +276,22 @@ impl PrefixScopeApp {
             .clone()
             .or_else(|| app.session.model_path.clone().filter(|p| p.exists()))
             .or_else(|| default_model().map(|(m, _)| m));
-        match target {
-            Some(p) => app.open_model(p),
-            None => {
+        // The early load, when it reads the same file the same way, is this load.
+        let early_job = early_job.filter(|(j, quantized)| {
+            let same = target.as_deref().is_some_and(|p| p == j.path)
+                && *quantized == app.model_panel.quantized;
+            if !same {
+                j.cancel();
+            }
+            same
+        });
+        match (target, early_job) {
+            (Some(p), Some((job, _))) => {
+                app.model_panel.path_text = p.display().to_string();
+                app.loading = Some(job);
+            }
+            (Some(p), None) => app.open_model(p),
+            (None, _) => {
                 app.empty_note = Some(format!(
                     "The default model (the toy sorter, {DEFAULT_MODEL}) was not found beside the program or in {}. Open a checkpoint to start.",
                     env!("CARGO_MANIFEST_DIR")
@@ -400,6 +427,10 @@ impl PrefixScopeApp {
         let tok = m.tokenizer.clone();
         let path = m.path.clone();
         if self.opts.timings {
+            eprintln!(
+                "startup: model installed {} ms after start",
+                self.started.elapsed().as_millis()
+            );
             eprintln!(
                 "model loaded in {} ms: {}",
                 m.load_time.as_millis(),
@@ -689,7 +720,15 @@ impl PrefixScopeApp {
         if !self.fonts_set {
             // Fonts change from the next pass on: draw nothing with the old ones.
             self.fonts_set = true;
+            let t = Instant::now();
             install_fonts(&ctx);
+            if self.opts.timings {
+                eprintln!(
+                    "startup: first frame {} ms after start, fonts installed in {} ms",
+                    t.duration_since(self.started).as_millis(),
+                    t.elapsed().as_millis()
+                );
+            }
             ctx.request_repaint();
             return;
         }
@@ -750,8 +789,11 @@ impl PrefixScopeApp {
             }
             if self.opts.timings {
                 eprintln!(
-                    "startup: all views filled {} ms after start",
-                    self.started.elapsed().as_millis()
+                    "startup: all views filled {} ms after start (the answer took {} ms)",
+                    self.started.elapsed().as_millis(),
+                    self.shown
+                        .as_ref()
+                        .map_or(0, |c| c.compute_time.as_millis())
                 );
             }
         }
@@ -1140,6 +1182,52 @@ impl PrefixScopeApp {
     }
 }
 
+/// A model load started before the window is created (window creation and the load overlap; the
+/// startup timer runs from here), for the model the session file or the command line names.
+pub struct EarlyLoad {
+    worker: Worker,
+    /// The load and whether it keeps GGUF weights quantized.
+    job: Option<(LoadJob, bool)>,
+    started: Instant,
+}
+
+impl EarlyLoad {
+    /// Read the session file without changing it (a corrupt one is left to `new`, which moves it
+    /// aside and says so) and start loading the model it, `--model` or the default names.
+    pub fn start(opts: &AppOptions) -> EarlyLoad {
+        let started = Instant::now();
+        let mut worker = Worker::new();
+        let session = (!opts.fresh)
+            .then(|| autosave_dir(opts).map(|d| d.join(SESSION_FILE)))
+            .flatten()
+            .filter(|p| {
+                std::fs::metadata(p).is_ok_and(|m| m.len() <= session_file::MAX_SESSION_BYTES)
+            })
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| session_file::parse(&t).ok());
+        let quantized = session
+            .as_ref()
+            .and_then(|s| s.models.as_ref())
+            .map_or_else(|| ModelPanel::default().quantized, |m| m.quantized);
+        let target = opts
+            .model
+            .clone()
+            .or_else(|| {
+                session
+                    .as_ref()
+                    .and_then(|s| s.model_path.clone())
+                    .filter(|p| p.exists())
+            })
+            .or_else(|| default_model().map(|(m, _)| m));
+        let job = target.map(|p| (worker.load(p, quantized), quantized));
+        EarlyLoad {
+            worker,
+            job,
+            started,
+        }
+    }
+}
+
 /// Where the autosave goes: `--session-dir`, else eframe's storage directory for the app.
 fn autosave_dir(opts: &AppOptions) -> Option<PathBuf> {
     opts.session_dir
@@ -1209,11 +1297,16 @@ pub fn run(opts: AppOptions) -> crate::Result<()> {
         // An explicit size (screenshots, CI) must not be overridden by a remembered window.
         native.persist_window = false;
     }
+    // The model loads while the window is created.
+    let early = EarlyLoad::start(&opts);
     eframe::run_native(
         "prefixscope",
         native,
         Box::new(move |cc| {
-            Ok(Box::new(PrefixScopeApp::new(cc.storage, opts)) as Box<dyn eframe::App>)
+            Ok(
+                Box::new(PrefixScopeApp::new_with(cc.storage, opts, Some(early)))
+                    as Box<dyn eframe::App>,
+            )
         }),
     )
     .map_err(|e| crate::Error::input("window", "a display to open the window on", e.to_string()))

@@ -210,14 +210,15 @@ impl Worker {
                 // load at nice 10 lost to everything else on a busy machine (startup 12 s, #19).
                 let t0 = Instant::now();
                 let wake = repaint.clone();
-                // One repaint per 1 % of progress at most, not one per tensor.
+                // One repaint per 5 % of progress at most: each frame of a software-rendered window
+                // takes CPU from the load on a small machine (#19, finding 11).
                 let last = AtomicU32::new(0);
                 let ctl = LoadControl {
                     cancel: Some(cancel),
                     progress: Some(Arc::new(move |f: f32| {
                         let f = f.clamp(0.0, 1.0);
                         progress.store(f.to_bits(), Ordering::Relaxed);
-                        let pct = (f * 100.0) as u32;
+                        let pct = (f * 20.0) as u32;
                         if last.swap(pct, Ordering::Relaxed) != pct {
                             wake_ui(&wake);
                         }
@@ -350,7 +351,10 @@ fn compute_loop(
     repaint: Arc<Mutex<Option<egui::Context>>>,
     busy: Arc<AtomicBool>,
 ) {
-    lower_priority();
+    // Normal priority until the first answer is out: at nice 10 the first views of SmolLM2 took
+    // 1.0-1.8 s instead of ~0.6 s on a busy machine, where the command line runs at nice 0 (#19,
+    // finding 11). Then below the UI, with the serial pool the first answer may have started.
+    let mut lowered = false;
     let mut model: Option<(u64, Arc<dyn Transformer>)> = None;
     let mut cache: Option<EvalCache> = None;
     let mut backlog: VecDeque<Msg> = VecDeque::new();
@@ -428,6 +432,11 @@ fn compute_loop(
                     let quick_is_all = quick.len() == n_layers;
                     let ok = answer(m.as_ref(), &req, &mut cache, &quick, quick_is_all, &tx);
                     wake_ui(&repaint);
+                    if !lowered {
+                        lowered = true;
+                        lower_priority();
+                        crate::model::stepper::on_compute_pool(m.as_ref(), 1, lower_priority);
+                    }
                     // The full answer only after a quiet moment with nothing newer: a drag keeps
                     // getting quick answers, and the overview catches up when the pointer rests.
                     while let Ok(m) = rx.try_recv() {
