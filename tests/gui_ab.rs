@@ -173,6 +173,35 @@ fn hovered_difference_is_b_minus_a_of_two_captures() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// B with another prefix length than A: the raw maps share only their content keys, the panel says
+/// so, and the hovered values are still B − A of two captures.
+#[test]
+fn different_lengths_compare_the_content_keys() {
+    let dir = temp_dir("gui-ab-lengths");
+    let (mut h, a) = pinned_and_edited(&dir);
+    let info = h.state().model_info().unwrap().clone();
+    h.state_mut().editor.set_len(a.len() - 3, &info);
+    step_until(&mut h, "B with a shorter prefix", |app| {
+        ab_ready(app) && app.ab.maps.as_ref().is_some_and(|m| m.raw_p == 0)
+    });
+    let b = h.state().editor.prefix.clone().unwrap();
+    assert_eq!(b.len(), a.len() - 3);
+    assert!(h.query_by_label_contains("content keys only").is_some());
+    let ids = h.state().shown().unwrap().capture.token_ids.clone();
+    let (r, j) = (ids.len() - 2, 4);
+    let text = hover_cell(&mut h, r, j);
+    let (want_raw, want_ren) = independent(&ids, &a, &b, LAYER, r, j);
+    let (got_raw, got_ren) = (
+        number_after(&text, "B−A raw "),
+        number_after(&text, "B−A renormalized "),
+    );
+    assert!(
+        (got_raw - want_raw).abs() < 1e-6 && (got_ren - want_ren).abs() < 1e-6,
+        "{text}: want raw {want_raw:e}, renormalized {want_ren:e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_is_recomputed_for_a_new_prompt_never_stale() {
     let dir = temp_dir("gui-ab-prompt");
