@@ -151,6 +151,10 @@ fn hovered_difference_is_b_minus_a_of_two_captures() {
         .query_by_label_contains("A: per-layer prefix (paper), P = ")
         .is_some());
     assert!(h.query_by_label_contains("A/B colour bar: B − A").is_some());
+    let max_abs = h.state().ab.maps.as_ref().unwrap().max_abs;
+    assert!(h
+        .query_by_label_contains(&format!("max |B − A| = {max_abs:.2e}"))
+        .is_some());
     let ids = h.state().shown().unwrap().capture.token_ids.clone();
     let (r, j) = (ids.len() - 1, 2);
     let text = hover_cell(&mut h, r, j);

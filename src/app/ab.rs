@@ -83,8 +83,10 @@ pub struct AbMaps {
     pub raw_p: usize,
     pub raw: Vec<f32>,
     pub renorm: Vec<f32>,
-    /// max |B − A| over both maps (at least 1e-6, so float rounding stays near white): the colour
-    /// bar runs from −limit to +limit.
+    /// max |B − A| over both maps.
+    pub max_abs: f32,
+    /// `max_abs`, at least 1e-6 (so float rounding stays near white): the colour bar runs from
+    /// −limit to +limit.
     pub limit: f32,
     /// (P of A, P of B).
     pub lens: (usize, usize),
@@ -138,18 +140,18 @@ pub fn difference(
             renorm[i * n + j] = rb.data[(head * n + i) * n + j] - ra.data[(head * n + i) * n + j];
         }
     }
-    let limit = raw
+    let max_abs = raw
         .iter()
         .chain(&renorm)
         .filter(|v| v.is_finite())
-        .fold(0f32, |m, v| m.max(v.abs()))
-        .max(1e-6);
+        .fold(0f32, |m, v| m.max(v.abs()));
     Ok(AbMaps {
         n,
         raw_p,
         raw,
         renorm,
-        limit,
+        max_abs,
+        limit: max_abs.max(1e-6),
         lens: (pa, pb),
     })
 }
@@ -387,6 +389,14 @@ impl AbPanel {
         a_label: &str,
     ) {
         ui.horizontal(|ui| {
+            // Rounding level: A and B give the same maps (A is computed from scratch, B by the
+            // incremental evaluator, so equal prefixes differ by float rounding only).
+            let same = if maps.max_abs <= 1e-6 {
+                " (rounding level: the same maps)"
+            } else {
+                ""
+            };
+            ui.label(format!("max |B − A| = {:.2e}{same}", maps.max_abs));
             let r = ui.add(
                 egui::TextEdit::singleline(&mut self.export_path)
                     .hint_text("path: .svg .png .pdf .csv .json .npz")
