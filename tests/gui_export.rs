@@ -206,3 +206,66 @@ fn export_figure_and_data_from_the_app_and_refuse_to_overwrite() {
         "the copied image is nearly blank"
     );
 }
+
+/// The screen's value scale reaches the file: with the log scale (and with the power scale) every
+/// cell of the exported pretrained map has the colour the screen's `Norm` gives its value, which
+/// for some cells differs from the linear scale's colour (so a linear export fails this).
+#[test]
+fn exported_figure_uses_the_value_scale_on_screen() {
+    use prefixscope::app::colormap::Scale;
+    let dir = temp_dir("gui-export-scale");
+    let model = prefixscope::app::default_model().map(|(m, _)| m);
+    let opts = AppOptions {
+        model,
+        prompt: Some("3 1 4 1 5 9 2 6".into()),
+        session_dir: Some(dir.clone()),
+        fresh: true,
+        ..Default::default()
+    };
+    let mut h = harness(PrefixScopeApp::new(None, opts));
+    step_until(&mut h, "the first views", |a| a.is_current());
+    h.state_mut().export.chosen = Some(prefixscope::figure::ViewKind::Pretrained);
+    for (k, scale) in [Scale::Log, Scale::Power].into_iter().enumerate() {
+        h.state_mut().views.norm.scale = scale;
+        h.state_mut().views.norm.log_floor = 1e-3;
+        h.state_mut().views.norm.gamma = 0.4;
+        h.step();
+        let out = dir.join(format!("pretrained-{k}.svg"));
+        export_to(&mut h, &out, "Export figure");
+        let svg = std::fs::read_to_string(&out).expect("figure written");
+        let app = h.state();
+        let norm = app.views.norm;
+        let lc = app.shown().unwrap().capture.layer(0).unwrap().clone();
+        let n = lc.pretrained.shape[1];
+        let pre = head(&lc.pretrained, 0);
+        // The cells in drawing order: row by row, the visible keys j <= i.
+        let fills: Vec<&str> = svg
+            .split("\" fill=\"")
+            .skip(1)
+            .filter(|s| s[7..].starts_with("\"><title>"))
+            .map(|s| &s[..7])
+            .collect();
+        assert_eq!(fills.len(), n * (n + 1) / 2, "{scale:?}: one fill per cell");
+        let hex = |c: egui::Color32| format!("#{:02x}{:02x}{:02x}", c.r(), c.g(), c.b());
+        let mut k = 0;
+        let mut differs = 0;
+        for i in 0..n {
+            for j in 0..=i {
+                let v = pre[i * n + j];
+                assert_eq!(
+                    fills[k],
+                    hex(norm.color(v, 1.0)),
+                    "{scale:?} cell ({i}, {j}) = {v}"
+                );
+                let linear = prefixscope::app::colormap::sample(norm.cmap, v);
+                differs += usize::from(fills[k] != hex(linear));
+                k += 1;
+            }
+        }
+        assert!(
+            differs > 0,
+            "{scale:?}: no cell tells the scale from linear"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::gui::{harness, step_until};
+use common::gui::{harness, step_until, type_into};
 use common::{repo_path, temp_dir};
 use egui::accesskit::Role;
 use egui_kittest::kittest::Queryable;
@@ -296,4 +296,127 @@ fn plots_follow_an_edit() {
     assert_ne!(after, before, "the edit moved layer 1");
     assert_ne!(app.plots.bias.result.as_ref().unwrap().key, bias_before);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The plots' settings (panel open, the bias plot's position, prompts and dimensions, the overview's
+/// colouring) are saved in the session file and restored by the next start, and the restored extra
+/// prompt is run again (tokenized for the new session's model).
+#[test]
+fn plots_settings_survive_the_session() {
+    let dir = temp_dir("gui-plots-session");
+    let mut h = opened(&dir);
+    h.get_by_role_and_label(Role::ComboBox, "colour by").click();
+    h.run_steps(2);
+    h.get_by_label("attention entropy (nats)").click();
+    h.run_steps(2);
+    type_into(
+        &mut h,
+        Role::MultilineTextInput,
+        "bias plot prompts",
+        "1 2 3 4",
+    );
+    {
+        let b = &mut h.state_mut().plots.bias;
+        b.from_end = 1;
+        b.beginnings = false;
+        b.auto_dims = false;
+        b.dims = (3, 5);
+    }
+    h.state_mut().autosave();
+    drop(h);
+    let (model, _) = deep_toy();
+    let opts = AppOptions {
+        model: Some(model),
+        session_dir: Some(dir.clone()),
+        fresh: false,
+        ..Default::default()
+    };
+    let mut h = harness(PrefixScopeApp::new(None, opts));
+    let app = h.state();
+    assert!(app.plots.open, "the panel is open again");
+    assert_eq!(app.overview.metric, HeadMetric::Entropy);
+    let b = &app.plots.bias;
+    assert_eq!(
+        (
+            b.from_end,
+            b.beginnings,
+            b.auto_dims,
+            b.dims,
+            b.extra.as_str()
+        ),
+        (1, false, false, (3, 5), "1 2 3 4")
+    );
+    step_until(&mut h, "the restored bias prompts' points", |a| {
+        let b = &a.plots.bias;
+        a.is_current() && b.result.as_ref().is_some_and(|r| Some(r.key) == b.asked)
+    });
+    let r = h.state().plots.bias.result.clone().unwrap();
+    let labels: Vec<&str> = r.points.iter().map(|(p, _)| p.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["the prompt", "1 2 3 4"],
+        "no beginnings, the extra prompt"
+    );
+    assert_eq!(r.points[1].0.ids.len(), 4);
+    assert!(r.points[1].1.is_ok(), "{:?}", r.points[1].1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The overview's grid, its colour bar and the top of the plots panel (and of the A/B panel when A
+/// is pinned), from egui's layout: `(cell height, colour bar bottom, first bottom panel top)`.
+fn overview_layout(h: &egui_kittest::Harness<'static, PrefixScopeApp>) -> (f32, f32, f32) {
+    let n_heads = h.state().model_info().unwrap().n_heads as f32;
+    let grid = h.get_by_label_contains("overview of").rect();
+    let bar = h.get_by_label_contains("overview colour bar").rect();
+    let mut top = h.get_by_label("Deviation by layer").rect().top();
+    if let Some(ab) = h.query_by_label_contains("A/B · layer") {
+        top = top.min(ab.rect().top());
+    }
+    ((grid.height() - 16.0) / n_heads, bar.bottom(), top)
+}
+
+/// With the plots open (and with A pinned as well) the overview keeps rows of at least 10 px and
+/// its colour bar stays above the bottom panels, at 1024 x 700 and 1280 x 800 (the plots panel used
+/// to take its 300 px from the overview, whose rows shrank to 4 px and whose colour bar went under
+/// the plots).
+#[test]
+fn overview_keeps_its_minimum_with_the_plots_open() {
+    for size in [(1024.0, 700.0), (1280.0, 800.0)] {
+        let dir = temp_dir("gui-plots-layout");
+        let (model, prefix) = deep_toy();
+        let opts = AppOptions {
+            model: Some(model),
+            prefix: Some(prefix),
+            prefix_kind: Some(PrefixKind::Hidden),
+            prompt: Some(PROMPT.into()),
+            session_dir: Some(dir.clone()),
+            fresh: true,
+            ..Default::default()
+        };
+        let mut h = common::gui::harness_sized(PrefixScopeApp::new(None, opts), size);
+        step_until(&mut h, "the full answer", |a| a.is_current());
+        h.get_by_label("plots").click();
+        h.run_steps(3);
+        let (cell, bar, top) = overview_layout(&h);
+        println!("{size:?} plots: cell {cell}, bar bottom {bar}, panel top {top}");
+        assert!(cell >= 10.0, "{size:?}: overview rows {cell} px");
+        assert!(
+            bar <= top,
+            "{size:?}: colour bar bottom {bar} under the plots at {top}"
+        );
+        h.state_mut().toggle_pin();
+        step_until(&mut h, "the A/B panel", |a| a.ab.maps.is_some());
+        h.run_steps(3);
+        let (cell, bar, top) = overview_layout(&h);
+        println!("{size:?} plots + A/B: cell {cell}, bar bottom {bar}, panel top {top}");
+        assert!(cell >= 10.0, "{size:?}, A/B: overview rows {cell} px");
+        assert!(
+            bar <= top,
+            "{size:?}, A/B: colour bar bottom {bar} under the panels at {top}"
+        );
+        let plots = h.get_by_label("Deviation by layer").rect();
+        let ab = h.get_by_label_contains("A/B · layer").rect();
+        println!("plots label {plots:?} ab label {ab:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -59,31 +59,27 @@ impl Default for Norm {
 }
 
 impl Norm {
+    /// The library's value scale for these settings: the maps on screen and an exported figure
+    /// both go through it.
+    pub fn value_scale(&self) -> crate::colormap::ValueScale {
+        use crate::colormap::ValueScale;
+        match self.scale {
+            Scale::Linear => ValueScale::Linear,
+            Scale::Log => ValueScale::Log {
+                floor: self.log_floor,
+            },
+            Scale::Power => ValueScale::Power { gamma: self.gamma },
+        }
+    }
+
     /// Position of `x` on the colour bar, for values in `0..=hi`.
     pub fn position(&self, x: f32, hi: f32) -> f32 {
-        let hi = hi.max(f32::MIN_POSITIVE);
-        match self.scale {
-            Scale::Linear => x / hi,
-            Scale::Power => (x / hi).clamp(0.0, 1.0).powf(self.gamma),
-            Scale::Log => {
-                let lo = self.log_floor.clamp(1e-12, hi * 0.5).log10();
-                (x.max(1e-12).log10() - lo) / (hi.log10() - lo)
-            }
-        }
-        .clamp(0.0, 1.0)
+        self.value_scale().position(x, hi)
     }
 
     /// Inverse of [`Norm::position`]: the value at a colour-bar position (for tick labels).
     pub fn value_at(&self, t: f32, hi: f32) -> f32 {
-        let t = t.clamp(0.0, 1.0);
-        match self.scale {
-            Scale::Linear => t * hi,
-            Scale::Power => hi * t.powf(1.0 / self.gamma.max(1e-3)),
-            Scale::Log => {
-                let lo = self.log_floor.clamp(1e-12, hi * 0.5).log10();
-                10f32.powf(lo + t * (hi.log10() - lo))
-            }
-        }
+        self.value_scale().value_at(t, hi)
     }
 
     pub fn color(&self, x: f32, hi: f32) -> Color32 {

@@ -21,6 +21,8 @@ pub struct ExportData<'a> {
     pub head: usize,
     /// The colour map on screen: the exported figure uses it too.
     pub cmap: crate::colormap::ColorMap,
+    /// The value scale on screen (linear, log, power): the exported figure uses it too.
+    pub value_scale: crate::colormap::ValueScale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +83,7 @@ impl ExportPanel {
             scale: self.scale,
             overwrite: self.overwrite,
             cmap: Some(data.cmap),
+            value_scale: data.value_scale,
             ..Default::default()
         }
     }

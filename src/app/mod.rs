@@ -2,6 +2,7 @@
 //! from their drawing; the worker thread owns the model and does every computation; this file wires
 //! them together, keeps the session, and never computes anything itself.
 
+pub mod ab;
 pub mod code_points;
 pub mod colormap;
 pub mod construction;
@@ -76,10 +77,17 @@ pub struct Session {
     pub autosave_kind: Option<PrefixKind>,
     pub editor_token: usize,
     pub editor_layer: usize,
+    /// The A/B panel's pinned prefix A (its values are in `autosave-pinned.npz`).
+    #[serde(default)]
+    pub pinned: Option<ab::PinnedMeta>,
+    /// The plots panel's settings and the overview's colouring.
+    #[serde(default)]
+    pub plots: Option<plots::PlotsSettings>,
 }
 
 const SESSION_KEY: &str = "prefixscope-session";
 const AUTOSAVE_PREFIX: &str = "autosave-prefix.npz";
+const AUTOSAVE_PINNED: &str = "autosave-pinned.npz";
 const SESSION_FILE: &str = "session.json";
 const AUTOSAVE_EVERY: Duration = Duration::from_secs(3);
 
@@ -114,6 +122,7 @@ pub struct PrefixScopeApp {
     pub overview: OverviewPanel,
     pub plots: plots::PlotsPanel,
     pub tune: tune::TunePanel,
+    pub ab: ab::AbPanel,
     /// The current model (what the worker has installed).
     loaded: Option<LoadedModel>,
     loading: Option<LoadJob>,
@@ -182,6 +191,20 @@ pub fn displayable(ctx: &egui::Context, s: &str) -> String {
 impl PrefixScopeApp {
     /// Build the app; `storage` is eframe's (None in tests). Starts loading a model at once.
     pub fn new(storage: Option<&dyn eframe::Storage>, opts: AppOptions) -> Self {
+        Self::new_with(storage, opts, None)
+    }
+
+    /// [`PrefixScopeApp::new`], taking over a load [`EarlyLoad::start`] began before the window
+    /// existed when it is for the model the session chooses (else it is cancelled).
+    fn new_with(
+        storage: Option<&dyn eframe::Storage>,
+        opts: AppOptions,
+        early: Option<EarlyLoad>,
+    ) -> Self {
+        let (worker, early_job, started) = match early {
+            Some(e) => (e.worker, e.job, e.started),
+            None => (Worker::new(), None, Instant::now()),
+        };
         let mut session = Session::default();
         let mut startup_note = None;
         if !opts.fresh {
@@ -198,7 +221,7 @@ impl PrefixScopeApp {
             session = from_file.or(from_eframe).unwrap_or_default();
         }
         let mut app = PrefixScopeApp {
-            worker: Worker::new(),
+            worker,
             model_panel: session.models.clone().unwrap_or_default(),
             prompt: session.prompt.clone().unwrap_or_default(),
             editor: PrefixEditor::default(),
@@ -207,6 +230,7 @@ impl PrefixScopeApp {
             plots: Default::default(),
             construction: Default::default(),
             tune: Default::default(),
+            ab: Default::default(),
             export: Default::default(),
             loaded: None,
             loading: None,
@@ -219,7 +243,7 @@ impl PrefixScopeApp {
             compute_error: None,
             empty_note: None,
             last_autosave: Instant::now(),
-            started: Instant::now(),
+            started,
             startup_reported: false,
             filled_at: None,
             fonts_set: false,
@@ -237,6 +261,10 @@ impl PrefixScopeApp {
             checks_panel: None,
             explore: None,
         };
+        app.restore_pinned();
+        if let Some(s) = app.session.plots.clone() {
+            app.overview.metric = app.plots.apply(&s);
+        }
         app.editor.token = app.session.editor_token;
         app.editor.layer = app.session.editor_layer;
         if let Some(text) = app.opts.prompt.clone() {
@@ -248,9 +276,22 @@ impl PrefixScopeApp {
             .clone()
             .or_else(|| app.session.model_path.clone().filter(|p| p.exists()))
             .or_else(|| default_model().map(|(m, _)| m));
-        match target {
-            Some(p) => app.open_model(p),
-            None => {
+        // The early load, when it reads the same file the same way, is this load.
+        let early_job = early_job.filter(|(j, quantized)| {
+            let same = target.as_deref().is_some_and(|p| p == j.path)
+                && *quantized == app.model_panel.quantized;
+            if !same {
+                j.cancel();
+            }
+            same
+        });
+        match (target, early_job) {
+            (Some(p), Some((job, _))) => {
+                app.model_panel.path_text = p.display().to_string();
+                app.loading = Some(job);
+            }
+            (Some(p), None) => app.open_model(p),
+            (None, _) => {
                 app.empty_note = Some(format!(
                     "The default model (the toy sorter, {DEFAULT_MODEL}) was not found beside the program or in {}. Open a checkpoint to start.",
                     env!("CARGO_MANIFEST_DIR")
@@ -356,6 +397,8 @@ impl PrefixScopeApp {
                         self.shown = Some(c);
                     }
                 }
+                Reply::Pinned(c) => self.ab.arrived(c),
+                Reply::PinnedFailed { gen, message } => self.ab.failed(gen, message),
                 Reply::ComputeFailed { gen, message } => {
                     if self.last_sent.as_ref().is_some_and(|(g, _, _)| *g == gen) {
                         self.compute_error = Some(message);
@@ -384,6 +427,10 @@ impl PrefixScopeApp {
         let tok = m.tokenizer.clone();
         let path = m.path.clone();
         if self.opts.timings {
+            eprintln!(
+                "startup: model installed {} ms after start",
+                self.started.elapsed().as_millis()
+            );
             eprintln!(
                 "model loaded in {} ms: {}",
                 m.load_time.as_millis(),
@@ -501,6 +548,65 @@ impl PrefixScopeApp {
         self.last_sent = Some((gen, key.1, key.2));
     }
 
+    /// Ask the worker for A's maps (after B's request) when A, the prompt, the model or the viewed
+    /// layer changed.
+    fn request_pinned(&mut self) {
+        let Some(m) = &self.loaded else { return };
+        if self.prompt.ids.is_empty() || self.prompt.error.is_some() {
+            return;
+        }
+        if let Some(req) = self
+            .ab
+            .request(&m.info, m.model_gen, &self.prompt.ids, self.views.layer)
+        {
+            self.worker.compute_pinned(req);
+        }
+    }
+
+    /// Pin the live prefix as A (the A/B panel), or unpin A; the session keeps the choice.
+    pub fn toggle_pin(&mut self) {
+        if self.ab.pinned.is_some() {
+            self.ab.unpin();
+            self.session.pinned = None;
+        } else if let Some(p) = self.editor.prefix.clone() {
+            self.ab.pin(p);
+            self.session.pinned = self.ab.pinned.as_ref().map(|p| p.meta.clone());
+        }
+    }
+
+    /// A from the session's `autosave-pinned.npz`; an unreadable file is moved aside and reported.
+    fn restore_pinned(&mut self) {
+        let (Some(meta), Some(dir)) = (self.session.pinned.clone(), autosave_dir(&self.opts))
+        else {
+            return;
+        };
+        let file = dir.join(AUTOSAVE_PINNED);
+        match Prefix::load(&file, meta.kind) {
+            Ok(p) if p.len() == meta.len => {
+                self.ab.restore(p, meta);
+                self.ab.saved_version = self.ab.pinned.as_ref().map(|p| p.version);
+            }
+            Ok(p) => {
+                self.startup_note = Some(format!(
+                    "{}: P = {} where the session says {}; A/B not restored",
+                    file.display(),
+                    p.len(),
+                    meta.len
+                ));
+                self.session.pinned = None;
+            }
+            Err(e) => {
+                let moved = file
+                    .exists()
+                    .then(|| session_file::move_aside(&file))
+                    .flatten();
+                self.startup_note =
+                    Some(session_file::note(&file, &e.one_line(), moved.as_deref()));
+                self.session.pinned = None;
+            }
+        }
+    }
+
     fn session_snapshot(&self) -> Session {
         let mut s = self.session.clone();
         s.prompt = Some(self.prompt.clone());
@@ -508,6 +614,7 @@ impl PrefixScopeApp {
         s.models = Some(self.model_panel.clone());
         s.editor_token = self.editor.token;
         s.editor_layer = self.editor.layer;
+        s.plots = Some(self.plots.settings(self.overview.metric));
         s
     }
 
@@ -530,6 +637,14 @@ impl PrefixScopeApp {
                         self.editor.saved_version = self.editor.version;
                     }
                     Err(e) => tracing::warn!("autosave failed: {}", e.one_line()),
+                }
+            }
+        }
+        if let Some(pin) = &self.ab.pinned {
+            if self.ab.saved_version != Some(pin.version) {
+                match pin.prefix.save(&dir.join(AUTOSAVE_PINNED)) {
+                    Ok(()) => self.ab.saved_version = Some(pin.version),
+                    Err(e) => tracing::warn!("autosave of A failed: {}", e.one_line()),
                 }
             }
         }
@@ -605,7 +720,15 @@ impl PrefixScopeApp {
         if !self.fonts_set {
             // Fonts change from the next pass on: draw nothing with the old ones.
             self.fonts_set = true;
+            let t = Instant::now();
             install_fonts(&ctx);
+            if self.opts.timings {
+                eprintln!(
+                    "startup: first frame {} ms after start, fonts installed in {} ms",
+                    t.duration_since(self.started).as_millis(),
+                    t.elapsed().as_millis()
+                );
+            }
             ctx.request_repaint();
             return;
         }
@@ -620,6 +743,7 @@ impl PrefixScopeApp {
             .size_range(280.0..=520.0)
             .show(ui, |ui| self.controls_ui(ui));
         self.show_plots(ui);
+        self.show_ab(ui);
         egui::CentralPanel::default().show(ui, |ui| self.central_ui(ui));
 
         if ctx.input(|i| !i.raw.hovered_files.is_empty()) {
@@ -639,6 +763,7 @@ impl PrefixScopeApp {
         }
 
         self.request_if_changed();
+        self.request_pinned();
         if self.loading.is_some() || self.worker.is_busy() {
             // Results and progress wake the window themselves; this only keeps the status line
             // ticking. (A spinner or a 50 ms repaint made a software-rendered window compete with
@@ -664,8 +789,11 @@ impl PrefixScopeApp {
             }
             if self.opts.timings {
                 eprintln!(
-                    "startup: all views filled {} ms after start",
-                    self.started.elapsed().as_millis()
+                    "startup: all views filled {} ms after start (the answer took {} ms)",
+                    self.started.elapsed().as_millis(),
+                    self.shown
+                        .as_ref()
+                        .map_or(0, |c| c.compute_time.as_millis())
                 );
             }
         }
@@ -822,7 +950,24 @@ impl PrefixScopeApp {
         }
         ui.separator();
         self.tune_section(ui);
-        ui.label(egui::RichText::new("Prefix").strong().size(15.0));
+        ui.horizontal(|ui| {
+            ui.label(egui::RichText::new("Prefix").strong().size(15.0));
+            let (text, tip) = if self.ab.pinned.is_some() {
+                ("unpin A", "close the A/B panel")
+            } else {
+                (
+                    "pin as A",
+                    "keep this prefix as A and compare the prefix you edit next (B) with it",
+                )
+            };
+            if ui
+                .add_enabled(self.editor.prefix.is_some(), egui::Button::new(text))
+                .on_hover_text(tip)
+                .clicked()
+            {
+                self.toggle_pin();
+            }
+        });
         let info = self.loaded.as_ref().map(|l| l.info.clone());
         let request = self.editor.ui(ui, info.as_ref(), tok.as_deref());
         let Some(m) = &self.loaded else { return };
@@ -924,18 +1069,14 @@ impl PrefixScopeApp {
         };
         // The maps get the height the export row and the overview leave (at least 60 % of it).
         let total = ui.available_height();
-        // The export row wraps onto a second line in a narrow central panel.
-        let export_h = if ui.available_width() < 900.0 {
-            74.0
-        } else {
-            48.0
-        };
+        let export_h = export_height(ui.available_width());
         let below = if self.views.overview {
             overview::min_height(n_heads)
         } else {
             0.0
         } + export_h;
-        let views_h = (total - below).max(total * 0.6).max(200.0);
+        // The overview keeps its minimum: the bottom panels leave room for it (`bottom_range`).
+        let views_h = (total - below).max(MAPS_MIN);
         let width = ui.available_width();
         // An answer for other tokens than the prompt's: dimmed and said so until the new one comes.
         let shown_n = shown.capture.token_ids.len();
@@ -966,6 +1107,7 @@ impl PrefixScopeApp {
                 layer: self.views.layer,
                 head: self.views.head,
                 cmap: self.views.norm.cmap,
+                value_scale: self.views.norm.value_scale(),
             },
         );
         if !self.views.overview {
@@ -980,6 +1122,108 @@ impl PrefixScopeApp {
         {
             self.views.layer = l;
             self.views.head = h;
+        }
+    }
+}
+
+/// What the central panel keeps at least, besides the overview and the export row: the views'
+/// header (two lines in a narrow panel), the maps and the panel's margins.
+const CENTRAL_HEADER: f32 = 56.0;
+const MAPS_MIN: f32 = 160.0;
+const CENTRAL_MARGINS: f32 = 28.0;
+
+/// The export row's height: it wraps onto a second line in a narrow central panel.
+fn export_height(width: f32) -> f32 {
+    if width < 900.0 {
+        74.0
+    } else {
+        48.0
+    }
+}
+
+impl PrefixScopeApp {
+    /// The height the central panel needs at least (`width`: its width): the header, the maps'
+    /// minimum, the export row and the overview's minimum when it is shown.
+    fn central_min(&self, width: f32) -> f32 {
+        let overview = match (&self.loaded, self.views.overview) {
+            (Some(m), true) => overview::min_height(m.info.n_heads),
+            _ => 0.0,
+        };
+        CENTRAL_HEADER + MAPS_MIN + export_height(width) + overview + CENTRAL_MARGINS
+    }
+
+    /// The size range of a bottom panel (plots, A/B) declared now: at most what the central panel
+    /// can spare (shared with the A/B panel still to come when `share`), at least `min` or less
+    /// when even that does not fit.
+    fn bottom_range(&self, ui: &egui::Ui, min: f32, share: bool) -> std::ops::RangeInclusive<f32> {
+        let room = ui.available_height() - self.central_min(ui.available_width());
+        let room = if share { room * 0.55 } else { room };
+        let max = room.clamp(60.0, 900.0);
+        min.min(max)..=max
+    }
+
+    /// The A/B panel under the maps while A is pinned.
+    fn show_ab(&mut self, ui: &mut egui::Ui) {
+        if self.ab.pinned.is_none() || self.construction.active {
+            return;
+        }
+        let Some(shown) = &self.shown else { return };
+        let mut action = None;
+        egui::Panel::bottom("ab")
+            .resizable(true)
+            .default_size(260.0)
+            .size_range(self.bottom_range(ui, 150.0, false))
+            .show(ui, |ui| {
+                action = self.ab.ui(ui, shown, &self.shown_labels, &self.views);
+            });
+        if let Some(ab::AbAction::Unpin) = action {
+            self.toggle_pin();
+        }
+    }
+}
+
+/// A model load started before the window is created (window creation and the load overlap; the
+/// startup timer runs from here), for the model the session file or the command line names.
+pub struct EarlyLoad {
+    worker: Worker,
+    /// The load and whether it keeps GGUF weights quantized.
+    job: Option<(LoadJob, bool)>,
+    started: Instant,
+}
+
+impl EarlyLoad {
+    /// Read the session file without changing it (a corrupt one is left to `new`, which moves it
+    /// aside and says so) and start loading the model it, `--model` or the default names.
+    pub fn start(opts: &AppOptions) -> EarlyLoad {
+        let started = Instant::now();
+        let mut worker = Worker::new();
+        let session = (!opts.fresh)
+            .then(|| autosave_dir(opts).map(|d| d.join(SESSION_FILE)))
+            .flatten()
+            .filter(|p| {
+                std::fs::metadata(p).is_ok_and(|m| m.len() <= session_file::MAX_SESSION_BYTES)
+            })
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| session_file::parse(&t).ok());
+        let quantized = session
+            .as_ref()
+            .and_then(|s| s.models.as_ref())
+            .map_or_else(|| ModelPanel::default().quantized, |m| m.quantized);
+        let target = opts
+            .model
+            .clone()
+            .or_else(|| {
+                session
+                    .as_ref()
+                    .and_then(|s| s.model_path.clone())
+                    .filter(|p| p.exists())
+            })
+            .or_else(|| default_model().map(|(m, _)| m));
+        let job = target.map(|p| (worker.load(p, quantized), quantized));
+        EarlyLoad {
+            worker,
+            job,
+            started,
         }
     }
 }
@@ -1053,11 +1297,16 @@ pub fn run(opts: AppOptions) -> crate::Result<()> {
         // An explicit size (screenshots, CI) must not be overridden by a remembered window.
         native.persist_window = false;
     }
+    // The model loads while the window is created.
+    let early = EarlyLoad::start(&opts);
     eframe::run_native(
         "prefixscope",
         native,
         Box::new(move |cc| {
-            Ok(Box::new(PrefixScopeApp::new(cc.storage, opts)) as Box<dyn eframe::App>)
+            Ok(
+                Box::new(PrefixScopeApp::new_with(cc.storage, opts, Some(early)))
+                    as Box<dyn eframe::App>,
+            )
         }),
     )
     .map_err(|e| crate::Error::input("window", "a display to open the window on", e.to_string()))

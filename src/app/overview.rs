@@ -19,7 +19,10 @@ fn log_position(x: f32, hi: f32) -> f32 {
 /// besides its cells (title, layer numbers, the colour bar and its ticks).
 const CELL_H_MIN: f32 = 10.0;
 const CELL_H_MAX: f32 = 28.0;
-const FRAME_H: f32 = 16.0 + 16.0 + 30.0;
+/// Title, layer numbers, the "colour by" menu and the colour bar, with the spacing between them.
+/// Title, layer numbers, and the row of the "colour by" menu and the colour bar, with the spacing
+/// between them.
+const FRAME_H: f32 = 18.0 + 16.0 + 28.0 + 3.0 * 4.0;
 
 /// The height the central panel keeps free for the overview of `n_heads` heads.
 pub fn min_height(n_heads: usize) -> f32 {
@@ -134,8 +137,6 @@ impl OverviewPanel {
             Stroke::new(2.0, Color32::from_rgb(255, 80, 60)),
             egui::StrokeKind::Outside,
         );
-        // Under the grid, where it moves nothing above it.
-        super::plots::metric_selector(ui, &mut self.metric);
         let cell_at = |pos: Pos2| -> Option<(usize, usize)> {
             let l = ((pos.x - origin.x) / cell_w).floor();
             let h = ((pos.y - origin.y) / cell_h).floor();
@@ -164,13 +165,13 @@ impl OverviewPanel {
             )),
             None => resp,
         };
-        colour_bar(
-            ui,
-            rect.left() + label_w,
-            cell_w * n_layers as f32,
-            hi,
-            cmap,
-        );
+        // Under the grid, where they move nothing above it: the menu and the colour bar on one row
+        // (the overview's frame is then one row shorter, which the maps get).
+        ui.horizontal(|ui| {
+            super::plots::metric_selector(ui, &mut self.metric);
+            let width = (cell_w * n_layers as f32).min(ui.available_width() - 12.0);
+            colour_bar(ui, width, hi, cmap);
+        });
         if resp.clicked() {
             return resp.interact_pointer_pos().and_then(cell_at);
         }
@@ -179,13 +180,13 @@ impl OverviewPanel {
 }
 
 /// The overview's colour bar: the log scale from `hi`·1e-4 to `hi`, a tick per decade.
-fn colour_bar(ui: &mut egui::Ui, left: f32, width: f32, hi: f32, cmap: ColorMap) {
+fn colour_bar(ui: &mut egui::Ui, width: f32, hi: f32, cmap: ColorMap) {
     let width = width.clamp(120.0, 480.0);
-    let (rect, _) = ui.allocate_exact_size(
-        Vec2::new(width + left - ui.cursor().left(), 28.0),
-        Sense::hover(),
+    let (rect, _) = ui.allocate_exact_size(Vec2::new(width + 12.0, 28.0), Sense::hover());
+    let bar = Rect::from_min_size(
+        Pos2::new(rect.left() + 6.0, rect.top() + 2.0),
+        Vec2::new(width, 9.0),
     );
-    let bar = Rect::from_min_size(Pos2::new(left, rect.top() + 2.0), Vec2::new(width, 9.0));
     let painter = ui.painter();
     let steps = 64;
     let mut mesh = egui::Mesh::default();

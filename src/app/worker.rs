@@ -84,6 +84,12 @@ pub enum Reply {
         gen: u64,
         message: String,
     },
+    /// The answer to a [`Worker::compute_pinned`] request (the A/B panel's pinned prefix A).
+    Pinned(Box<Computed>),
+    PinnedFailed {
+        gen: u64,
+        message: String,
+    },
     /// A token's embedding row (for "set to a token's embedding").
     Embedding {
         model_gen: u64,
@@ -98,6 +104,9 @@ enum Msg {
         model: Arc<dyn Transformer>,
     },
     Compute(ComputeRequest),
+    /// The pinned prefix A's maps (the A/B panel): answered from scratch, after the views' request,
+    /// without touching the views' cache.
+    Pinned(ComputeRequest),
     Embedding {
         model_gen: u64,
         token: u32,
@@ -201,14 +210,15 @@ impl Worker {
                 // load at nice 10 lost to everything else on a busy machine (startup 12 s, #19).
                 let t0 = Instant::now();
                 let wake = repaint.clone();
-                // One repaint per 1 % of progress at most, not one per tensor.
+                // One repaint per 5 % of progress at most: each frame of a software-rendered window
+                // takes CPU from the load on a small machine (#19, finding 11).
                 let last = AtomicU32::new(0);
                 let ctl = LoadControl {
                     cancel: Some(cancel),
                     progress: Some(Arc::new(move |f: f32| {
                         let f = f.clamp(0.0, 1.0);
                         progress.store(f.to_bits(), Ordering::Relaxed);
-                        let pct = (f * 100.0) as u32;
+                        let pct = (f * 20.0) as u32;
                         if last.swap(pct, Ordering::Relaxed) != pct {
                             wake_ui(&wake);
                         }
@@ -277,6 +287,13 @@ impl Worker {
         let _ = self.tx.send(Msg::Compute(req));
     }
 
+    /// Compute the maps of a pinned prefix (the A/B panel's A) for `req.view_layer` only; answered
+    /// with [`Reply::Pinned`] after any pending views' request (only the newest pinned one runs).
+    pub fn compute_pinned(&self, req: ComputeRequest) {
+        self.busy.store(true, Ordering::Relaxed);
+        let _ = self.tx.send(Msg::Pinned(req));
+    }
+
     pub fn embedding(&self, model_gen: u64, token: u32) {
         let _ = self.tx.send(Msg::Embedding { model_gen, token });
     }
@@ -334,7 +351,10 @@ fn compute_loop(
     repaint: Arc<Mutex<Option<egui::Context>>>,
     busy: Arc<AtomicBool>,
 ) {
-    lower_priority();
+    // Normal priority until the first answer is out: at nice 10 the first views of SmolLM2 took
+    // 1.0-1.8 s instead of ~0.6 s on a busy machine, where the command line runs at nice 0 (#19,
+    // finding 11). Then below the UI, with the serial pool the first answer may have started.
+    let mut lowered = false;
     let mut model: Option<(u64, Arc<dyn Transformer>)> = None;
     let mut cache: Option<EvalCache> = None;
     let mut backlog: VecDeque<Msg> = VecDeque::new();
@@ -353,6 +373,7 @@ fn compute_loop(
             pending.push(m);
         }
         let mut newest: Option<ComputeRequest> = None;
+        let mut pinned: Option<ComputeRequest> = None;
         let mut embeds = Vec::new();
         for m in pending {
             match m {
@@ -367,6 +388,11 @@ fn compute_loop(
                 Msg::Compute(r) => {
                     if newest.as_ref().is_none_or(|n| r.gen > n.gen) {
                         newest = Some(r);
+                    }
+                }
+                Msg::Pinned(r) => {
+                    if pinned.as_ref().is_none_or(|n| r.gen > n.gen) {
+                        pinned = Some(r);
                     }
                 }
                 Msg::Embedding { model_gen, token } => embeds.push((model_gen, token)),
@@ -406,21 +432,34 @@ fn compute_loop(
                     let quick_is_all = quick.len() == n_layers;
                     let ok = answer(m.as_ref(), &req, &mut cache, &quick, quick_is_all, &tx);
                     wake_ui(&repaint);
+                    if !lowered {
+                        lowered = true;
+                        lower_priority();
+                        crate::model::stepper::on_compute_pool(m.as_ref(), 1, lower_priority);
+                    }
                     // The full answer only after a quiet moment with nothing newer: a drag keeps
                     // getting quick answers, and the overview catches up when the pointer rests.
                     while let Ok(m) = rx.try_recv() {
                         backlog.push_back(m);
                     }
-                    if backlog.is_empty() && !quick_is_all {
+                    if !newer_views(&backlog) && !quick_is_all {
                         if let Ok(m) = rx.recv_timeout(QUIET_BEFORE_FULL) {
                             backlog.push_back(m);
                         }
                     }
-                    if ok && backlog.is_empty() && !quick_is_all {
+                    if ok && !newer_views(&backlog) && !quick_is_all {
                         let all: Vec<usize> = (0..n_layers).collect();
                         answer(m.as_ref(), &req, &mut cache, &all, true, &tx);
                     }
                 }
+            }
+        }
+        if let Some(req) = pinned {
+            if !newer_views(&backlog) {
+                answer_pinned(&model, &req, &tx);
+            } else {
+                // The views first: it waits behind their newer request.
+                backlog.push_back(Msg::Pinned(req));
             }
         }
         if backlog.is_empty() {
@@ -428,6 +467,34 @@ fn compute_loop(
         }
         wake_ui(&repaint);
     }
+}
+
+/// Whether `backlog` holds something that supersedes the views' answer in progress (a newer views'
+/// request or a new model); a pinned or an embedding request does not.
+fn newer_views(backlog: &VecDeque<Msg>) -> bool {
+    backlog
+        .iter()
+        .any(|m| matches!(m, Msg::Compute(_) | Msg::Install { .. } | Msg::Quit))
+}
+
+/// The pinned prefix's maps of `req.view_layer`, from scratch (the views' cache stays theirs).
+fn answer_pinned(
+    model: &Option<(u64, Arc<dyn Transformer>)>,
+    req: &ComputeRequest,
+    tx: &Sender<Reply>,
+) {
+    let Some((g, m)) = model else { return };
+    if *g != req.model_gen {
+        return;
+    }
+    let reply = match compute_once(m.as_ref(), req, &[req.view_layer]) {
+        Ok(c) => Reply::Pinned(Box::new(c)),
+        Err(e) => Reply::PinnedFailed {
+            gen: req.gen,
+            message: e.one_line(),
+        },
+    };
+    let _ = tx.send(reply);
 }
 
 /// Run one request for `layers` and send the answer (or the error); true when it succeeded.

@@ -113,6 +113,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         annotate,
         columns: a.columns,
         cmap: None,
+        value_scale: Default::default(),
     };
     figure::export_views(&cap, &labels, a.layer, a.head, &views, &a.out, &opts)?;
     eprintln!("wrote {}", a.out.display());

@@ -40,6 +40,56 @@ impl ColorMap {
     }
 }
 
+/// How a value in `0..=hi` becomes a colour-map position in `0..=1`: the window's "scale" choice,
+/// which an exported figure uses too, so the file paints each value as the screen does.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum ValueScale {
+    #[default]
+    Linear,
+    /// `log10(x)` from `log10(floor)` to `log10(hi)` (values below `floor` take the low end).
+    Log { floor: f32 },
+    /// `(x / hi)^gamma` (below 1 lifts small values).
+    Power { gamma: f32 },
+}
+
+impl ValueScale {
+    /// Position of `x` for values in `0..=hi`, clamped to `0..=1`.
+    pub fn position(self, x: f32, hi: f32) -> f32 {
+        let hi = hi.max(f32::MIN_POSITIVE);
+        match self {
+            ValueScale::Linear => x / hi,
+            ValueScale::Power { gamma } => (x / hi).clamp(0.0, 1.0).powf(gamma),
+            ValueScale::Log { floor } => {
+                let lo = floor.clamp(1e-12, hi * 0.5).log10();
+                (x.max(1e-12).log10() - lo) / (hi.log10() - lo)
+            }
+        }
+        .clamp(0.0, 1.0)
+    }
+
+    /// Inverse of [`ValueScale::position`]: the value at a position (tick labels).
+    pub fn value_at(self, t: f32, hi: f32) -> f32 {
+        let t = t.clamp(0.0, 1.0);
+        match self {
+            ValueScale::Linear => t * hi,
+            ValueScale::Power { gamma } => hi * t.powf(1.0 / gamma.max(1e-3)),
+            ValueScale::Log { floor } => {
+                let lo = floor.clamp(1e-12, hi * 0.5).log10();
+                10f32.powf(lo + t * (hi.log10() - lo))
+            }
+        }
+    }
+
+    /// "linear", "log from 1e-4", "power 0.5".
+    pub fn describe(self) -> String {
+        match self {
+            ValueScale::Linear => "linear".into(),
+            ValueScale::Log { floor } => format!("log from {floor:.0e}"),
+            ValueScale::Power { gamma } => format!("power {gamma:.2}"),
+        }
+    }
+}
+
 /// The diverging map for signed values: `t` in -1..=1, blue below zero, white (247, 247, 247) at
 /// zero, red above (ColorBrewer RdBu, colour-blind safe).
 pub fn diverging(t: f32) -> Rgb {

@@ -275,6 +275,8 @@ pub struct ExportOptions {
     pub columns: usize,
     /// The attention panels' colour map as the window draws it; `None`: the paper's reversed magma.
     pub cmap: Option<crate::colormap::ColorMap>,
+    /// With `cmap`: the window's value scale (linear, log, power) for those panels.
+    pub value_scale: crate::colormap::ValueScale,
 }
 
 impl Default for ExportOptions {
@@ -286,6 +288,7 @@ impl Default for ExportOptions {
             annotate: Annotate::Auto,
             columns: 0,
             cmap: None,
+            value_scale: Default::default(),
         }
     }
 }
@@ -304,7 +307,12 @@ pub fn views_figure(
         .map(|&v| {
             let mut h = view_heatmap(cap, labels, layer, head, v)?;
             if let (Some(cmap), Scale::Sequential { min, max }) = (opts.cmap, h.scale) {
-                h.scale = Scale::Map { min, max, cmap };
+                h.scale = Scale::Map {
+                    min,
+                    max,
+                    cmap,
+                    value: opts.value_scale,
+                };
             }
             Ok(Panel::Heatmap(h))
         })

@@ -21,6 +21,8 @@ pub enum Scale {
         min: f32,
         max: f32,
         cmap: crate::colormap::ColorMap,
+        /// The window's linear, log or power scale (from `min`).
+        value: crate::colormap::ValueScale,
     },
     /// Diverging red-blue around 0 (ColorBrewer RdBu, colour-blind safe) for differences: `[-limit, limit]`.
     Diverging { limit: f32 },
@@ -58,7 +60,9 @@ impl Scale {
         // The window's tables (`crate::colormap`), so a figure and the screen agree.
         let [r, g, b] = match self {
             Scale::Sequential { .. } => crate::colormap::ColorMap::Magma.sample(1.0 - t),
-            Scale::Map { cmap, .. } => cmap.sample(t),
+            Scale::Map {
+                cmap, value, min, ..
+            } => cmap.sample(value.position(v.clamp(lo, hi) - min, hi - min)),
             // `diverging` takes -1..=1 and paints positive differences red.
             Scale::Diverging { .. } => crate::colormap::diverging(2.0 * t - 1.0),
         };
@@ -403,12 +407,51 @@ fn pick_cell(fig: &Figure) -> u32 {
 }
 
 fn bar_tick_width(scale: &Scale, size: f32) -> u32 {
-    let (lo, hi) = scale.range();
-    let (ticks, step) = nice_ticks(lo, hi, 5);
-    ticks
+    bar_ticks(scale)
         .iter()
-        .map(|t| text_width(&fmt_num(*t, step), size))
+        .map(|(_, text)| text_width(text, size))
         .fold(0.0, f32::max) as u32
+}
+
+/// The colour bar's ticks: (position from the bottom in 0..=1, label). A log or power scale puts
+/// five ticks at even positions, labelled with their values (as the window's colour bar does).
+fn bar_ticks(scale: &Scale) -> Vec<(f32, String)> {
+    let (lo, hi) = scale.range();
+    match *scale {
+        Scale::Map { value, min, .. } if value != crate::colormap::ValueScale::Linear => (0..=4)
+            .map(|k| {
+                let t = k as f32 / 4.0;
+                let v = min + value.value_at(t, hi - min);
+                let text = if v != 0.0 && v.abs() < 0.01 {
+                    format!("{v:.0e}")
+                } else {
+                    format!("{v:.2}")
+                };
+                (t, text)
+            })
+            .collect(),
+        _ => {
+            let (ticks, step) = nice_ticks(lo, hi, 5);
+            ticks
+                .into_iter()
+                .map(|t| ((t - lo) / (hi - lo), fmt_num(t, step)))
+                .collect()
+        }
+    }
+}
+
+/// The colour at a colour-bar position `t` (0..=1 from the bottom).
+fn bar_colour(scale: &Scale, t: f32) -> (u8, u8, u8) {
+    match *scale {
+        Scale::Map { cmap, .. } => {
+            let [r, g, b] = cmap.sample(t);
+            (r, g, b)
+        }
+        _ => {
+            let (lo, hi) = scale.range();
+            scale.color(lo + t * (hi - lo))
+        }
+    }
 }
 
 fn heat_geom(h: &Heatmap, cell: u32, annotate: Annotate, bar: bool) -> HeatGeom {
@@ -805,7 +848,6 @@ fn cell_text(v: f32) -> String {
 }
 
 fn draw_colorbar(s: &mut String, h: &Heatmap, x: u32, y: u32, len: u32) {
-    let (lo, hi) = h.scale.range();
     let id = format!(
         "bar-{}",
         h.name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
@@ -819,7 +861,7 @@ fn draw_colorbar(s: &mut String, h: &Heatmap, x: u32, y: u32, len: u32) {
         let _ = writeln!(
             s,
             r#"<stop offset="{t:.4}" stop-color="{}"/>"#,
-            rgb(h.scale.color(lo + t * (hi - lo)))
+            rgb(bar_colour(&h.scale, t))
         );
     }
     let _ = writeln!(s, "</linearGradient></defs>");
@@ -827,16 +869,15 @@ fn draw_colorbar(s: &mut String, h: &Heatmap, x: u32, y: u32, len: u32) {
         s,
         r##"<rect class="colorbar" x="{x}" y="{y}" width="{BAR_W}" height="{len}" fill="url(#{id})" stroke="#888" stroke-width="0.5"/>"##
     );
-    let (ticks, step) = nice_ticks(lo, hi, 5);
-    for t in ticks {
-        let ty = y as f32 + (1.0 - (t - lo) / (hi - lo)) * len as f32;
+    for (t, text) in bar_ticks(&h.scale) {
+        let ty = y as f32 + (1.0 - t) * len as f32;
         let _ = writeln!(
             s,
             r##"<path d="M{} {ty:.1}h4" stroke="#333" stroke-width="1"/><text class="tick" x="{}" y="{:.1}" font-size="10">{}</text>"##,
             x + BAR_W,
             x + BAR_W + 6,
             ty + 3.5,
-            fmt_num(t, step)
+            esc(&text)
         );
     }
     if !h.value_label.is_empty() {

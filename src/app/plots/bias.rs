@@ -58,6 +58,8 @@ pub struct BiasPlot {
     pub extra_prompts: Vec<BiasPrompt>,
     /// Prompts that could not be tokenized.
     pub prompt_errors: Vec<String>,
+    /// The extra prompts were restored from a session and are not tokenized yet.
+    pub retokenize: bool,
 }
 
 impl Default for BiasPlot {
@@ -72,6 +74,7 @@ impl Default for BiasPlot {
             result: None,
             extra_prompts: Vec::new(),
             prompt_errors: Vec::new(),
+            retokenize: false,
         }
     }
 }

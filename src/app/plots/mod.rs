@@ -29,6 +29,57 @@ pub struct PlotsPanel {
     pub metrics: Option<MetricsDone>,
 }
 
+/// The plots' settings the session keeps: whether the panel is open, the bias plot's position,
+/// prompts and dimensions, and what the overview is coloured by.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PlotsSettings {
+    pub open: bool,
+    pub bias_from_end: usize,
+    pub bias_beginnings: bool,
+    /// The extra prompts, one per line, as typed.
+    pub bias_extra: String,
+    pub bias_auto_dims: bool,
+    pub bias_dims: (usize, usize),
+    pub overview_metric: HeadMetric,
+}
+
+impl Default for PlotsSettings {
+    fn default() -> Self {
+        PlotsPanel::default().settings(HeadMetric::default())
+    }
+}
+
+impl PlotsPanel {
+    /// The settings to save (`metric`: the overview's colouring, kept by the overview panel).
+    pub fn settings(&self, metric: HeadMetric) -> PlotsSettings {
+        let b = &self.bias;
+        PlotsSettings {
+            open: self.open,
+            bias_from_end: b.from_end,
+            bias_beginnings: b.beginnings,
+            bias_extra: b.extra.clone(),
+            bias_auto_dims: b.auto_dims,
+            bias_dims: b.dims,
+            overview_metric: metric,
+        }
+    }
+
+    /// Restore saved settings; returns the overview's colouring. The extra prompts are tokenized
+    /// when the plot next asks for its points (a model is loaded by then).
+    pub fn apply(&mut self, s: &PlotsSettings) -> HeadMetric {
+        self.open = s.open;
+        let b = &mut self.bias;
+        b.from_end = s.bias_from_end;
+        b.beginnings = s.bias_beginnings;
+        b.extra = s.bias_extra.clone();
+        b.auto_dims = s.bias_auto_dims;
+        b.dims = s.bias_dims;
+        b.retokenize = true;
+        s.overview_metric
+    }
+}
+
 /// An answer's identity: its model, request and completeness (not its address, which a later
 /// answer may reuse once this one is freed).
 fn capture_key(c: &Computed) -> u64 {
@@ -137,7 +188,7 @@ impl super::PrefixScopeApp {
         egui::Panel::bottom("plots")
             .resizable(true)
             .default_size(300.0)
-            .size_range(180.0..=700.0)
+            .size_range(self.bottom_range(ui, 180.0, self.ab.pinned.is_some()))
             .show(ui, |ui| {
                 ui.columns(3, |cols| {
                     let devs = self.plots.metrics.as_ref().map(|m| m.deviations.as_slice());
@@ -158,7 +209,8 @@ impl super::PrefixScopeApp {
         if !shown.full {
             return;
         }
-        if resend {
+        if resend || self.plots.bias.retokenize {
+            self.plots.bias.retokenize = false;
             self.plots.bias.tokenize_extra(Some(m.tokenizer.as_ref()));
         }
         let prompts = self.plots.bias.prompts(&shown.capture.token_ids);
