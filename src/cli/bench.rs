@@ -206,6 +206,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             "model": a.model.display().to_string(),
             "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
             "matmul": prefixscope::model::blas::backend(),
+            "matmul_choice": prefixscope::model::blas::source(),
+            "matmul_from_cache": prefixscope::model::blas::from_cache(),
             "cpu": prefixscope::model::blas::Cpu::detect().describe(),
             "matmul_peak_gflops": sgemm_gflops,
             "load_s": load_s,
@@ -289,6 +291,8 @@ fn print_forward_only(
             "model": a.model.display().to_string(),
             "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
             "matmul": prefixscope::model::blas::backend(),
+            "matmul_choice": prefixscope::model::blas::source(),
+            "matmul_from_cache": prefixscope::model::blas::from_cache(),
             "cpu": prefixscope::model::blas::Cpu::detect().describe(),
             "matmul_peak_gflops": sgemm_gflops,
             "load_s": load_s,
@@ -323,6 +327,7 @@ fn print_forward(
     println!("model           {}", a.model.display());
     println!("load            {load_s:.3} s");
     println!("matmul          {}", prefixscope::model::blas::backend());
+    println!("matmul from     {}", prefixscope::model::blas::source());
     println!(
         "cpu             {}",
         prefixscope::model::blas::Cpu::detect().describe()
