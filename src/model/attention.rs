@@ -170,6 +170,22 @@ pub fn causal_attention(
     scale: f32,
     keep_probs: bool,
 ) -> CausalAttention {
+    causal_attention_blocks(q, k, v, d, scale, keep_probs, ROW_BLOCK)
+}
+
+/// [`causal_attention`] with `row_block` query rows per task (the block size is tuned by timing
+/// this).
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_blocks(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: AttnDims,
+    scale: f32,
+    keep_probs: bool,
+    row_block: usize,
+) -> CausalAttention {
+    let row_block = row_block.max(1);
     use rayon::prelude::*;
     let AttnDims {
         heads,
@@ -201,13 +217,13 @@ pub fn causal_attention(
         max: &'a mut [f32],
         sum: &'a mut [f32],
     }
-    let mut tasks = Vec::with_capacity(heads * t.div_ceil(ROW_BLOCK));
+    let mut tasks = Vec::with_capacity(heads * t.div_ceil(row_block));
     {
         let (mut zr, mut mr, mut sr) = (&mut z[..], &mut max[..], &mut sum[..]);
         let mut pr = probs.as_deref_mut();
         for h in 0..heads {
-            for r0 in (0..t).step_by(ROW_BLOCK) {
-                let nr = ROW_BLOCK.min(t - r0);
+            for r0 in (0..t).step_by(row_block) {
+                let nr = row_block.min(t - r0);
                 let (zb, zrest) = std::mem::take(&mut zr).split_at_mut(nr * hd);
                 let (mb, mrest) = std::mem::take(&mut mr).split_at_mut(nr);
                 let (sb, srest) = std::mem::take(&mut sr).split_at_mut(nr);
@@ -231,7 +247,7 @@ pub fn causal_attention(
             }
         }
     }
-    tasks.into_par_iter().for_each(|task| {
+    let body = |task: Task| {
         let nr = task.max.len();
         let cols = p + task.r0 + nr;
         let kvh = task.h / n_rep;
@@ -314,8 +330,45 @@ pub fn causal_attention(
                 gemm::Parallelism::None,
             );
         }
-    });
+    };
+    // Inside the one-thread pool (`stepper::on_compute_pool` puts candle's element-wise ops there
+    // while OpenBLAS does the projections) the blocks would run one after another; the attention
+    // runs between products, when OpenBLAS's threads are idle, so it takes every core of a pool of
+    // its own once it is big enough to pay for waking it (a toy's few-token attention is not).
+    let macs = heads * t * (p + t.div_ceil(2)) * hd * 2;
+    let run = || tasks.into_par_iter().for_each(body);
+    match parallel_pool().filter(|_| macs >= PARALLEL_MIN_MACS && rayon::current_num_threads() == 1)
+    {
+        Some(pool) => pool.install(run),
+        None => run(),
+    }
     CausalAttention { z, probs, max, sum }
+}
+
+/// Below this many multiply-adds, [`causal_attention`] stays on the calling thread's pool.
+const PARALLEL_MIN_MACS: usize = 1 << 22;
+
+/// A pool with a thread per core (`RAYON_NUM_THREADS` respected) for [`causal_attention`] called
+/// from a one-thread pool; `None` on a one-core machine or when the OS refused the threads.
+fn parallel_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        (n > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("prefixscope-attn-{i}"))
+                    .build()
+                    .ok()
+            })
+            .flatten()
+    })
+    .as_ref()
 }
 
 /// `x <- exp(x - m)` over a row whose max is `m`, returning the row's sum: the softmax's exponentials,
@@ -383,7 +436,7 @@ fn madd<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
 /// in the exponent bits. Below -104 the f32 result is 0 (as `expf`'s), above 88.8 infinity; NaN
 /// stays NaN.
 #[inline(always)]
-fn exp_f32<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     // 1.5 * 2^52: adding it rounds to the nearest integer, left in the low mantissa bits.
     const MAGIC: f64 = 6_755_399_441_055_744.0;
@@ -468,6 +521,47 @@ pub fn concat_heads(z: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Timing of the block sizes (run by hand: `cargo test --lib attention::tests::tune_block --
+    /// --ignored --nocapture`); SmolLM2's shape, maps kept.
+    #[test]
+    #[ignore]
+    fn tune_block() {
+        for t in [128usize, 512, 2048] {
+            let d = AttnDims {
+                heads: 9,
+                kv_heads: 3,
+                t,
+                p: 0,
+                head_dim: 64,
+            };
+            let q: Vec<f32> = (0..9 * t * 64)
+                .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
+                .collect();
+            let k: Vec<f32> = (0..3 * t * 64)
+                .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
+                .collect();
+            for threads in [1usize, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for b in [16usize, 32, 64, 128, 256] {
+                    let mut best = f64::INFINITY;
+                    for _ in 0..if t > 1000 { 3 } else { 10 } {
+                        let t0 = std::time::Instant::now();
+                        pool.install(|| {
+                            std::hint::black_box(causal_attention_blocks(
+                                &q, &k, &k, d, 0.125, true, b,
+                            ))
+                        });
+                        best = best.min(t0.elapsed().as_secs_f64());
+                    }
+                    println!("t {t} threads {threads} block {b}: {:.3} ms", best * 1e3);
+                }
+            }
+        }
+    }
 
     /// The vectorized exponential against f64's over the softmax's range, and its row sum.
     #[test]
