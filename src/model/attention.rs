@@ -335,10 +335,8 @@ pub fn causal_attention_blocks(
     // while OpenBLAS does the projections) the blocks would run one after another; the attention
     // runs between products, when OpenBLAS's threads are idle, so it takes every core of a pool of
     // its own once it is big enough to pay for waking it (a toy's few-token attention is not).
-    let macs = heads * t * (p + t.div_ceil(2)) * hd * 2;
     let run = || tasks.into_par_iter().for_each(body);
-    match parallel_pool().filter(|_| macs >= PARALLEL_MIN_MACS && rayon::current_num_threads() == 1)
-    {
+    match parallel_pool().filter(|_| wants_own_pool(d, rayon::current_num_threads())) {
         Some(pool) => pool.install(run),
         None => run(),
     }
@@ -347,6 +345,15 @@ pub fn causal_attention_blocks(
 
 /// Below this many multiply-adds, [`causal_attention`] stays on the calling thread's pool.
 const PARALLEL_MIN_MACS: usize = 1 << 22;
+
+/// Whether [`causal_attention`] of sizes `d`, called from a pool of `pool_threads` threads, runs on
+/// [`parallel_pool`]: only from a one-thread pool, and only when its multiply-adds (the scores and
+/// the value product over the causal half and the prefix: `2 H T (P + T/2) hd`) reach
+/// [`PARALLEL_MIN_MACS`]. SmolLM2 at T = 128 (9.4 million) does; a 4-head toy at T = 16 does not.
+pub fn wants_own_pool(d: AttnDims, pool_threads: usize) -> bool {
+    let macs = d.heads * d.t * (d.p + d.t.div_ceil(2)) * d.head_dim * 2;
+    pool_threads == 1 && macs >= PARALLEL_MIN_MACS
+}
 
 /// A pool with a thread per core (`RAYON_NUM_THREADS` respected) for [`causal_attention`] called
 /// from a one-thread pool; `None` on a one-core machine or when the OS refused the threads.
@@ -521,6 +528,36 @@ pub fn concat_heads(z: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pool rule on hand-counted sizes: `2 H T (P + ceil(T/2)) hd` multiply-adds against
+    /// 2^22 = 4,194,304.
+    #[test]
+    fn the_attention_takes_its_own_pool_only_from_one_thread_and_when_big() {
+        let d = |heads, t, p, head_dim| AttnDims {
+            heads,
+            kv_heads: 1,
+            t,
+            p,
+            head_dim,
+        };
+        // SmolLM2 at T = 128: 2 * 9 * 128 * 64 * 64 = 9,437,184.
+        assert!(wants_own_pool(d(9, 128, 0, 64), 1));
+        assert!(!wants_own_pool(d(9, 128, 0, 64), 2));
+        // A toy: 2 * 4 * 16 * 8 * 32 = 16,384.
+        assert!(!wants_own_pool(d(4, 16, 0, 32), 1));
+        // Exactly at the threshold: 2 * 1 * 64 * (0 + 32) * 1024 = 4,194,304 (ceil of T/2 = 32).
+        assert!(wants_own_pool(d(1, 64, 0, 1024), 1));
+        // One multiply-add short: T = 63 gives 2 * 63 * 32 * 1024 = 4,128,768.
+        assert!(!wants_own_pool(d(1, 63, 0, 1024), 1));
+        // The prefix counts in full: 2 * 1 * 2 * (2047 + 1) * 1024 = 8,388,608; without it 4,096.
+        assert!(wants_own_pool(d(1, 2, 2047, 1024), 1));
+        assert!(!wants_own_pool(d(1, 2, 0, 1024), 1));
+        // Heads and head size multiply: half of the threshold each way is below it.
+        assert!(!wants_own_pool(d(1, 64, 0, 512), 1));
+        assert!(wants_own_pool(d(2, 64, 0, 512), 1));
+        assert!(!wants_own_pool(d(2, 32, 16, 512), 1));
+        assert!(wants_own_pool(d(4, 32, 16, 512), 1));
+    }
 
     /// Timing of the block sizes (run by hand: `cargo test --lib attention::tests::tune_block --
     /// --ignored --nocapture`); SmolLM2's shape, maps kept.
