@@ -355,16 +355,22 @@ pub fn wants_own_pool(d: AttnDims, pool_threads: usize) -> bool {
     pool_threads == 1 && macs >= PARALLEL_MIN_MACS
 }
 
+/// Threads of [`parallel_pool`]: `RAYON_NUM_THREADS` when it is a positive number (as rayon reads
+/// it), else the cores; at most one pool thread per core is any use, but the user's number is kept.
+pub fn pool_threads(rayon_num_threads: Option<&str>, cores: usize) -> usize {
+    rayon_num_threads
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(cores.max(1))
+}
+
 /// A pool with a thread per core (`RAYON_NUM_THREADS` respected) for [`causal_attention`] called
 /// from a one-thread pool; `None` on a one-core machine or when the OS refused the threads.
 fn parallel_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
-        let n = std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = pool_threads(std::env::var("RAYON_NUM_THREADS").ok().as_deref(), cores);
         (n > 1)
             .then(|| {
                 rayon::ThreadPoolBuilder::new()
@@ -557,6 +563,24 @@ mod tests {
         assert!(wants_own_pool(d(2, 64, 0, 512), 1));
         assert!(!wants_own_pool(d(2, 32, 16, 512), 1));
         assert!(wants_own_pool(d(4, 32, 16, 512), 1));
+    }
+
+    #[test]
+    fn the_own_pool_has_a_thread_per_core_or_the_users_number() {
+        assert_eq!(pool_threads(None, 2), 2);
+        assert_eq!(pool_threads(None, 0), 1);
+        assert_eq!(pool_threads(Some("3"), 2), 3);
+        assert_eq!(pool_threads(Some(" 1 "), 2), 1);
+        // Zero or garbage: rayon's default, the cores.
+        assert_eq!(pool_threads(Some("0"), 2), 2);
+        assert_eq!(pool_threads(Some("two"), 4), 4);
+        // In this process: a pool exactly when more than one thread is wanted.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let want = pool_threads(std::env::var("RAYON_NUM_THREADS").ok().as_deref(), cores);
+        assert_eq!(
+            parallel_pool().map(|p| p.current_num_threads()),
+            (want > 1).then_some(want)
+        );
     }
 
     /// Timing of the block sizes (run by hand: `cargo test --lib attention::tests::tune_block --
