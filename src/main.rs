@@ -35,7 +35,15 @@ fn main() {
         .init();
     // The matmul backend is chosen (OpenBLAS loaded, its kernel possibly re-initialized through
     // `OPENBLAS_CORETYPE`, candidates timed) while this is still the only thread: see `blas::init`.
-    prefixscope::model::blas::init();
+    // A resumed tuning run takes the backend it started with (recorded in its state file), so that it
+    // ends where an uninterrupted run does, not merely within rounding of it.
+    let recorded = match &args.command {
+        Some(cli::Command::Tune(t)) if t.resume => {
+            prefixscope::tune::state::recorded_matmul(&t.out)
+        }
+        _ => None,
+    };
+    prefixscope::model::blas::init_preferring(recorded.as_deref());
     match args.command {
         Some(cmd) => {
             // The loaders already turn a reader's panic into an error naming the file; this catches

@@ -869,4 +869,112 @@ fn prefix_tensors_lengths_and_a_float64_copy_label() {
     assert_eq!(info.dtype, "f32");
     let g64 = g.to_dtype(candle_core::DType::F64).unwrap();
     assert_eq!(g64.info().dtype, "f64");
+
+/// `attend_kept` sends tracked inputs (a tuned prefix, tuned queries) and float64 checks to the
+/// differentiable attention, f32 inference to the blocked kernel: the gradient reaches a tracked
+/// query or prefix, float64 stays float64, and every path gives the attention a naive f64 loop
+/// gives (one head, one prefix column, two content rows; the values below are worked from it).
+mod attend_kept_paths {
+    use candle_core::{DType, Device, Tensor, Var};
+    use prefixscope::model::stepper::{attend_kept, ContentKv};
+
+    /// `z (1, 2, 2)` by a naive f64 loop: row `i` sees the prefix column and content `0..=i`.
+    fn naive(q: &[f64], pk: &[f64], pv: &[f64], k: &[f64], v: &[f64], scale: f64) -> Vec<f64> {
+        let keys = [pk, &k[0..2], &k[2..4]];
+        let vals = [pv, &v[0..2], &v[2..4]];
+        let mut z = vec![];
+        for i in 0..2 {
+            let qi = &q[2 * i..2 * i + 2];
+            let s: Vec<f64> = keys[..i + 2]
+                .iter()
+                .map(|kk| scale * (qi[0] * kk[0] + qi[1] * kk[1]))
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let tot: f64 = e.iter().sum();
+            for d in 0..2 {
+                z.push((0..i + 2).map(|j| e[j] / tot * vals[j][d]).sum());
+            }
+        }
+        z
+    }
+
+    const Q: [f64; 4] = [1.0, 0.5, -0.5, 2.0];
+    const K: [f64; 4] = [0.25, 1.0, 2.0, -1.0];
+    const V: [f64; 4] = [1.0, 2.0, -3.0, 0.5];
+    const PK: [f64; 2] = [1.5, -0.5];
+    const PV: [f64; 2] = [4.0, -2.0];
+
+    fn t(x: &[f64], dt: DType) -> Tensor {
+        Tensor::from_slice(x, (1, x.len() / 2, 2), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dt)
+            .unwrap()
+    }
+
+    fn flat(x: &Tensor) -> Vec<f64> {
+        x.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    fn close(got: &[f64], want: &[f64], tol: f64) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < tol, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn tracked_queries_keep_their_gradient() {
+        let want = naive(&Q, &PK, &PV, &K, &V, 0.5);
+        let q = Var::from_tensor(&t(&Q, DType::F32)).unwrap();
+        let c = ContentKv::new(
+            q.as_tensor().clone(),
+            t(&K, DType::F32),
+            t(&V, DType::F32),
+            0.5,
+        )
+        .unwrap();
+        let extra = (t(&PK, DType::F32), t(&PV, DType::F32));
+        let (z, probs, _) = attend_kept(&c, Some(&extra), true).unwrap();
+        close(&flat(&z), &want, 1e-5);
+        assert!(probs.is_some());
+        let g = z.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&q).is_some(), "the query's gradient was cut");
+    }
+
+    #[test]
+    fn a_tracked_prefix_keeps_its_gradient() {
+        let want = naive(&Q, &PK, &PV, &K, &V, 0.5);
+        let c =
+            ContentKv::new(t(&Q, DType::F32), t(&K, DType::F32), t(&V, DType::F32), 0.5).unwrap();
+        let pk = Var::from_tensor(&t(&PK, DType::F32)).unwrap();
+        let extra = (pk.as_tensor().clone(), t(&PV, DType::F32));
+        let (z, _, _) = attend_kept(&c, Some(&extra), false).unwrap();
+        close(&flat(&z), &want, 1e-5);
+        let g = z.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&pk).is_some(), "the prefix key's gradient was cut");
+    }
+
+    #[test]
+    fn float64_stays_float64_and_f32_inference_agrees() {
+        let want = naive(&Q, &PK, &PV, &K, &V, 0.5);
+        let c =
+            ContentKv::new(t(&Q, DType::F64), t(&K, DType::F64), t(&V, DType::F64), 0.5).unwrap();
+        let extra = (t(&PK, DType::F64), t(&PV, DType::F64));
+        let (z, _, _) = attend_kept(&c, Some(&extra), true).unwrap();
+        assert_eq!(z.dtype(), DType::F64);
+        close(&flat(&z), &want, 1e-12);
+        // Plain f32: the blocked kernel, same numbers to f32 rounding.
+        let c =
+            ContentKv::new(t(&Q, DType::F32), t(&K, DType::F32), t(&V, DType::F32), 0.5).unwrap();
+        let extra = (t(&PK, DType::F32), t(&PV, DType::F32));
+        let (z, probs, _) = attend_kept(&c, Some(&extra), false).unwrap();
+        assert!(probs.is_none());
+        close(&flat(&z), &want, 1e-5);
+    }
 }

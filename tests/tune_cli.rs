@@ -14,6 +14,17 @@ fn toy() -> String {
 }
 
 fn tune(out: &str, kind: &str, steps: usize, extra: &[&str]) -> (i32, String) {
+    tune_env(out, kind, steps, extra, &[])
+}
+
+/// [`tune`] with environment variables set for the process (the matmul backend's settings).
+fn tune_env(
+    out: &str,
+    kind: &str,
+    steps: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String) {
     let steps = steps.to_string();
     let model = toy();
     let mut args = vec![
@@ -40,8 +51,14 @@ fn tune(out: &str, kind: &str, steps: usize, extra: &[&str]) -> (i32, String) {
         "0",
     ];
     args.extend_from_slice(extra);
-    let (code, _, err) = run_bin(&args);
-    (code, err)
+    let mut c = std::process::Command::new(bin());
+    c.args(&args).env_remove("PREFIXSCOPE_BLAS");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run prefixscope");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code().unwrap_or(-1), err)
 }
 
 /// The loss before and after, from the closing line.
@@ -100,6 +117,50 @@ fn a_resumed_run_ends_where_an_uninterrupted_one_does() {
     let a = Prefix::load(&whole, PrefixKind::Hidden).unwrap();
     let b = Prefix::load(&split, PrefixKind::Hidden).unwrap();
     assert_eq!(a, b, "6 + 4 steps differ from 10 steps");
+}
+
+/// The state records the matmul backend and `--resume` takes it again (products on two backends
+/// differ at rounding level): a run begun on candle's gemm resumes on it in a process left to choose
+/// for itself, with no note, and ends on the bytes of an uninterrupted run on candle's gemm. Where
+/// the backend cannot be the recorded one (here: forced off), one line says so.
+#[test]
+fn a_resumed_run_takes_the_backend_it_started_with() {
+    let d = tempfile::tempdir().unwrap();
+    let whole = d.path().join("whole.safetensors");
+    let split = d.path().join("split.safetensors");
+    let off = [("PREFIXSCOPE_BLAS", "off")];
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    assert_eq!(tune_env(&s(&whole), "paper", 8, &[], &off).0, 0);
+    assert_eq!(tune_env(&s(&split), "paper", 5, &[], &off).0, 0);
+    assert_eq!(
+        prefixscope::tune::state::recorded_matmul(&split).as_deref(),
+        Some("candle gemm")
+    );
+    let (code, err) = tune(&s(&split), "paper", 8, &["--resume"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming") && !err.contains("note:"), "{err}");
+    let a = Prefix::load(&whole, PrefixKind::Hidden).unwrap();
+    let b = Prefix::load(&split, PrefixKind::Hidden).unwrap();
+    assert_eq!(a, b, "5 + 3 steps on candle's gemm differ from 8");
+    // A run begun on the default backend and resumed with BLAS off: where the default is a BLAS
+    // library, the resumed run says its numbers may differ.
+    let other = d.path().join("other.safetensors");
+    assert_eq!(tune(&s(&other), "paper", 2, &[]).0, 0);
+    let recorded = prefixscope::tune::state::recorded_matmul(&other).expect("recorded backend");
+    let (code, err) = tune_env(&s(&other), "paper", 3, &["--resume"], &off);
+    assert_eq!(code, 0, "{err}");
+    let notes = err.lines().filter(|l| l.starts_with("note:")).count();
+    assert_eq!(
+        notes,
+        usize::from(recorded != "candle gemm"),
+        "{recorded}: {err}"
+    );
+    if notes == 1 {
+        assert!(
+            err.contains("rounding level") && err.contains(&recorded),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -39,6 +39,44 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// After each timed length, one more forward with per-op timing (projections, attention, norms,
+    /// MLP activation, RoPE and head copies...), printed to stderr. Same as `PREFIXSCOPE_PROFILE=1`
+    /// for any command, but reported here.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// One forward at `n` with per-op timing, printed to stderr as a table (seconds, share, calls).
+fn profile_forward(
+    model: &dyn prefixscope::model::Transformer,
+    ids: &[u32],
+) -> prefixscope::Result<()> {
+    use prefixscope::model::profile;
+    profile::take();
+    profile::enable(true);
+    let t = Instant::now();
+    let out = model.forward(ids, None, &LayerSel::All);
+    let total = t.elapsed().as_secs_f64();
+    profile::enable(false);
+    drop(out?);
+    let mut spans = profile::take();
+    spans.sort_by(|a, b| b.1.total_cmp(&a.1));
+    eprintln!("profile N={}: {total:.4} s", ids.len());
+    let mut sum = 0.0;
+    for (name, secs, calls) in spans {
+        sum += secs;
+        eprintln!(
+            "  {name:<32} {secs:>8.4} s {:>5.1}%  {calls:>5} calls",
+            100.0 * secs / total
+        );
+    }
+    eprintln!(
+        "  {:<32} {:>8.4} s {:>5.1}%",
+        "(outside the spans)",
+        total - sum,
+        100.0 * (total - sum) / total
+    );
+    Ok(())
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in bytes.
@@ -138,6 +176,9 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         let ids = synthetic_ids(n, info.vocab_size);
         let (med, peak) =
             timed_with_peak(repeats_at(n), || model.forward(&ids, None, &LayerSel::All))?;
+        if a.profile {
+            profile_forward(model, &ids)?;
+        }
         forward.insert(n.to_string(), med.into());
         flops.insert(n.to_string(), (gflop_at(n) / med).into());
         peaks.insert(n.to_string(), peak.into());
@@ -206,6 +247,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
             "model": a.model.display().to_string(),
             "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
             "matmul": prefixscope::model::blas::backend(),
+            "matmul_choice": prefixscope::model::blas::source(),
+            "matmul_from_cache": prefixscope::model::blas::from_cache(),
             "cpu": prefixscope::model::blas::Cpu::detect().describe(),
             "matmul_peak_gflops": sgemm_gflops,
             "load_s": load_s,
@@ -289,6 +332,8 @@ fn print_forward_only(
             "model": a.model.display().to_string(),
             "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
             "matmul": prefixscope::model::blas::backend(),
+            "matmul_choice": prefixscope::model::blas::source(),
+            "matmul_from_cache": prefixscope::model::blas::from_cache(),
             "cpu": prefixscope::model::blas::Cpu::detect().describe(),
             "matmul_peak_gflops": sgemm_gflops,
             "load_s": load_s,
@@ -323,6 +368,7 @@ fn print_forward(
     println!("model           {}", a.model.display());
     println!("load            {load_s:.3} s");
     println!("matmul          {}", prefixscope::model::blas::backend());
+    println!("matmul from     {}", prefixscope::model::blas::source());
     println!(
         "cpu             {}",
         prefixscope::model::blas::Cpu::detect().describe()

@@ -31,6 +31,8 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         }
         v["path"] = a.model.display().to_string().into();
         v["matmul"] = prefixscope::model::blas::backend().into();
+        v["matmul_choice"] = prefixscope::model::blas::source().into();
+        v["matmul_from_cache"] = prefixscope::model::blas::from_cache().into();
         v["cpu"] = prefixscope::model::blas::Cpu::detect().describe().into();
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
@@ -54,6 +56,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         println!("tokenizer:    {}", loaded.tokenizer.describe());
         println!("parameters:   {}", info.n_params);
         println!("matmul:       {}", prefixscope::model::blas::backend());
+        println!("matmul from:  {}", prefixscope::model::blas::source());
         println!(
             "cpu:          {}",
             prefixscope::model::blas::Cpu::detect().describe()

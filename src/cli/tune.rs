@@ -145,6 +145,14 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
                 a.out.display(),
                 tuner.steps_done()
             );
+            let now = prefixscope::model::blas::token();
+            match prefixscope::tune::state::recorded_matmul(&a.out) {
+                Some(r) if r == now => {}
+                r => eprintln!(
+                    "note: the run started on matmul backend {} and resumes on {now}: results may differ from an uninterrupted run at rounding level",
+                    r.as_deref().unwrap_or("(not recorded)")
+                ),
+            }
         } else {
             return Err(Error::input(
                 "--resume",

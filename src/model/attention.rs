@@ -170,6 +170,22 @@ pub fn causal_attention(
     scale: f32,
     keep_probs: bool,
 ) -> CausalAttention {
+    causal_attention_blocks(q, k, v, d, scale, keep_probs, ROW_BLOCK)
+}
+
+/// [`causal_attention`] with `row_block` query rows per task (the block size is tuned by timing
+/// this).
+#[allow(clippy::too_many_arguments)]
+pub fn causal_attention_blocks(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: AttnDims,
+    scale: f32,
+    keep_probs: bool,
+    row_block: usize,
+) -> CausalAttention {
+    let row_block = row_block.max(1);
     use rayon::prelude::*;
     let AttnDims {
         heads,
@@ -201,13 +217,13 @@ pub fn causal_attention(
         max: &'a mut [f32],
         sum: &'a mut [f32],
     }
-    let mut tasks = Vec::with_capacity(heads * t.div_ceil(ROW_BLOCK));
+    let mut tasks = Vec::with_capacity(heads * t.div_ceil(row_block));
     {
         let (mut zr, mut mr, mut sr) = (&mut z[..], &mut max[..], &mut sum[..]);
         let mut pr = probs.as_deref_mut();
         for h in 0..heads {
-            for r0 in (0..t).step_by(ROW_BLOCK) {
-                let nr = ROW_BLOCK.min(t - r0);
+            for r0 in (0..t).step_by(row_block) {
+                let nr = row_block.min(t - r0);
                 let (zb, zrest) = std::mem::take(&mut zr).split_at_mut(nr * hd);
                 let (mb, mrest) = std::mem::take(&mut mr).split_at_mut(nr);
                 let (sb, srest) = std::mem::take(&mut sr).split_at_mut(nr);
@@ -231,7 +247,7 @@ pub fn causal_attention(
             }
         }
     }
-    tasks.into_par_iter().for_each(|task| {
+    let body = |task: Task| {
         let nr = task.max.len();
         let cols = p + task.r0 + nr;
         let kvh = task.h / n_rep;
@@ -314,8 +330,58 @@ pub fn causal_attention(
                 gemm::Parallelism::None,
             );
         }
-    });
+    };
+    // Inside the one-thread pool (`stepper::on_compute_pool` puts candle's element-wise ops there
+    // while OpenBLAS does the projections) the blocks would run one after another; the attention
+    // runs between products, when OpenBLAS's threads are idle, so it takes every core of a pool of
+    // its own once it is big enough to pay for waking it (a toy's few-token attention is not).
+    let run = || tasks.into_par_iter().for_each(body);
+    match parallel_pool().filter(|_| wants_own_pool(d, rayon::current_num_threads())) {
+        Some(pool) => pool.install(run),
+        None => run(),
+    }
     CausalAttention { z, probs, max, sum }
+}
+
+/// Below this many multiply-adds, [`causal_attention`] stays on the calling thread's pool.
+const PARALLEL_MIN_MACS: usize = 1 << 22;
+
+/// Whether [`causal_attention`] of sizes `d`, called from a pool of `pool_threads` threads, runs on
+/// [`parallel_pool`]: only from a one-thread pool, and only when its multiply-adds (the scores and
+/// the value product over the causal half and the prefix: `2 H T (P + T/2) hd`) reach
+/// [`PARALLEL_MIN_MACS`]. SmolLM2 at T = 128 (9.4 million) does; a 4-head toy at T = 16 does not.
+pub fn wants_own_pool(d: AttnDims, pool_threads: usize) -> bool {
+    let macs = d.heads * d.t * (d.p + d.t.div_ceil(2)) * d.head_dim * 2;
+    pool_threads == 1 && macs >= PARALLEL_MIN_MACS
+}
+
+/// Threads of [`parallel_pool`]: `RAYON_NUM_THREADS` when it is a positive number (as rayon reads
+/// it), else the cores; at most one pool thread per core is any use, but the user's number is kept.
+pub fn pool_threads(rayon_num_threads: Option<&str>, cores: usize) -> usize {
+    rayon_num_threads
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(cores.max(1))
+}
+
+/// A pool with a thread per core (`RAYON_NUM_THREADS` respected) for [`causal_attention`] called
+/// from a one-thread pool; `None` on a one-core machine or when the OS refused the threads.
+fn parallel_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = pool_threads(std::env::var("RAYON_NUM_THREADS").ok().as_deref(), cores);
+        (n > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("prefixscope-attn-{i}"))
+                    .build()
+                    .ok()
+            })
+            .flatten()
+    })
+    .as_ref()
 }
 
 /// `x <- exp(x - m)` over a row whose max is `m`, returning the row's sum: the softmax's exponentials,
@@ -383,7 +449,7 @@ fn madd<const FMA: bool>(a: f64, b: f64, c: f64) -> f64 {
 /// in the exponent bits. Below -104 the f32 result is 0 (as `expf`'s), above 88.8 infinity; NaN
 /// stays NaN.
 #[inline(always)]
-fn exp_f32<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     // 1.5 * 2^52: adding it rounds to the nearest integer, left in the low mantissa bits.
     const MAGIC: f64 = 6_755_399_441_055_744.0;
@@ -468,6 +534,95 @@ pub fn concat_heads(z: &Tensor) -> candle_core::Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pool rule on hand-counted sizes: `2 H T (P + ceil(T/2)) hd` multiply-adds against
+    /// 2^22 = 4,194,304.
+    #[test]
+    fn the_attention_takes_its_own_pool_only_from_one_thread_and_when_big() {
+        let d = |heads, t, p, head_dim| AttnDims {
+            heads,
+            kv_heads: 1,
+            t,
+            p,
+            head_dim,
+        };
+        // SmolLM2 at T = 128: 2 * 9 * 128 * 64 * 64 = 9,437,184.
+        assert!(wants_own_pool(d(9, 128, 0, 64), 1));
+        assert!(!wants_own_pool(d(9, 128, 0, 64), 2));
+        // A toy: 2 * 4 * 16 * 8 * 32 = 16,384.
+        assert!(!wants_own_pool(d(4, 16, 0, 32), 1));
+        // Exactly at the threshold: 2 * 1 * 64 * (0 + 32) * 1024 = 4,194,304 (ceil of T/2 = 32).
+        assert!(wants_own_pool(d(1, 64, 0, 1024), 1));
+        // One multiply-add short: T = 63 gives 2 * 63 * 32 * 1024 = 4,128,768.
+        assert!(!wants_own_pool(d(1, 63, 0, 1024), 1));
+        // The prefix counts in full: 2 * 1 * 2 * (2047 + 1) * 1024 = 8,388,608; without it 4,096.
+        assert!(wants_own_pool(d(1, 2, 2047, 1024), 1));
+        assert!(!wants_own_pool(d(1, 2, 0, 1024), 1));
+        // Heads and head size multiply: half of the threshold each way is below it.
+        assert!(!wants_own_pool(d(1, 64, 0, 512), 1));
+        assert!(wants_own_pool(d(2, 64, 0, 512), 1));
+        assert!(!wants_own_pool(d(2, 32, 16, 512), 1));
+        assert!(wants_own_pool(d(4, 32, 16, 512), 1));
+    }
+
+    #[test]
+    fn the_own_pool_has_a_thread_per_core_or_the_users_number() {
+        assert_eq!(pool_threads(None, 2), 2);
+        assert_eq!(pool_threads(None, 0), 1);
+        assert_eq!(pool_threads(Some("3"), 2), 3);
+        assert_eq!(pool_threads(Some(" 1 "), 2), 1);
+        // Zero or garbage: rayon's default, the cores.
+        assert_eq!(pool_threads(Some("0"), 2), 2);
+        assert_eq!(pool_threads(Some("two"), 4), 4);
+        // In this process: a pool exactly when more than one thread is wanted.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let want = pool_threads(std::env::var("RAYON_NUM_THREADS").ok().as_deref(), cores);
+        assert_eq!(
+            parallel_pool().map(|p| p.current_num_threads()),
+            (want > 1).then_some(want)
+        );
+    }
+
+    /// Timing of the block sizes (run by hand: `cargo test --lib attention::tests::tune_block --
+    /// --ignored --nocapture`); SmolLM2's shape, maps kept.
+    #[test]
+    #[ignore]
+    fn tune_block() {
+        for t in [128usize, 512, 2048] {
+            let d = AttnDims {
+                heads: 9,
+                kv_heads: 3,
+                t,
+                p: 0,
+                head_dim: 64,
+            };
+            let q: Vec<f32> = (0..9 * t * 64)
+                .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
+                .collect();
+            let k: Vec<f32> = (0..3 * t * 64)
+                .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
+                .collect();
+            for threads in [1usize, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for b in [16usize, 32, 64, 128, 256] {
+                    let mut best = f64::INFINITY;
+                    for _ in 0..if t > 1000 { 3 } else { 10 } {
+                        let t0 = std::time::Instant::now();
+                        pool.install(|| {
+                            std::hint::black_box(causal_attention_blocks(
+                                &q, &k, &k, d, 0.125, true, b,
+                            ))
+                        });
+                        best = best.min(t0.elapsed().as_secs_f64());
+                    }
+                    println!("t {t} threads {threads} block {b}: {:.3} ms", best * 1e3);
+                }
+            }
+        }
+    }
 
     /// The vectorized exponential against f64's over the softmax's range, and its row sum.
     #[test]

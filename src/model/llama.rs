@@ -577,6 +577,15 @@ pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> candle_core::Result<
     }
 }
 
+/// `x + y` for the residual stream: one pass where it can ([`super::fused::add`]), candle's add
+/// otherwise (tracked tensors, other dtypes).
+fn residual(x: &Tensor, y: &Tensor) -> candle_core::Result<Tensor> {
+    match super::fused::add(x, y)? {
+        Some(s) => Ok(s),
+        None => x + y,
+    }
+}
+
 /// `x + b` for a bias `b` broadcast over rows.
 fn add_bias(x: Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
     match b {
@@ -683,7 +692,29 @@ impl Block {
     }
 
     fn mlp(&self, xn: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
-        let (gate, up) = match &self.gate_up {
+        use super::profile::span;
+        let (gate, up) = span("projections gate/up", || self.gate_up(xn))?;
+        let h = span("mlp activation", || -> candle_core::Result<Tensor> {
+            if let Activation::Silu = act {
+                if let Some(h) = super::fused::silu_mul(&gate, &up)? {
+                    return Ok(h);
+                }
+            }
+            let gate = match act {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+                Activation::GeluErf => gate.gelu_erf()?,
+            };
+            gate * up
+        })?;
+        span("projection down", || {
+            add_bias(self.w_down.forward(&h)?, self.down_bias.as_ref())
+        })
+    }
+
+    /// The gate and up projections (biases added), as views of one product when fused.
+    fn gate_up(&self, xn: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok(match &self.gate_up {
             GateUp::Fused(w) => {
                 let gu = add_bias(w.forward(xn)?, self.gate_up_bias.as_ref())?;
                 let ffn = gu.dim(1)? / 2;
@@ -702,13 +733,7 @@ impl Block {
                     }
                 }
             }
-        };
-        let gate = match act {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
-            Activation::GeluTanh => gate.gelu()?,
-            Activation::GeluErf => gate.gelu_erf()?,
-        };
-        add_bias(self.w_down.forward(&(gate * up)?)?, self.down_bias.as_ref())
+        })
     }
 
     fn attn_out(&self, z: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
@@ -1172,16 +1197,20 @@ impl Stepper for Llama {
     fn layer_content(&self, l: usize, x: &Tensor, pos0: usize) -> Result<ContentKv> {
         let (h, kv, hd) = (self.info.n_heads, self.info.n_kv_heads, self.info.head_dim);
         let b = &self.blocks[l];
-        let xn = rms_norm(x, &b.attn_norm, self.eps())?;
-        let (q, k, v) = b.qkv(&xn, h, kv, hd)?;
-        let q = Self::heads(&q, h, hd)?;
-        let q = match &b.q_norm {
-            Some(w) => rms_norm(&q, w, self.eps())?,
-            None => q,
-        };
-        let q = self.ropes[b.rope].apply(&q, pos0)?;
-        let k = self.finish_keys(l, &Self::heads(&k, kv, hd)?, pos0)?;
-        let v = Self::heads(&v, kv, hd)?;
+        use super::profile::span;
+        let xn = span("norms", || rms_norm(x, &b.attn_norm, self.eps()))?;
+        let (q, k, v) = span("projections qkv", || b.qkv(&xn, h, kv, hd))?;
+        let (q, k, v) = span("heads split + rope", || -> candle_core::Result<_> {
+            let q = Self::heads(&q, h, hd)?;
+            let q = match &b.q_norm {
+                Some(w) => rms_norm(&q, w, self.eps())?,
+                None => q,
+            };
+            let q = self.ropes[b.rope].apply(&q, pos0)?;
+            let k = self.finish_keys(l, &Self::heads(&k, kv, hd)?, pos0)?;
+            let v = Self::heads(&v, kv, hd)?;
+            Ok((q, k, v))
+        })?;
         ContentKv::new(q, k, v, self.cfg.query_scale())
     }
 
@@ -1206,16 +1235,18 @@ impl Stepper for Llama {
     }
 
     fn layer_finish(&self, l: usize, x: &Tensor, z: &Tensor) -> Result<Tensor> {
+        use super::profile::span;
         let b = &self.blocks[l];
         let eps = self.eps();
-        let x = (x + b.attn_out(z, eps)?)?;
-        let xn = rms_norm(&x, &b.ffn_norm, eps)?;
+        let a = span("projection out (+ head concat)", || b.attn_out(z, eps))?;
+        let x = span("residual adds", || residual(x, &a))?;
+        let xn = span("norms", || rms_norm(&x, &b.ffn_norm, eps))?;
         let m = b.mlp(&xn, self.cfg.act)?;
         let m = match &b.post_ffn_norm {
-            Some(w) => rms_norm(&m, w, eps)?,
+            Some(w) => span("norms", || rms_norm(&m, w, eps))?,
             None => m,
         };
-        Ok((&x + m)?)
+        Ok(span("residual adds", || residual(&x, &m))?)
     }
 
     fn logits_last(&self, x: &Tensor) -> Result<Tensor> {

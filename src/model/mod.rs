@@ -9,8 +9,10 @@
 pub mod attention;
 pub mod blas;
 pub mod family;
+pub mod fused;
 pub mod gpt;
 pub mod llama;
+pub mod profile;
 pub mod rope;
 pub mod stepper;
 pub mod train_ops;

@@ -240,14 +240,19 @@ pub fn full_run(
         let c = m.layer_content(l, &x, pos0)?;
         let extra = m.prefix_kv(l, prefix)?;
         // Only the selected layers make their `T x (P + T)` maps.
-        let (z, probs, values) = attend_kept(&c, extra.as_ref(), sel.contains(l))?;
+        let (z, probs, values) = super::profile::span("attention", || {
+            attend_kept(&c, extra.as_ref(), sel.contains(l))
+        })?;
         drop(c);
         if let Some(probs) = probs {
+            let (pattern, zc) = super::profile::span("copies of kept maps", || {
+                Ok::<_, candle_core::Error>((content_rows(&probs, n)?, content_rows(&z, n)?))
+            })?;
             layers.push(LayerRun {
                 layer: l,
-                pattern: content_rows(&probs, n)?,
+                pattern,
                 values,
-                z: content_rows(&z, n)?,
+                z: zc,
             });
         }
         x = m.layer_finish(l, &x, &z)?;

@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 const KIND: &str = "tune-state";
 const STEPS: &str = "prefixscope.tune.steps_done";
 const PREFIX_KIND: &str = "prefixscope.tune.kind";
+/// The matmul backend the run computed with (`blas::token`): products on another backend differ at
+/// rounding level, so a resumed run takes the same one where it can (`main` reads it before the
+/// backend is chosen).
+const MATMUL: &str = "prefixscope.tune.matmul";
 
 /// `out` with `.tune` appended (for a folder: beside it).
 pub fn state_path(out: &Path) -> PathBuf {
@@ -29,11 +33,23 @@ pub fn save(out: &Path, t: &Tuner) -> Result<()> {
     meta.insert(toy::KIND.to_string(), KIND.to_string());
     meta.insert(STEPS.to_string(), t.steps_done.to_string());
     meta.insert(PREFIX_KIND.to_string(), format!("{:?}", t.prefix.kind()));
+    meta.insert(MATMUL.to_string(), crate::model::blas::token());
     for (i, v) in t.prefix.vars().iter().enumerate() {
         tensors.push((format!("prefix.{i}"), v.as_tensor().clone()));
     }
     t.opt.state("adam", &mut tensors, &mut meta);
     toy::write(&state_path(out), &tensors, &meta)
+}
+
+/// The matmul backend recorded in the state beside `out` (`blas::token` of the run that wrote it);
+/// `None` when there is no readable state or it predates the record. Errors are left to [`restore`],
+/// which reports them with the file's name.
+pub fn recorded_matmul(out: &Path) -> Option<String> {
+    let path = state_path(out);
+    let file = toy::read(&path).ok()?;
+    (file.kind() == KIND)
+        .then(|| file.get(MATMUL).map(str::to_string))
+        .flatten()
 }
 
 /// Restore the state saved beside `out` into `t`; `Ok(false)` when there is no state file. A state
