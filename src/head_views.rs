@@ -100,8 +100,9 @@ impl LayerKv {
         self.heads
     }
 
-    /// Head `h`'s run for the last `n` query rows: columns `[prefix keys | stream rows]`.
-    fn run(&self, layer: usize, h: usize, n: usize) -> Result<LayerRun> {
+    /// Head `h`'s operands for the last `n` query rows: its queries, its keys and values over
+    /// `[prefix keys | stream rows]`, and the number of columns before the content (`P`).
+    fn operands(&self, h: usize, n: usize) -> Result<(&[f32], Vec<f32>, Vec<f32>, usize)> {
         if h >= self.heads || n > self.t {
             return Err(Error::Internal("head or rows out of range"));
         }
@@ -117,8 +118,84 @@ impl LayerKv {
         }
         keys.extend_from_slice(head_rows(&self.k, kh, t, hd, 0, t));
         values.extend_from_slice(head_rows(&self.v, kh, t, hd, 0, t));
-        one_head_run(layer, q, keys, values, (n, p, hd), self.scale)
+        Ok((q, keys, values, p))
     }
+
+    /// Head `h`'s run for the last `n` query rows: columns `[prefix keys | stream rows]`.
+    fn run(&self, layer: usize, h: usize, n: usize) -> Result<LayerRun> {
+        let (q, keys, values, p) = self.operands(h, n)?;
+        one_head_run(layer, q, keys, values, (n, p, self.hd), self.scale)
+    }
+
+    /// Head `h`'s attention probabilities alone, `n x (P + n)`, with `P`: what the summaries read.
+    fn probs(&self, h: usize, n: usize) -> Result<(Vec<f32>, usize)> {
+        let (q, keys, values, p) = self.operands(h, n)?;
+        let d = AttnDims {
+            heads: 1,
+            kv_heads: 1,
+            t: n,
+            p,
+            head_dim: self.hd,
+        };
+        let a = causal_attention(q, &keys, &values, d, self.scale as f32, true);
+        Ok((
+            a.probs
+                .ok_or(Error::Internal("attention map asked for, not made"))?,
+            p,
+        ))
+    }
+}
+
+/// One head's figures straight from its probabilities, as [`metrics::head_metric`] and
+/// [`metrics::layer_deviations`] take them from a capture's views (the tests check both ways agree):
+/// `with` the prefixed run's `n x (P + n)` rows and `P`, `pre` the pretrained run's `n x n`.
+/// Returns the value of every [`HeadMetric`] and the `(max, mean)` deviation (with a prefix).
+fn head_figures(
+    with: Option<(&[f32], usize)>,
+    pre: &[f32],
+    n: usize,
+) -> (Vec<(HeadMetric, Option<f32>)>, Option<(f32, f32)>) {
+    let (src, cols, c0) = match with {
+        Some((w, p)) => (w, p + n, p),
+        None => (pre, n, 0),
+    };
+    let mean = |f: &dyn Fn(usize) -> f64, from: usize| -> Option<f32> {
+        (n > from).then(|| (from..n).map(f).sum::<f64>() as f32 / (n - from) as f32)
+    };
+    let mut dev = None;
+    let mut mass = None;
+    if let Some((w, p)) = with {
+        let (mut max, mut sum, mut mass_sum) = (0f32, 0f64, 0f64);
+        for i in 0..n {
+            let row = &w[i * (p + n)..(i + 1) * (p + n)];
+            let content = &row[p..];
+            let total: f32 = content.iter().sum();
+            let pre_row = &pre[i * n..(i + 1) * n];
+            let pre_total: f32 = pre_row.iter().sum();
+            for j in 0..=i {
+                let d = (content[j] / total - pre_row[j] / pre_total).abs();
+                max = max.max(d);
+                sum += d as f64;
+            }
+            mass_sum += row[..p].iter().sum::<f32>() as f64;
+        }
+        dev = Some((max, (sum / (n * (n + 1) / 2).max(1) as f64) as f32));
+        mass = Some((mass_sum / n.max(1) as f64) as f32);
+    }
+    let figures = HeadMetric::ALL
+        .into_iter()
+        .map(|m| {
+            let v = match m {
+                HeadMetric::Deviation => dev.map(|d| d.0),
+                HeadMetric::Entropy => Some(metrics::mean_row_entropy(src, n, cols)),
+                HeadMetric::SinkMass => mean(&|i| src[i * cols + c0] as f64, 0),
+                HeadMetric::PreviousToken => mean(&|i| src[i * cols + c0 + i - 1] as f64, 1),
+                HeadMetric::PrefixMass => mass.filter(|_| n > 0),
+            };
+            (m, v)
+        })
+        .collect();
+    (figures, dev)
 }
 
 /// Head `h` of layer `layer`: its views as a one-head [`LayerCapture`] (arrays `(1, N, ...)`), from
@@ -215,6 +292,44 @@ impl Summaries {
             self.layer0_identity_error = worst.map(|w| w / scale);
         }
         if per_head.len() == n_heads && n_heads > 0 {
+            self.deviations.push(LayerDeviations { layer, per_head });
+        }
+        Ok(())
+    }
+
+    /// Add the summaries of every head of one layer straight from each head's probabilities (one
+    /// head's two maps alive at a time, no views made): every layer but 0, whose checks need the
+    /// head outputs ([`Summaries::add_layer`]).
+    pub fn add_layer_figures(
+        &mut self,
+        layer: usize,
+        n: usize,
+        with: Option<&LayerKv>,
+        pre: &LayerKv,
+    ) -> Result<()> {
+        let mut per_head = Vec::with_capacity(pre.heads());
+        for h in 0..pre.heads() {
+            let (pre_probs, p_pre) = pre.probs(h, n)?;
+            if p_pre != 0 {
+                return Err(Error::Internal("pretrained run with placeholder columns"));
+            }
+            let with_probs = with.map(|w| w.probs(h, n)).transpose()?;
+            let (figures, dev) = head_figures(
+                with_probs.as_ref().map(|(w, p)| (w.as_slice(), *p)),
+                &pre_probs,
+                n,
+            );
+            for (m, grid) in &mut self.grids {
+                if let (Some(cell), Some((_, v))) = (
+                    grid.get_mut(layer).and_then(|r| r.get_mut(h)),
+                    figures.iter().find(|(k, _)| k == m),
+                ) {
+                    *cell = *v;
+                }
+            }
+            per_head.extend(dev);
+        }
+        if !per_head.is_empty() && per_head.len() == pre.heads() {
             self.deviations.push(LayerDeviations { layer, per_head });
         }
         Ok(())

@@ -311,6 +311,12 @@ impl Evaluator {
 
     /// Take `prefix` as current after `edit`: the layers whose inputs it can change are marked stale.
     fn invalidate(&mut self, prefix: Option<&Prefix>, edit: Edit, n_layers: usize) {
+        // The same prefix again (another layer or head viewed): nothing it feeds has changed. A soft
+        // prompt's "unchanged" edit would otherwise restart from layer 0 (its edits change every
+        // layer), at N = 4,096 a whole forward for a head switch.
+        if self.prefix.as_ref() == prefix && self.inputs.len() == n_layers {
+            return;
+        }
         let same_shape = match (&self.prefix, prefix) {
             (Some(a), Some(b)) => a.kind() == b.kind() && a.len() == b.len(),
             _ => false,
@@ -498,9 +504,14 @@ impl Evaluator {
             let Some((with, pre)) = self.layer_kv(st, key, l)? else {
                 return Ok(None);
             };
-            out.add_layer(l, pre.heads(), |h| {
-                head_views::head_views(l, h, n, with.as_ref(), &pre)
-            })?;
+            if l == 0 {
+                // Layer 0's checks need the head outputs: the views, one head at a time.
+                out.add_layer(l, pre.heads(), |h| {
+                    head_views::head_views(l, h, n, with.as_ref(), &pre)
+                })?;
+            } else {
+                out.add_layer_figures(l, n, with.as_ref(), &pre)?;
+            }
         }
         Ok(Some(out))
     }

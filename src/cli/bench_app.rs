@@ -21,6 +21,18 @@ fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time of this process so far (user + system, every thread), in seconds: on a shared machine
+/// the wall times depend on the load (the compute thread runs at nice 10), this does much less.
+fn cpu_s() -> f64 {
+    // SAFETY: getrusage writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return f64::NAN;
+    }
+    let t = |x: libc::timeval| x.tv_sec as f64 + x.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
 fn mb(x: Option<u64>) -> String {
     x.map_or("n/a".into(), |b| format!("{:.0} MB", b as f64 / 1e6))
 }
@@ -124,9 +136,11 @@ pub fn run(path: &Path, quantized: bool, n: usize) -> prefixscope::Result<()> {
     };
     // The first answer: the viewed maps; then the full one: the overview, the plots' figures.
     let t = Instant::now();
+    let cpu0 = cpu_s();
     w.compute(req(1, layer, 0));
     let quick = wait_for(&w, 1, false)?;
     let quick_s = t.elapsed().as_secs_f64();
+    let quick_cpu = cpu_s() - cpu0;
     let c = if quick.full {
         quick
     } else {
@@ -134,10 +148,12 @@ pub fn run(path: &Path, quantized: bool, n: usize) -> prefixscope::Result<()> {
         wait_for(&w, 1, true)?
     };
     let first_s = t.elapsed().as_secs_f64();
+    let first_cpu = cpu_s() - cpu0;
     let filled = c.overview.iter().flatten().filter(|x| x.is_some()).count();
     let devs = c.summaries.as_ref().map_or(0, |s| s.deviations.len());
     println!(
-        "  views of layer {layer} head 0 in {quick_s:.2} s; overview and plots in {first_s:.2} s \
+        "  views of layer {layer} head 0 in {quick_s:.2} s (CPU {quick_cpu:.2} s); overview and \
+         plots in {first_s:.2} s (CPU {first_cpu:.2} s) \
          (overview cells filled {filled}/{}, layers in the deviation plot {devs}); \
          maps held {:.0} MB; resident {}",
         info.n_layers * info.n_heads,
@@ -187,15 +203,18 @@ pub fn run(path: &Path, quantized: bool, n: usize) -> prefixscope::Result<()> {
         (3, info.n_layers - 1, 0, "another layer"),
     ] {
         let t = Instant::now();
+        let cpu0 = cpu_s();
         w.compute(req(gen, l, h));
         let quick = wait_for(&w, gen, false)?;
         let quick_s = t.elapsed().as_secs_f64();
+        let quick_cpu = cpu_s() - cpu0;
         drop(quick);
         let full = wait_for(&w, gen, true)?;
         println!(
-            "  {what} (layer {l} head {h}): views in {quick_s:.2} s, full answer in {:.2} s; \
-             maps held {:.0} MB; resident {}",
+            "  {what} (layer {l} head {h}): views in {quick_s:.2} s (CPU {quick_cpu:.2} s), full \
+             answer in {:.2} s (CPU {:.2} s); maps held {:.0} MB; resident {}",
             t.elapsed().as_secs_f64(),
+            cpu_s() - cpu0,
             full.map_bytes() as f64 / 1e6,
             mb(rss_bytes())
         );
