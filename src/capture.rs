@@ -42,6 +42,14 @@ impl LayerCapture {
     /// that says "exact up to rounding" is relative. Exact wherever the layer's content inputs are the
     /// same with and without the prefix, i.e. always in the first layer.
     pub fn head_output_identity_error(&self, head: Option<usize>) -> Option<f32> {
+        let (worst, scale) = self.head_output_identity_parts(head)?;
+        Some(worst / scale)
+    }
+
+    /// The two halves of [`LayerCapture::head_output_identity_error`]: the largest error and the
+    /// scale it is divided by (at least 1), so that heads computed apart (the long-prompt path,
+    /// `crate::head_views`) combine to the same figure: max of the errors over max of the scales.
+    pub fn head_output_identity_parts(&self, head: Option<usize>) -> Option<(f32, f32)> {
         let (wp, zp, pv, mass) = (
             self.with_prefix.as_ref()?,
             self.z_prefixed.as_ref()?,
@@ -70,7 +78,7 @@ impl LayerCapture {
                 }
             }
         }
-        Some(worst / scale)
+        Some((worst, scale))
     }
 
     /// `(H, N, N)`: renormalized - pretrained (the difference view; `None` without a prefix).

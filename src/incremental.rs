@@ -19,6 +19,7 @@
 
 use crate::capture::{self, Capture, PretrainedViews};
 use crate::error::{Error, Result};
+use crate::head_views::{self, LayerKv, Summaries};
 use crate::model::attention::content_rows;
 use crate::model::{LayerRun, LayerSel, Run, Transformer};
 use crate::prefix::{Prefix, PrefixKind};
@@ -308,6 +309,213 @@ impl Evaluator {
         Ok(Some(rows))
     }
 
+    /// Take `prefix` as current after `edit`: the layers whose inputs it can change are marked stale.
+    fn invalidate(&mut self, prefix: Option<&Prefix>, edit: Edit, n_layers: usize) {
+        // The same prefix again (another layer or head viewed): nothing it feeds has changed. A soft
+        // prompt's "unchanged" edit would otherwise restart from layer 0 (its edits change every
+        // layer), at N = 4,096 a whole forward for a head switch.
+        if self.prefix.as_ref() == prefix && self.inputs.len() == n_layers {
+            return;
+        }
+        let same_shape = match (&self.prefix, prefix) {
+            (Some(a), Some(b)) => a.kind() == b.kind() && a.len() == b.len(),
+            _ => false,
+        };
+        let edit = if same_shape { edit } else { Edit::All };
+        match edit {
+            Edit::All | Edit::SoftPrompt => self.valid_in = 0,
+            Edit::Layer(l) => {
+                if prefix.map(|p| p.kind()) == Some(PrefixKind::SoftPrompt) {
+                    self.valid_in = 0;
+                } else {
+                    self.valid_in = self.valid_in.min(l + 1);
+                }
+            }
+        }
+        self.prefix = prefix.cloned();
+        if self.inputs.len() != n_layers {
+            self.inputs = vec![None; n_layers];
+            self.content = vec![None; n_layers];
+            self.valid_in = 0;
+        }
+    }
+
+    /// Bring the inputs and content of layers `0..=top` up to date for the current prefix (after
+    /// [`Evaluator::invalidate`]), making no map: each stale layer costs its projections and the
+    /// head outputs of the layer below it.
+    fn bring_up_to(&mut self, st: &dyn Stepper, top: usize) -> Result<()> {
+        let prefix = self.prefix.clone();
+        let prefix = prefix.as_ref();
+        let start = self.valid_in;
+        if start > top {
+            return Ok(());
+        }
+        let missing = || Error::Internal("incremental cache out of order");
+        let mut z_prev: Option<Tensor> = None;
+        if start > 0 {
+            let c = self.content[start - 1].as_ref().ok_or_else(missing)?;
+            let extra = st.prefix_kv(start - 1, prefix)?;
+            z_prev = Some(attend_kept(c, extra.as_ref(), false)?.0);
+        }
+        for l in start..=top {
+            let x = if l == 0 {
+                let (x, pos0) = st.embed_input(&self.ids, prefix)?;
+                self.pos0 = pos0;
+                x
+            } else {
+                let prev = self.inputs[l - 1].as_ref().ok_or_else(missing)?;
+                st.layer_finish(l - 1, prev, z_prev.as_ref().ok_or_else(missing)?)?
+            };
+            let c = st.layer_content(l, &x, self.pos0)?;
+            if l < top {
+                let extra = st.prefix_kv(l, prefix)?;
+                z_prev = Some(attend_kept(&c, extra.as_ref(), false)?.0);
+            }
+            self.content[l] = Some(c);
+            self.inputs[l] = Some(x);
+            self.valid_in = l + 1;
+        }
+        Ok(())
+    }
+
+    /// Layer `l`'s queries, keys and values for the current prefix and for the pretrained run, as
+    /// [`head_views::LayerKv`] (call after [`Evaluator::bring_up_to`] `l`).
+    fn layer_kv(
+        &self,
+        st: &dyn Stepper,
+        key: usize,
+        l: usize,
+    ) -> Result<Option<(Option<LayerKv>, LayerKv)>> {
+        let Pretrained::Content { layers, .. } = self.pretrained_of(key)? else {
+            return Ok(None);
+        };
+        let pre = LayerKv::new(
+            layers
+                .get(l)
+                .ok_or(Error::Internal("pretrained layer missing"))?,
+            None,
+        )?;
+        let with = match &self.prefix {
+            Some(pf) => {
+                let c = self.content[l]
+                    .as_ref()
+                    .ok_or(Error::Internal("incremental cache out of order"))?;
+                let extra = st.prefix_kv(l, Some(pf))?;
+                Some(LayerKv::new(c, extra.as_ref())?)
+            }
+            None => None,
+        };
+        Ok(Some((with, pre)))
+    }
+
+    /// Whether [`Evaluator::head_capture`] and [`Evaluator::summaries`] can serve `model`: it has
+    /// layer access and rotary positions (the pretrained run is kept as per-layer queries and keys).
+    pub fn streams_heads(model: &dyn Transformer) -> bool {
+        model.stepper().is_some() && model.info().max_positions.is_none()
+    }
+
+    /// The views of one head of one layer for `prefix` after `edit`, as a capture of that layer whose
+    /// arrays hold that head only (`(1, N, ...)`): the long-prompt path, where a layer's maps would
+    /// take gigabytes (SmolLM2 at N = 4,096: 604 MB a kind). Layers up to `layer` are brought up to
+    /// date; no other map is made or kept. `None` for a model [`Evaluator::streams_heads`] refuses.
+    pub fn head_capture(
+        &mut self,
+        model: &dyn Transformer,
+        prefix: Option<&Prefix>,
+        edit: Edit,
+        layer: usize,
+        head: usize,
+    ) -> Result<Option<Capture>> {
+        let positions = self.ids.len() + prefix.map_or(0, |p| p.len());
+        on_compute_pool(model, positions, || {
+            self.head_capture_here(model, prefix, edit, layer, head)
+        })
+    }
+
+    fn head_capture_here(
+        &mut self,
+        model: &dyn Transformer,
+        prefix: Option<&Prefix>,
+        edit: Edit,
+        layer: usize,
+        head: usize,
+    ) -> Result<Option<Capture>> {
+        let Some(st) = model.stepper().filter(|_| Self::streams_heads(model)) else {
+            return Ok(None);
+        };
+        let p = prefix.map_or(0, |p| p.len());
+        capture::check_ids(model, &self.ids, p)?;
+        if let Some(pf) = prefix {
+            pf.check(model.info(), std::path::Path::new("prefix"))?;
+        }
+        let n_layers = st.n_layers();
+        let (layer, head) = (
+            layer.min(n_layers - 1),
+            head.min(model.info().n_heads.saturating_sub(1)),
+        );
+        self.invalidate(prefix, edit, n_layers);
+        let key = self.pretrained_key(model, p)?;
+        self.bring_up_to(st, layer)?;
+        let Some((with, pre)) = self.layer_kv(st, key, layer)? else {
+            return Ok(None);
+        };
+        let lc = head_views::head_views(layer, head, self.ids.len(), with.as_ref(), &pre)?;
+        Ok(Some(Capture {
+            token_ids: self.ids.clone(),
+            p,
+            layers: vec![lc],
+            logits_last_pretrained: self.logits_pretrained(key)?,
+            logits_last_prefixed: None,
+        }))
+    }
+
+    fn logits_pretrained(&mut self, key: usize) -> Result<Vec<f32>> {
+        if let Some((_, v)) = self.logits_pretrained.iter().find(|(k, _)| *k == key) {
+            return Ok(v.clone());
+        }
+        let v = self.pretrained_of(key)?.logits_last().to_vec1::<f32>()?;
+        self.logits_pretrained.push((key, v.clone()));
+        Ok(v)
+    }
+
+    /// Every layer's per-head summaries for the current prefix (call after
+    /// [`Evaluator::head_capture`] with the same prefix): the overview's grids, the deviation plot's
+    /// per-layer figures and the layer-0 checks, computed one head at a time so that one head's maps
+    /// are the most ever held. `None` for a model [`Evaluator::streams_heads`] refuses.
+    pub fn summaries(&mut self, model: &dyn Transformer) -> Result<Option<Summaries>> {
+        let positions = self.ids.len() + self.prefix.as_ref().map_or(0, |p| p.len());
+        on_compute_pool(model, positions, || self.summaries_here(model))
+    }
+
+    fn summaries_here(&mut self, model: &dyn Transformer) -> Result<Option<Summaries>> {
+        let Some(st) = model.stepper().filter(|_| Self::streams_heads(model)) else {
+            return Ok(None);
+        };
+        let n_layers = st.n_layers();
+        if self.inputs.len() != n_layers {
+            return Err(Error::Internal("summaries asked for before the views"));
+        }
+        let p = self.prefix.as_ref().map_or(0, |p| p.len());
+        let key = self.pretrained_key(model, p)?;
+        let n = self.ids.len();
+        let mut out = Summaries::new(n_layers, model.info().n_heads);
+        for l in 0..n_layers {
+            self.bring_up_to(st, l)?;
+            let Some((with, pre)) = self.layer_kv(st, key, l)? else {
+                return Ok(None);
+            };
+            if l == 0 {
+                // Layer 0's checks need the head outputs: the views, one head at a time.
+                out.add_layer(l, pre.heads(), |h| {
+                    head_views::head_views(l, h, n, with.as_ref(), &pre)
+                })?;
+            } else {
+                out.add_layer_figures(l, n, with.as_ref(), &pre)?;
+            }
+        }
+        Ok(Some(out))
+    }
+
     /// The views of `layers` for `prefix` after `edit`. Only the layers needed are recomputed.
     pub fn update(
         &mut self,
@@ -355,28 +563,8 @@ impl Evaluator {
                 with.as_ref().map(|w| w.logits_last.clone()),
             );
         };
-        let same_shape = match (&self.prefix, prefix) {
-            (Some(a), Some(b)) => a.kind() == b.kind() && a.len() == b.len(),
-            _ => false,
-        };
-        let edit = if same_shape { edit } else { Edit::All };
-        match edit {
-            Edit::All | Edit::SoftPrompt => self.valid_in = 0,
-            Edit::Layer(l) => {
-                if prefix.map(|p| p.kind()) == Some(PrefixKind::SoftPrompt) {
-                    self.valid_in = 0;
-                } else {
-                    self.valid_in = self.valid_in.min(l + 1);
-                }
-            }
-        }
-        self.prefix = prefix.cloned();
         let n_layers = stepper.n_layers();
-        if self.inputs.len() != n_layers {
-            self.inputs = vec![None; n_layers];
-            self.content = vec![None; n_layers];
-            self.valid_in = 0;
-        }
+        self.invalidate(prefix, edit, n_layers);
         let top = layers.iter().copied().max().unwrap_or(0).min(n_layers - 1);
         let mut z_prev: Option<Tensor> = None;
         let mut runs = Vec::new();

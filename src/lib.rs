@@ -19,6 +19,7 @@ pub mod construct;
 pub mod error;
 pub mod figure;
 pub mod glyphs;
+pub mod head_views;
 pub mod hooks;
 pub mod incremental;
 pub mod load;

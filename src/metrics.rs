@@ -53,21 +53,20 @@ fn head_abs_diff(a: &Array, b: &Array, h: usize) -> (f32, f32) {
 
 /// [`LayerDeviations`] of every captured layer that has a prefix, ascending by layer.
 pub fn deviations(cap: &Capture) -> Vec<LayerDeviations> {
-    let mut out: Vec<LayerDeviations> = cap
-        .layers
-        .iter()
-        .filter_map(|lc| {
-            let r = lc.renormalized.as_ref()?;
-            Some(LayerDeviations {
-                layer: lc.layer,
-                per_head: (0..lc.n_heads())
-                    .map(|h| head_abs_diff(r, &lc.pretrained, h))
-                    .collect(),
-            })
-        })
-        .collect();
+    let mut out: Vec<LayerDeviations> = cap.layers.iter().filter_map(layer_deviations).collect();
     out.sort_by_key(|d| d.layer);
     out
+}
+
+/// [`LayerDeviations`] of one layer's views (`None` without a prefix).
+pub fn layer_deviations(lc: &LayerCapture) -> Option<LayerDeviations> {
+    let r = lc.renormalized.as_ref()?;
+    Some(LayerDeviations {
+        layer: lc.layer,
+        per_head: (0..lc.n_heads())
+            .map(|h| head_abs_diff(r, &lc.pretrained, h))
+            .collect(),
+    })
 }
 
 /// A head metric the overview can be coloured by.

@@ -509,6 +509,7 @@ fn thousand_token_views_draw_and_zoom() {
         ids: ids.clone(),
         prefix: Some(prefix),
         view_layer: 0,
+        view_head: 0,
     };
     let computed = compute_once(loaded.model.as_ref(), &req, &[0]).expect("layer 0");
     let labels = loaded.tokenizer.labels(&ids);

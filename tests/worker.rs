@@ -60,6 +60,7 @@ fn only_the_newest_request_is_answered_and_never_an_older_one_after_it() {
             ids: ids.clone(),
             prefix: Some(prefix),
             view_layer: 1,
+            view_head: 0,
         });
     }
     let replies = drain(

@@ -136,6 +136,8 @@ pub struct PrefixScopeApp {
     sent_version: u64,
     /// The view layer of the last request.
     sent_layer: Option<usize>,
+    /// The (layer, head) of the last request (a long prompt's answers hold one head).
+    sent_view: Option<(usize, usize)>,
     compute_error: Option<String>,
     /// A message when there is no model (e.g. the default model is missing).
     empty_note: Option<String>,
@@ -240,6 +242,7 @@ impl PrefixScopeApp {
             last_sent: None,
             sent_version: 0,
             sent_layer: None,
+            sent_view: None,
             compute_error: None,
             empty_note: None,
             last_autosave: Instant::now(),
@@ -531,10 +534,16 @@ impl PrefixScopeApp {
         let layer_missing = self.shown.as_ref().is_some_and(|s| {
             s.capture.layer(self.views.layer).is_none() && self.sent_layer != Some(self.views.layer)
         });
-        if same && !layer_missing {
+        // A head the answer on screen lacks (a long prompt's answers hold the viewed head only).
+        let head_missing = self.shown.as_ref().is_some_and(|s| {
+            s.head_index(self.views.head).is_none()
+                && self.sent_view != Some((self.views.layer, self.views.head))
+        });
+        if same && !layer_missing && !head_missing {
             return;
         }
         self.sent_layer = Some(self.views.layer);
+        self.sent_view = Some((self.views.layer, self.views.head));
         let gen = self.next_gen;
         self.next_gen += 1;
         self.worker.compute(ComputeRequest {
@@ -543,6 +552,7 @@ impl PrefixScopeApp {
             ids: key.1.clone(),
             prefix: self.editor.prefix.clone(),
             view_layer: self.views.layer,
+            view_head: self.views.head,
         });
         self.sent_version = key.0;
         self.last_sent = Some((gen, key.1, key.2));
@@ -1024,7 +1034,16 @@ impl PrefixScopeApp {
                 // A measurement, not a check: the paper claims nothing past layer 0, so this line
                 // has the plain text colour, never the colour of a passed check.
                 let what = format!("layer {}: max |renorm − pretrained|", self.views.layer);
-                let text = match lc.max_renorm_diff(None) {
+                // One head captured (a long prompt): the layer's figure is the overview row's max.
+                let layer_max = match c.only_head {
+                    Some(_) => c
+                        .overview
+                        .get(self.views.layer)
+                        .and_then(|row| row.iter().copied().reduce(|a, b| Some(a?.max(b?))))
+                        .flatten(),
+                    None => lc.max_renorm_diff(None),
+                };
+                let text = match layer_max {
                     Some(x) => format!("{what} = {x:.2e} · measured (no claim past layer 0)"),
                     None => format!("{what}: no prefix"),
                 };
@@ -1099,17 +1118,21 @@ impl PrefixScopeApp {
                 },
             );
         });
-        self.export.ui(
-            ui,
-            &export::ExportData {
-                capture: &shown.capture,
-                labels: &self.shown_labels,
-                layer: self.views.layer,
-                head: self.views.head,
-                cmap: self.views.norm.cmap,
-                value_scale: self.views.norm.value_scale(),
-            },
-        );
+        // The capture's index of the viewed head (0 when it holds that head only); while another
+        // head is computed, nothing to export.
+        if let Some(head) = shown.head_index(self.views.head) {
+            self.export.ui(
+                ui,
+                &export::ExportData {
+                    capture: &shown.capture,
+                    labels: &self.shown_labels,
+                    layer: self.views.layer,
+                    head,
+                    cmap: self.views.norm.cmap,
+                    value_scale: self.views.norm.value_scale(),
+                },
+            );
+        }
         if !self.views.overview {
             return;
         }

@@ -307,7 +307,12 @@ impl ViewsPanel {
             ui.label("this layer was not captured");
             return;
         };
-        let h = self.head.min(lc.n_heads().saturating_sub(1));
+        // The capture's index of the viewed head: a long prompt's answer holds that head only.
+        let Some(h) = data.computed.head_index(self.head) else {
+            ui.label(format!("computing head {}…", self.head));
+            return;
+        };
+        let h = h.min(lc.n_heads().saturating_sub(1));
         let n = lc.pretrained.shape[1];
         let p = cap.p;
         let diff = data
@@ -575,7 +580,7 @@ impl ViewsPanel {
             "{} heatmap, layer {}, head {}, {} queries by {} keys",
             spec.title,
             self.layer,
-            ctx.h,
+            self.head,
             ctx.n,
             if frame.raw { ctx.p + ctx.n } else { ctx.n }
         );

@@ -19,10 +19,13 @@ use std::time::{Duration, Instant};
 /// How long the pointer must rest before the all-layer answer starts.
 const QUIET_BEFORE_FULL: Duration = Duration::from_millis(200);
 
-/// Above this many bytes for the views of every layer (four maps a layer), a full answer carries the
-/// maps of layer 0 and the viewed layer only, with the overview computed head by head
-/// ([`Evaluator::overview`]): SmolLM2 from N = 512 on; at N = 4,096 all its views would take 72 GB.
-const ALL_LAYER_VIEWS_MAX_BYTES: usize = 1 << 30;
+/// Above this many bytes for the views of every layer (four maps a layer) the answers take the
+/// long-prompt path: SmolLM2 from N = 512 on; at N = 4,096 all its views would take 72 GB, one
+/// layer's 2.4 GB. An answer then carries the maps of the viewed head of the viewed layer only
+/// ([`Evaluator::head_capture`], `Computed::only_head`), and a full answer the summaries of every
+/// head of every layer, computed one head at a time ([`Evaluator::summaries`]): memory grows with
+/// `N^2` for one head's maps, the ones on screen. Another head is computed when it is viewed.
+pub const ALL_LAYER_VIEWS_MAX_BYTES: usize = 1 << 30;
 
 /// What the UI asks of the compute thread.
 #[derive(Clone)]
@@ -36,6 +39,8 @@ pub struct ComputeRequest {
     /// The layer on screen: answered first (only the layers up to it are recomputed), then every
     /// layer for the overview when no newer request is waiting.
     pub view_layer: usize,
+    /// The head on screen: on the long-prompt path the only one whose maps are made.
+    pub view_head: usize,
 }
 
 /// One answered request: the capture plus the per-head summaries the overview and the checks show,
@@ -56,7 +61,37 @@ pub struct Computed {
     pub layer0_renorm_diff: Option<f32>,
     /// Layer 0, all heads: the head-output identity error.
     pub layer0_identity_error: Option<f32>,
+    /// On the long-prompt path: the one head the capture holds (its arrays are `(1, N, ...)`, index
+    /// 0 is this head); `None` when the captured layers hold every head.
+    pub only_head: Option<usize>,
+    /// On the long-prompt path, in a full answer: every layer's per-head summaries (the plots'
+    /// figures and the overview's colourings), which the capture's one head cannot give.
+    pub summaries: Option<Arc<crate::head_views::Summaries>>,
     pub compute_time: Duration,
+}
+
+impl Computed {
+    /// Index into the capture's head axis for model head `head`: itself, or 0 when the capture holds
+    /// that head only; `None` when the capture holds another head only (it is being computed).
+    pub fn head_index(&self, head: usize) -> Option<usize> {
+        match self.only_head {
+            Some(h) if h == head => Some(0),
+            Some(_) => None,
+            None => Some(head),
+        }
+    }
+
+    /// Bytes of `N x N`-sized maps this answer holds (captured views and differences): what the
+    /// long-prompt path keeps to one head.
+    pub fn map_bytes(&self) -> usize {
+        let a = |x: &Option<crate::arrays::Array>| x.as_ref().map_or(0, |a| a.data.len() * 4);
+        self.capture
+            .layers
+            .iter()
+            .map(|lc| a(&lc.with_prefix) + a(&lc.renormalized) + lc.pretrained.data.len() * 4)
+            .sum::<usize>()
+            + self.difference.iter().map(|(_, d)| a(d)).sum::<usize>()
+    }
 }
 
 /// A model that finished loading.
@@ -343,6 +378,11 @@ struct EvalCache {
     last_prefix: Option<Prefix>,
     /// The last full overview, kept for quick answers.
     overview: Vec<Vec<Option<f32>>>,
+    /// The last full answer's layer-0 checks (the long-prompt path's quick answers keep them).
+    layer0: (Option<f32>, Option<f32>),
+    /// The long-prompt path's last summaries and the prefix they are for: a full answer for another
+    /// head or layer under the same prefix reuses them instead of streaming every head again.
+    summaries: Option<(Option<Prefix>, Arc<crate::head_views::Summaries>)>,
 }
 
 fn compute_loop(
@@ -423,7 +463,10 @@ fn compute_loop(
                     // The first answer for a model: every layer at once, as the command
                     // line does; a quick answer and a quiet wait before the full one only delay
                     // the first complete views (#19, finding 11).
-                    let fresh = cache.as_ref().is_none_or(|c| c.model_gen != req.model_gen);
+                    // Not on the long-prompt path, where the full answer streams every head of
+                    // every layer (minutes at N = 4,096 on two cores): the viewed head comes first.
+                    let fresh = cache.as_ref().is_none_or(|c| c.model_gen != req.model_gen)
+                        && !long_prompt(m.as_ref(), &req);
                     let quick: Vec<usize> = if fresh {
                         (0..n_layers).collect()
                     } else {
@@ -547,6 +590,8 @@ fn run_request(
             eval: Evaluator::new(&req.ids),
             last_prefix: None,
             overview: vec![vec![None; n_heads]; n_layers],
+            layer0: (None, None),
+            summaries: None,
         });
     }
     let c = cache.as_mut().expect("filled just above");
@@ -555,11 +600,16 @@ fn run_request(
     } else {
         Edit::between(c.last_prefix.as_ref(), req.prefix.as_ref(), n_layers)
     };
-    // A long prompt: every layer's views would not fit in memory, so the full answer keeps the maps
-    // of the quick answer's layers only and the overview is computed head by head.
+    // A long prompt: every layer's views would not fit in memory.
     let p = req.prefix.as_ref().map_or(0, |p| p.len());
     let all_views = n_layers * n_heads * req.ids.len() * (req.ids.len() + p) * 4 * 4;
-    let lean = full && all_views > ALL_LAYER_VIEWS_MAX_BYTES;
+    let long = all_views > ALL_LAYER_VIEWS_MAX_BYTES;
+    if long && Evaluator::streams_heads(model) {
+        return run_one_head(model, req, c, edit, full, t0);
+    }
+    // A model without per-layer queries and keys (learned positions): the full answer keeps the
+    // maps of the quick answer's layers only and the overview is computed head by head.
+    let lean = full && long;
     let quick: Vec<usize> = if req.view_layer == 0 || req.view_layer >= n_layers {
         vec![0]
     } else {
@@ -600,6 +650,84 @@ fn run_request(
         layer0_renorm_diff: l0.and_then(|c| c.max_renorm_diff(None)),
         layer0_identity_error: l0.and_then(|c| c.head_output_identity_error(None)),
         capture: Arc::new(cap),
+        only_head: None,
+        summaries: None,
+        compute_time: t0.elapsed(),
+    })
+}
+
+/// Whether `req` takes the long-prompt path: every layer's views would exceed
+/// [`ALL_LAYER_VIEWS_MAX_BYTES`] and the model keeps per-layer queries and keys.
+pub fn long_prompt(model: &dyn Transformer, req: &ComputeRequest) -> bool {
+    let info = model.info();
+    let (n, p) = (req.ids.len(), req.prefix.as_ref().map_or(0, |p| p.len()));
+    let all_views = info.n_layers * info.n_heads * n * (n + p) * 4 * 4;
+    all_views > ALL_LAYER_VIEWS_MAX_BYTES && Evaluator::streams_heads(model)
+}
+
+/// The long-prompt answer: the viewed head of the viewed layer, and in a full answer every layer's
+/// per-head summaries, streamed one head at a time (see [`ALL_LAYER_VIEWS_MAX_BYTES`]).
+fn run_one_head(
+    model: &dyn Transformer,
+    req: &ComputeRequest,
+    c: &mut EvalCache,
+    edit: Edit,
+    full: bool,
+    t0: Instant,
+) -> crate::Result<Computed> {
+    let n_heads = model.info().n_heads;
+    let head = req.view_head.min(n_heads.saturating_sub(1));
+    let cap = c
+        .eval
+        .head_capture(model, req.prefix.as_ref(), edit, req.view_layer, head)?
+        .ok_or(crate::Error::Internal(
+            "long-prompt path on a model without it",
+        ))?;
+    c.last_prefix = req.prefix.clone();
+    let mut overview = c.overview.clone();
+    let mut summaries = None;
+    if full {
+        let s = match &c.summaries {
+            Some((pf, s)) if *pf == req.prefix => s.clone(),
+            _ => {
+                c.summaries = None;
+                let s = c.eval.summaries(model)?.ok_or(crate::Error::Internal(
+                    "long-prompt path on a model without it",
+                ))?;
+                let s = Arc::new(s);
+                c.summaries = Some((req.prefix.clone(), s.clone()));
+                s
+            }
+        };
+        if let Some(g) = s.grid(crate::metrics::HeadMetric::Deviation) {
+            overview = g.clone();
+        }
+        c.overview = overview.clone();
+        c.layer0 = (s.layer0_renorm_diff, s.layer0_identity_error);
+        summaries = Some(s);
+    } else if let Some(lc) = cap.layers.first() {
+        // The viewed head's cell is fresh in a quick answer too.
+        if let Some(cell) = overview.get_mut(lc.layer).and_then(|r| r.get_mut(head)) {
+            *cell = lc.max_renorm_diff(Some(0));
+        }
+    }
+    let difference = cap
+        .layers
+        .iter()
+        .map(|lc| (lc.layer, lc.difference()))
+        .collect();
+    Ok(Computed {
+        gen: req.gen,
+        model_gen: req.model_gen,
+        full,
+        overview,
+        overview_fresh: full,
+        difference,
+        layer0_renorm_diff: c.layer0.0,
+        layer0_identity_error: c.layer0.1,
+        capture: Arc::new(cap),
+        only_head: Some(head),
+        summaries,
         compute_time: t0.elapsed(),
     })
 }

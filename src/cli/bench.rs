@@ -44,6 +44,10 @@ pub struct Args {
     /// for any command, but reported here.
     #[arg(long)]
     pub profile: bool,
+    /// Instead of the rest: the window's long-prompt path at this prompt length, headless (the app's
+    /// compute thread, views, overview and plots), with its times and peak memory (`bench_app`).
+    #[arg(long)]
+    pub app: Option<usize>,
 }
 
 /// One forward at `n` with per-op timing, printed to stderr as a table (seconds, share, calls).
@@ -142,6 +146,9 @@ pub fn synthetic_ids(n: usize, vocab: usize) -> Vec<u32> {
 }
 
 pub fn run(a: Args) -> prefixscope::Result<()> {
+    if let Some(n) = a.app {
+        return app_path(&a, n);
+    }
     let t0 = Instant::now();
     let loaded = load::load_with(
         &a.model,
@@ -423,6 +430,7 @@ fn redraw_latency(loaded: &load::Loaded, repeats: usize, n: usize) -> prefixscop
         ids: ids.clone(),
         prefix: Some(prefix),
         view_layer: layer,
+        view_head: 0,
     };
     let computed = compute_once(model, &req, &[0, layer])?;
     let labels = loaded.tokenizer.labels(&ids);
@@ -567,4 +575,19 @@ fn tune_steps(
         out.insert(name.into(), median(times).into());
     }
     Ok(out)
+}
+
+#[cfg(feature = "gui")]
+fn app_path(a: &Args, n: usize) -> prefixscope::Result<()> {
+    super::bench_app::run(&a.model, a.quantized, n)
+}
+
+#[cfg(not(feature = "gui"))]
+fn app_path(_: &Args, _: usize) -> prefixscope::Result<()> {
+    Err(prefixscope::Error::unsupported(
+        "bench --app",
+        "feature",
+        "built without the window",
+        "a build with the gui feature",
+    ))
 }

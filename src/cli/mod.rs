@@ -2,6 +2,8 @@
 
 pub mod attention;
 pub mod bench;
+#[cfg(feature = "gui")]
+pub mod bench_app;
 pub mod capacity;
 pub mod construct;
 pub mod eval;

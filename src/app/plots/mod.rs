@@ -169,15 +169,32 @@ impl super::PrefixScopeApp {
         let key = capture_key(shown);
         if shown.full && self.plots.metrics_asked != key {
             self.plots.metrics_asked = key;
-            self.plots.jobs.send(
-                Job::Metrics {
-                    key,
-                    capture: shown.capture.clone(),
-                    n_layers,
-                    n_heads,
-                },
-                &ctx,
-            );
+            match &shown.summaries {
+                // A long prompt's answer brings its summaries, streamed head by head (its capture
+                // holds one head only).
+                Some(s) => {
+                    self.plots.metrics = Some(MetricsDone {
+                        key,
+                        deviations: s.deviations.clone(),
+                        grids: s
+                            .grids
+                            .iter()
+                            .filter(|(m, _)| *m != HeadMetric::Deviation)
+                            .cloned()
+                            .collect(),
+                    })
+                }
+                None if shown.only_head.is_none() => self.plots.jobs.send(
+                    Job::Metrics {
+                        key,
+                        capture: shown.capture.clone(),
+                        n_layers,
+                        n_heads,
+                    },
+                    &ctx,
+                ),
+                None => {}
+            }
         }
         if !self.plots.open {
             return;
@@ -193,10 +210,12 @@ impl super::PrefixScopeApp {
                 ui.columns(3, |cols| {
                     let devs = self.plots.metrics.as_ref().map(|m| m.deviations.as_slice());
                     self.plots.deviation.ui(&mut cols[0], devs, head);
+                    // The capture's index of the viewed head (a long prompt's holds one head).
+                    let local = shown.head_index(head);
                     self.plots.prefix_mass.ui(
                         &mut cols[1],
-                        shown.capture.layer(layer),
-                        head,
+                        local.and(shown.capture.layer(layer)),
+                        local.unwrap_or(0),
                         &self.shown_labels,
                     );
                     resend = self.plots.bias.ui(&mut cols[2], d_model);
