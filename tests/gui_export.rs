@@ -218,7 +218,7 @@ fn exported_figure_uses_the_value_scale_on_screen() {
     let opts = AppOptions {
         model,
         prompt: Some("3 1 4 1 5 9 2 6".into()),
-        session_dir: Some(dir.clone()),
+        session_dir: Some(dir.to_path_buf()),
         fresh: true,
         ..Default::default()
     };

@@ -327,7 +327,7 @@ fn plots_settings_survive_the_session() {
     let (model, _) = deep_toy();
     let opts = AppOptions {
         model: Some(model),
-        session_dir: Some(dir.clone()),
+        session_dir: Some(dir.to_path_buf()),
         fresh: false,
         ..Default::default()
     };
@@ -389,7 +389,7 @@ fn overview_keeps_its_minimum_with_the_plots_open() {
             prefix: Some(prefix),
             prefix_kind: Some(PrefixKind::Hidden),
             prompt: Some(PROMPT.into()),
-            session_dir: Some(dir.clone()),
+            session_dir: Some(dir.to_path_buf()),
             fresh: true,
             ..Default::default()
         };

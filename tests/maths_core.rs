@@ -869,6 +869,7 @@ fn prefix_tensors_lengths_and_a_float64_copy_label() {
     assert_eq!(info.dtype, "f32");
     let g64 = g.to_dtype(candle_core::DType::F64).unwrap();
     assert_eq!(g64.info().dtype, "f64");
+}
 
 /// `attend_kept` sends tracked inputs (a tuned prefix, tuned queries) and float64 checks to the
 /// differentiable attention, f32 inference to the blocked kernel: the gradient reaches a tracked

@@ -98,14 +98,13 @@ impl AbMaps {
     }
 }
 
-/// B − A of `head` from the two layers' captures (`pa`, `pb`: their prefix lengths). An error names
-/// what is missing (a capture without a prefix has no raw or renormalized map).
+/// B − A of one head from the two layers' captures (`pa`, `pb`: their prefix lengths; `ha`, `hb`: the
+/// head's index in each capture's head axis, which differ when one answer holds the viewed head only,
+/// `Computed::head_index`). An error names what is missing (a capture without a prefix has no raw or
+/// renormalized map).
 pub fn difference(
-    a: &LayerCapture,
-    pa: usize,
-    b: &LayerCapture,
-    pb: usize,
-    head: usize,
+    (a, pa, ha): (&LayerCapture, usize, usize),
+    (b, pb, hb): (&LayerCapture, usize, usize),
 ) -> Result<AbMaps, String> {
     let (Some(wa), Some(wb), Some(ra), Some(rb)) = (
         &a.with_prefix,
@@ -116,7 +115,7 @@ pub fn difference(
         return Err("A or B has no prefix: there is no raw or renormalized map to compare".into());
     };
     let n = b.pretrained.shape[1];
-    if a.pretrained.shape[1] != n || head >= a.n_heads().min(b.n_heads()) {
+    if a.pretrained.shape[1] != n || ha >= a.n_heads() || hb >= b.n_heads() {
         return Err(format!(
             "A's maps ({} queries, {} heads) do not match B's ({n} queries, {} heads)",
             a.pretrained.shape[1],
@@ -132,12 +131,12 @@ pub fn difference(
     for i in 0..n {
         // Prefix columns (same length only), then the visible content keys j <= i.
         for k in 0..raw_p {
-            raw[i * cols + k] = wb.data[(head * n + i) * cb + k] - wa.data[(head * n + i) * ca + k];
+            raw[i * cols + k] = wb.data[(hb * n + i) * cb + k] - wa.data[(ha * n + i) * ca + k];
         }
         for j in 0..=i {
             raw[i * cols + raw_p + j] =
-                wb.data[(head * n + i) * cb + pb + j] - wa.data[(head * n + i) * ca + pa + j];
-            renorm[i * n + j] = rb.data[(head * n + i) * n + j] - ra.data[(head * n + i) * n + j];
+                wb.data[(hb * n + i) * cb + pb + j] - wa.data[(ha * n + i) * ca + pa + j];
+            renorm[i * n + j] = rb.data[(hb * n + i) * n + j] - ra.data[(ha * n + i) * n + j];
         }
     }
     let max_abs = raw
@@ -187,6 +186,9 @@ pub struct AbPanel {
     next_gen: u64,
     /// The A request last sent (its generation and what it asked for).
     asked: Option<(u64, AskKey)>,
+    /// The head that request asked for: on the long-prompt path the answer holds that head only, so a
+    /// head switch asks again unless the answer holds every head.
+    asked_head: usize,
     /// A's newest answer.
     pub answer: Option<Box<Computed>>,
     /// Why A has no maps now (it no longer fits the model, or the worker refused it).
@@ -255,11 +257,18 @@ impl AbPanel {
         model_gen: u64,
         ids: &[u32],
         layer: usize,
+        head: usize,
     ) -> Option<super::worker::ComputeRequest> {
         let pin = self.pinned.as_ref()?;
         let key: AskKey = (model_gen, ids.to_vec(), layer, pin.version);
-        if self.asked.as_ref().is_some_and(|(_, k)| *k == key) {
-            return None;
+        if let Some((gen, k)) = &self.asked {
+            let all_heads = self
+                .answer
+                .as_ref()
+                .is_some_and(|a| a.gen == *gen && a.only_head.is_none());
+            if *k == key && (self.asked_head == head || all_heads) {
+                return None;
+            }
         }
         if let Err(e) = pin.prefix.check(info, Path::new("pinned prefix A")) {
             self.error = Some(format!(
@@ -274,12 +283,14 @@ impl AbPanel {
         self.error = None;
         self.next_gen += 1;
         self.asked = Some((self.next_gen, key));
+        self.asked_head = head;
         Some(super::worker::ComputeRequest {
             gen: self.next_gen,
             model_gen,
             ids: ids.to_vec(),
             prefix: Some(pin.prefix.clone()),
             view_layer: layer,
+            view_head: head,
         })
     }
 
@@ -297,8 +308,14 @@ impl AbPanel {
         }
     }
 
-    /// A's layer capture when A's answer is for exactly B's tokens, model and the viewed layer.
-    fn a_for<'a>(&'a self, b: &Computed, layer: usize) -> Option<(&'a LayerCapture, usize)> {
+    /// A's layer capture, prefix length and index of `head` when A's answer is for exactly B's
+    /// tokens, model, the viewed layer and holds that head.
+    fn a_for<'a>(
+        &'a self,
+        b: &Computed,
+        layer: usize,
+        head: usize,
+    ) -> Option<(&'a LayerCapture, usize, usize)> {
         let pin = self.pinned.as_ref()?;
         let (_, key) = self.asked.as_ref()?;
         let a = self.answer.as_ref()?;
@@ -306,9 +323,10 @@ impl AbPanel {
             && a.gen == self.asked.as_ref()?.0
             && a.model_gen == b.model_gen
             && a.capture.token_ids == b.capture.token_ids;
-        current
-            .then(|| a.capture.layer(layer).map(|lc| (lc, a.capture.p)))
-            .flatten()
+        if !current {
+            return None;
+        }
+        Some((a.capture.layer(layer)?, a.capture.p, a.head_index(head)?))
     }
 
     /// The panel: what A and B are, the two difference maps, the colour bar and the hover line.
@@ -348,8 +366,10 @@ impl AbPanel {
             return action;
         }
         let b_layer = b.capture.layer(layer);
-        let maps = match (b_layer, self.a_for(b, layer)) {
-            (Some(bl), Some((al, pa))) => difference(al, pa, bl, b.capture.p, head),
+        let maps = match (b_layer, b.head_index(head), self.a_for(b, layer, head)) {
+            (Some(bl), Some(hb), Some((al, pa, ha))) => {
+                difference((al, pa, ha), (bl, b.capture.p, hb))
+            }
             _ => Err(match &self.error {
                 Some(e) => e.clone(),
                 None => format!(

@@ -565,10 +565,13 @@ impl PrefixScopeApp {
         if self.prompt.ids.is_empty() || self.prompt.error.is_some() {
             return;
         }
-        if let Some(req) = self
-            .ab
-            .request(&m.info, m.model_gen, &self.prompt.ids, self.views.layer)
-        {
+        if let Some(req) = self.ab.request(
+            &m.info,
+            m.model_gen,
+            &self.prompt.ids,
+            self.views.layer,
+            self.views.head,
+        ) {
             self.worker.compute_pinned(req);
         }
     }
