@@ -894,7 +894,7 @@ mod attend_kept_paths {
             let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
             let tot: f64 = e.iter().sum();
             for d in 0..2 {
-                z.push((0..i + 2).map(|j| e[j] / tot * vals[j][d]).sum());
+                z.push(e.iter().zip(vals).map(|(ej, vj)| ej / tot * vj[d]).sum());
             }
         }
         z

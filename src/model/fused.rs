@@ -19,11 +19,11 @@ fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32], usize, usize, usize) -> R) ->
     let candle_core::Storage::Cpu(s) = &*s else {
         return None;
     };
-    let rs = match l.stride() {
-        [rs, 1] => *rs,
-        _ if n <= 1 || c == 0 => c,
-        _ => return None,
+    // Only unit column stride: a single row of a transposed column (stride `(1, 2)`) is not.
+    let [rs, 1] = l.stride() else {
+        return None;
     };
+    let rs = *rs;
     let a = s.as_slice::<f32>().ok()?;
     let need = if n == 0 { 0 } else { (n - 1) * rs + c };
     let a = a.get(l.start_offset()..l.start_offset() + need)?;
@@ -181,5 +181,21 @@ mod tests {
         let d = a.to_dtype(DType::F64).unwrap();
         assert!(add(&d, &d).unwrap().is_none());
         assert!(silu_mul(&d, &d).unwrap().is_none());
+        // One row whose columns are not adjacent (column 0 of a (3, 2) matrix, transposed): declined,
+        // not read as if they were.
+        let col = b
+            .narrow(0, 0, 3)
+            .unwrap()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .t()
+            .unwrap();
+        assert_eq!(col.dims(), &[1, 3]);
+        assert!(add(&col, &col).unwrap().is_none());
+        // Tracked tensors are declined: a fused pass has no backward.
+        let v = candle_core::Var::from_tensor(&a).unwrap();
+        assert!(add(v.as_tensor(), &b).unwrap().is_none());
+        assert!(add(&b, v.as_tensor()).unwrap().is_none());
+        assert!(silu_mul(v.as_tensor(), &b).unwrap().is_none());
     }
 }
