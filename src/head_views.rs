@@ -55,6 +55,12 @@ fn one_head_run(
     })
 }
 
+/// One head's queries, keys, values and prefix column count ([`LayerKv::operands`]).
+type Operands<'a> = (&'a [f32], Vec<f32>, Vec<f32>, usize);
+
+/// Every [`HeadMetric`]'s value for one head, and its `(max, mean)` deviation ([`head_figures`]).
+type HeadFigures = (Vec<(HeadMetric, Option<f32>)>, Option<(f32, f32)>);
+
 /// The content queries, keys and values of one layer as row-major floats, read once per layer and
 /// shared by its heads.
 pub struct LayerKv {
@@ -102,7 +108,7 @@ impl LayerKv {
 
     /// Head `h`'s operands for the last `n` query rows: its queries, its keys and values over
     /// `[prefix keys | stream rows]`, and the number of columns before the content (`P`).
-    fn operands(&self, h: usize, n: usize) -> Result<(&[f32], Vec<f32>, Vec<f32>, usize)> {
+    fn operands(&self, h: usize, n: usize) -> Result<Operands<'_>> {
         if h >= self.heads || n > self.t {
             return Err(Error::Internal("head or rows out of range"));
         }
@@ -150,11 +156,7 @@ impl LayerKv {
 /// [`metrics::layer_deviations`] take them from a capture's views (the tests check both ways agree):
 /// `with` the prefixed run's `n x (P + n)` rows and `P`, `pre` the pretrained run's `n x n`.
 /// Returns the value of every [`HeadMetric`] and the `(max, mean)` deviation (with a prefix).
-fn head_figures(
-    with: Option<(&[f32], usize)>,
-    pre: &[f32],
-    n: usize,
-) -> (Vec<(HeadMetric, Option<f32>)>, Option<(f32, f32)>) {
+fn head_figures(with: Option<(&[f32], usize)>, pre: &[f32], n: usize) -> HeadFigures {
     let (src, cols, c0) = match with {
         Some((w, p)) => (w, p + n, p),
         None => (pre, n, 0),
