@@ -23,7 +23,7 @@ fn a_long_prompt_fills_the_views_the_overview_and_the_plots() {
     let opts = AppOptions {
         model: Some(model),
         prompt: Some(prompt),
-        session_dir: Some(dir.clone()),
+        session_dir: Some(dir.to_path_buf()),
         fresh: true,
         ..Default::default()
     };
