@@ -191,10 +191,7 @@ fn write_tensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
     let ext = extension(path);
     let tmp = tmp_path(path);
     let res = match ext.as_str() {
-        "npz" => {
-            let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-            Tensor::write_npz(&refs, &tmp)
-        }
+        "npz" => write_npz_buffered(&tensors, &tmp),
         "npy" if tensors.len() == 1 => tensors[0].1.write_npy(&tmp),
         "npy" => {
             return Err(Error::input(
@@ -220,6 +217,65 @@ fn write_tensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
         .map_err(|e| Error::format(path, "write", "a writable file", e.to_string()))
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
     remove_on_error(&tmp, done)
+}
+
+/// One `.npy` file's bytes before its data: the format's magic, version 1.0, and the header dict
+/// (numpy's own layout), padded with spaces and a newline to a multiple of 64 bytes.
+fn npy_header(shape: &[usize]) -> Vec<u8> {
+    let dims = match shape {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+    while (10 + dict.len() + 1) % 64 != 0 {
+        dict.push(' ');
+    }
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out
+}
+
+/// `.npz` (a stored zip of `.npy` files) through a buffered file, the data of each array written in
+/// large blocks: candle's `write_npz` writes every float with its own call into an unbuffered file
+/// (7 million `write` calls and 125 s of system time for a 2,048-token prompt's four layers).
+fn write_npz_buffered(tensors: &[(String, Tensor)], path: &Path) -> candle_core::Result<()> {
+    use std::io::Write;
+    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut zip = zip::ZipWriter::new(file);
+    let options: zip::write::FileOptions<()> =
+        zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let zerr = |e: zip::result::ZipError| candle_core::Error::Msg(e.to_string());
+    for (name, t) in tensors {
+        let data = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        let bytes = npy_header(t.dims()).len() as u64 + data.len() as u64 * 4;
+        let options = options.large_file(bytes >= u32::MAX as u64);
+        zip.start_file(format!("{name}.npy"), options)
+            .map_err(zerr)?;
+        zip.write_all(&npy_header(t.dims()))?;
+        let mut block = Vec::with_capacity(1 << 20);
+        for chunk in data.chunks(1 << 18) {
+            block.clear();
+            for x in chunk {
+                block.extend_from_slice(&x.to_le_bytes());
+            }
+            zip.write_all(&block)?;
+        }
+    }
+    let mut file = zip.finish().map_err(zerr)?;
+    file.flush()?;
+    Ok(())
 }
 
 /// A failed write or rename leaves no temporary file behind.
