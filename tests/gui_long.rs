@@ -77,5 +77,17 @@ fn a_long_prompt_fills_the_views_the_overview_and_the_plots() {
     assert!(h
         .query_by_label_contains("pretrained (no prefix) heatmap, layer 7, head 4")
         .is_some());
+    // The prefix-mass plot names the model's head, not the capture's one-head index, and draws no
+    // "mean over heads" from the one head it holds.
+    h.state_mut().plots.open = true;
+    h.run_steps(3);
+    assert!(
+        h.query_by_label_contains("Prefix mass per query (layer 7, head 4)")
+            .is_some(),
+        "the prefix-mass plot's title names head 4"
+    );
+    assert!(h
+        .query_by_label_contains("Prefix mass per query (layer 7, head 0)")
+        .is_none());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,8 +9,9 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[arg(long)]
-    pub model: PathBuf,
+    /// The model to time (not read by `--attention-blocks`).
+    #[arg(long, required_unless_present = "attention_blocks")]
+    pub model: Option<PathBuf>,
     /// Keep GGUF weights quantized in memory (each is dequantized for its product): less memory, same numbers.
     #[arg(long)]
     pub quantized: bool,
@@ -48,6 +49,59 @@ pub struct Args {
     /// compute thread, views, overview and plots), with its times and peak memory (`bench_app`).
     #[arg(long)]
     pub app: Option<usize>,
+    /// Instead of the rest: time the blocked causal attention's query-block sizes (16 to 256 rows) on
+    /// SmolLM2's shapes (9 heads, 3 key/value heads, head dimension 64) at N = 128, 512 and 2,048, on
+    /// one thread and on two: what the kernel's block size was chosen by. Needs no model.
+    #[arg(long)]
+    pub attention_blocks: bool,
+}
+
+impl Args {
+    /// `--model`, which clap requires unless `--attention-blocks` is given.
+    fn model(&self) -> prefixscope::Result<&std::path::Path> {
+        self.model
+            .as_deref()
+            .ok_or(prefixscope::Error::Internal("bench: no --model"))
+    }
+}
+
+/// `--attention-blocks`: the best of several runs per block size, printed one line each.
+fn attention_blocks() -> prefixscope::Result<()> {
+    use prefixscope::model::attention::{causal_attention_blocks, AttnDims};
+    for t in [128usize, 512, 2048] {
+        let d = AttnDims {
+            heads: 9,
+            kv_heads: 3,
+            t,
+            p: 0,
+            head_dim: 64,
+        };
+        // Deterministic, bounded values: the kernel's speed does not depend on them.
+        let q: Vec<f32> = (0..9 * t * 64)
+            .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
+            .collect();
+        let k: Vec<f32> = (0..3 * t * 64)
+            .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
+            .collect();
+        for threads in [1usize, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| candle_core::Error::Msg(format!("thread pool: {e}")))?;
+            for b in [16usize, 32, 64, 128, 256] {
+                let mut best = f64::INFINITY;
+                for _ in 0..if t > 1000 { 3 } else { 10 } {
+                    let t0 = Instant::now();
+                    pool.install(|| {
+                        std::hint::black_box(causal_attention_blocks(&q, &k, &k, d, 0.125, true, b))
+                    });
+                    best = best.min(t0.elapsed().as_secs_f64());
+                }
+                println!("N {t} threads {threads} block {b}: {:.3} ms", best * 1e3);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One forward at `n` with per-op timing, printed to stderr as a table (seconds, share, calls).
@@ -149,9 +203,12 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     if let Some(n) = a.app {
         return app_path(&a, n);
     }
+    if a.attention_blocks {
+        return attention_blocks();
+    }
     let t0 = Instant::now();
     let loaded = load::load_with(
-        &a.model,
+        a.model()?,
         &load::LoadControl {
             quantized: a.quantized,
             ..Default::default()
@@ -251,7 +308,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     };
     if a.json {
         let v = serde_json::json!({
-            "model": a.model.display().to_string(),
+            "model": a.model()?.display().to_string(),
             "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
             "matmul": prefixscope::model::blas::backend(),
             "matmul_choice": prefixscope::model::blas::source(),
@@ -336,7 +393,7 @@ fn print_forward_only(
 ) -> prefixscope::Result<()> {
     if a.json {
         let v = serde_json::json!({
-            "model": a.model.display().to_string(),
+            "model": a.model()?.display().to_string(),
             "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
             "matmul": prefixscope::model::blas::backend(),
             "matmul_choice": prefixscope::model::blas::source(),
@@ -372,7 +429,13 @@ fn print_forward(
         Some(b) => format!("{:.0} MB", b / 1e6),
         None => "peak n/a".into(),
     };
-    println!("model           {}", a.model.display());
+    println!(
+        "model           {}",
+        a.model
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""))
+            .display()
+    );
     println!("load            {load_s:.3} s");
     println!("matmul          {}", prefixscope::model::blas::backend());
     println!("matmul from     {}", prefixscope::model::blas::source());
@@ -579,7 +642,7 @@ fn tune_steps(
 
 #[cfg(feature = "gui")]
 fn app_path(a: &Args, n: usize) -> prefixscope::Result<()> {
-    super::bench_app::run(&a.model, a.quantized, n)
+    super::bench_app::run(a.model()?, a.quantized, n)
 }
 
 #[cfg(not(feature = "gui"))]

@@ -583,47 +583,6 @@ mod tests {
         );
     }
 
-    /// Timing of the block sizes (run by hand: `cargo test --lib attention::tests::tune_block --
-    /// --ignored --nocapture`); SmolLM2's shape, maps kept.
-    #[test]
-    #[ignore]
-    fn tune_block() {
-        for t in [128usize, 512, 2048] {
-            let d = AttnDims {
-                heads: 9,
-                kv_heads: 3,
-                t,
-                p: 0,
-                head_dim: 64,
-            };
-            let q: Vec<f32> = (0..9 * t * 64)
-                .map(|i| ((i % 17) as f32 - 8.0) * 0.01)
-                .collect();
-            let k: Vec<f32> = (0..3 * t * 64)
-                .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
-                .collect();
-            for threads in [1usize, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                for b in [16usize, 32, 64, 128, 256] {
-                    let mut best = f64::INFINITY;
-                    for _ in 0..if t > 1000 { 3 } else { 10 } {
-                        let t0 = std::time::Instant::now();
-                        pool.install(|| {
-                            std::hint::black_box(causal_attention_blocks(
-                                &q, &k, &k, d, 0.125, true, b,
-                            ))
-                        });
-                        best = best.min(t0.elapsed().as_secs_f64());
-                    }
-                    println!("t {t} threads {threads} block {b}: {:.3} ms", best * 1e3);
-                }
-            }
-        }
-    }
-
     /// The vectorized exponential against f64's over the softmax's range, and its row sum.
     #[test]
     fn vectorized_exp_is_within_a_few_ulp_of_f64() {

@@ -215,7 +215,7 @@ impl super::PrefixScopeApp {
                     self.plots.prefix_mass.ui(
                         &mut cols[1],
                         local.and(shown.capture.layer(layer)),
-                        local.unwrap_or(0),
+                        (head, local.unwrap_or(0)),
                         &self.shown_labels,
                     );
                     resend = self.plots.bias.ui(&mut cols[2], d_model);

@@ -22,12 +22,15 @@ pub fn mean_over_heads(lc: &LayerCapture) -> Option<Vec<f32>> {
 }
 
 impl PrefixMassPlot {
-    /// `lc`: the selected layer (`None` until it is computed); `labels` the content tokens' labels.
+    /// `lc`: the selected layer (`None` until it is computed); `head`: the model's head number (what
+    /// the titles say) and its index in `lc`'s head axis, which differ on the long-prompt path where
+    /// the capture holds the viewed head only (then there is no mean over heads to draw);
+    /// `labels`: the content tokens' labels.
     pub fn ui(
         &mut self,
         ui: &mut egui::Ui,
         lc: Option<&LayerCapture>,
-        head: usize,
+        (head, local): (usize, usize),
         labels: &[String],
     ) {
         let title = match lc {
@@ -39,21 +42,27 @@ impl PrefixMassPlot {
             ui.label("computing…");
             return;
         };
-        let (Some(mass), Some(mean)) = (prefix_mass_per_query(lc, head), mean_over_heads(lc))
-        else {
+        let Some(mass) = prefix_mass_per_query(lc, local) else {
             ui.label("no prefix");
             return;
+        };
+        // One head held (a long prompt): its mean would be that head's own bars, so none is drawn.
+        let mean = if lc.n_heads() > 1 {
+            mean_over_heads(lc)
+        } else {
+            None
         };
         let bars: Vec<Bar> = mass
             .iter()
             .enumerate()
             .map(|(i, &a)| Bar::new(i as f64, a as f64).width(0.8))
             .collect();
-        let line: Vec<[f64; 2]> = mean
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| [i as f64, a as f64])
-            .collect();
+        let line: Option<Vec<[f64; 2]>> = mean.map(|mean| {
+            mean.iter()
+                .enumerate()
+                .map(|(i, &a)| [i as f64, a as f64])
+                .collect()
+        });
         let labels: Vec<String> = labels
             .iter()
             .map(|l| super::super::views::axis_label(l))
@@ -98,10 +107,12 @@ impl PrefixMassPlot {
                     BarChart::new(format!("head {head}"), bars)
                         .color(egui::Color32::from_rgb(49, 130, 189)),
                 );
-                p.line(
-                    Line::new("mean over heads", PlotPoints::from(line))
-                        .color(egui::Color32::from_rgb(230, 85, 13)),
-                );
+                if let Some(line) = line {
+                    p.line(
+                        Line::new("mean over heads", PlotPoints::from(line))
+                            .color(egui::Color32::from_rgb(230, 85, 13)),
+                    );
+                }
             });
         let max = mass.iter().copied().fold(0f32, f32::max);
         resp.response.widget_info(|| {
