@@ -360,6 +360,66 @@ fn floats_follow_their_rule() {
     );
 }
 
+/// Every size limit at its edge through `config.json` (the head and MLP sizes too, written for
+/// the `<<` -> `>>` mutants of their limits, which made them 0), and values of the wrong JSON type left
+/// to the family's parser, which names them (this check must not refuse them as out of range).
+#[test]
+fn config_json_head_and_mlp_sizes_at_their_edges_and_wrong_types_left_to_the_parser() {
+    let p = Path::new("c.json");
+    let check = |v: serde_json::Value| limits::check_config_json(p, &v);
+    assert!(check(serde_json::json!({"head_dim": 8192, "intermediate_size": 1048576})).is_ok());
+    assert_eq!(
+        check(serde_json::json!({"head_dim": 8193}))
+            .unwrap_err()
+            .one_line(),
+        "c.json: head_dim: expected at most 8192 (head dimension; a sane limit), found 8193"
+    );
+    assert_eq!(
+        check(serde_json::json!({"intermediate_size": 1048577}))
+            .unwrap_err()
+            .one_line(),
+        "c.json: intermediate_size: expected at most 1048576 (intermediate (MLP) size; a sane \
+         limit), found 1048577"
+    );
+    for v in [
+        serde_json::json!("576"),
+        serde_json::json!(-1),
+        serde_json::json!(true),
+        serde_json::json!([576]),
+    ] {
+        assert!(
+            check(serde_json::json!({ "hidden_size": v.clone() })).is_ok(),
+            "{v} is the parser's to name"
+        );
+    }
+}
+
+/// A `tokenizer.json` over 512 MiB is refused by its size before it is read (a sparse file: no
+/// disk used), a real one at a few kB passes.
+#[test]
+fn tokenizer_json_is_bounded_by_its_size_before_it_is_read() {
+    use prefixscope::load::tokenizer_check;
+    let dir = std::env::temp_dir().join(format!("prefixscope-tok-size-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let real = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/regressions/hostile-files/tiny-hf-folder-valid/tokenizer.json");
+    assert!(tokenizer_check::check(&real).is_ok());
+    let big = dir.join("tokenizer.json");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((512 << 20) + 1)
+        .unwrap();
+    let e = tokenizer_check::check(&big).unwrap_err().one_line();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        e,
+        format!(
+            "{}: size: expected a tokenizer.json of at most 536870912 bytes, found 536870913 bytes",
+            big.display()
+        )
+    );
+}
+
 #[test]
 fn config_json_sizes_and_floats() {
     let p = Path::new("c.json");

@@ -59,11 +59,6 @@ pub const CONTEXT: Limit = Limit {
     what: "context length",
     max: 1 << 24,
 };
-/// Elements of one tensor (2^34 f32 = 64 GiB; the file bound is usually the tighter one).
-pub const TENSOR_ELEMENTS: Limit = Limit {
-    what: "elements of one tensor",
-    max: 1 << 34,
-};
 
 /// The largest `config.json` we read (real ones are a few kB).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
