@@ -251,45 +251,19 @@ impl Evaluator {
         let key = self.pretrained_key(model, p)?;
         let n_layers = st.n_layers();
         let n_heads = model.info().n_heads;
-        let same_prefix = match (&self.prefix, prefix) {
-            (Some(a), Some(b)) => a == b,
-            (None, None) => true,
-            _ => false,
-        };
-        if !same_prefix || self.inputs.len() != n_layers {
-            self.prefix = prefix.cloned();
-            self.inputs = vec![None; n_layers];
-            self.content = vec![None; n_layers];
-            self.valid_in = 0;
+        // Another prefix than the cached one: every layer is stale (the edit between them is unknown).
+        self.invalidate(prefix, Edit::All, n_layers);
+        // Pretrained maps kept whole (not content keys and values): nothing to compare per head.
+        if let Pretrained::Maps(_) = self.pretrained_of(key)? {
+            return Ok(None);
         }
+        self.bring_up_to(st, n_layers - 1)?;
         let n = self.ids.len();
         let mut rows = Vec::with_capacity(n_layers);
-        let mut z_prev: Option<Tensor> = None;
         for l in 0..n_layers {
-            if l >= self.valid_in {
-                let x = if l == 0 {
-                    let (x, pos0) = st.embed_input(&self.ids, prefix)?;
-                    self.pos0 = pos0;
-                    x
-                } else {
-                    let prev = self.inputs[l - 1]
-                        .as_ref()
-                        .ok_or(Error::Internal("incremental cache out of order"))?;
-                    let z = z_prev
-                        .as_ref()
-                        .ok_or(Error::Internal("incremental cache out of order"))?;
-                    st.layer_finish(l - 1, prev, z)?
-                };
-                self.content[l] = Some(st.layer_content(l, &x, self.pos0)?);
-                self.inputs[l] = Some(x);
-            }
             let c = self.content[l]
                 .as_ref()
                 .ok_or(Error::Internal("incremental cache out of order"))?;
-            if l + 1 < n_layers && l + 1 >= self.valid_in {
-                let extra = st.prefix_kv(l, prefix)?;
-                z_prev = Some(attend_kept(c, extra.as_ref(), false)?.0);
-            }
             let row = match (prefix, self.pretrained_of(key)?) {
                 (Some(_), Pretrained::Content { layers, .. }) => {
                     let pre = layers
@@ -305,7 +279,6 @@ impl Evaluator {
             };
             rows.push(row);
         }
-        self.valid_in = n_layers;
         Ok(Some(rows))
     }
 
