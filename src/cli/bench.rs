@@ -307,27 +307,14 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         tune_steps(std::sync::Arc::from(loaded.model), a.repeats.max(1), 32)?
     };
     if a.json {
-        let v = serde_json::json!({
-            "model": a.model()?.display().to_string(),
-            "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
-            "matmul": prefixscope::model::blas::backend(),
-            "matmul_choice": prefixscope::model::blas::source(),
-            "matmul_from_cache": prefixscope::model::blas::from_cache(),
-            "cpu": prefixscope::model::blas::Cpu::detect().describe(),
-            "matmul_peak_gflops": sgemm_gflops,
-            "load_s": load_s,
-            "peak_rss_bytes": peak,
-            "full_forward_s": forward,
-            "gflops": flops,
-            "forward_peak_rss_bytes": peaks,
-            "four_layers": four,
-            "update_n": a.update_n,
-            "update_s": update,
-            "toy_update_s": toy_detail,
-            "redraw_s": redraw_s,
-            "tune_step_s": tune,
-        });
-        println!("{v}");
+        let mut v = forward_json(&a, load_s, sgemm_gflops, &forward, &flops, &peaks, &four)?;
+        v.insert("peak_rss_bytes".into(), peak.into());
+        v.insert("update_n".into(), a.update_n.into());
+        v.insert("update_s".into(), update.into());
+        v.insert("toy_update_s".into(), toy_detail.into());
+        v.insert("redraw_s".into(), redraw_s.into());
+        v.insert("tune_step_s".into(), tune.into());
+        println!("{}", serde_json::Value::Object(v));
     } else {
         print_forward(
             &a,
@@ -379,6 +366,39 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
 
 type Map = serde_json::Map<String, serde_json::Value>;
 
+/// The machine, the backend and the forward figures: the JSON object `--forward-only` prints, which
+/// the whole bench extends with the update, redraw and tuning figures.
+#[allow(clippy::too_many_arguments)]
+fn forward_json(
+    a: &Args,
+    load_s: f64,
+    sgemm_gflops: f64,
+    forward: &Map,
+    flops: &Map,
+    peaks: &Map,
+    four: &Option<serde_json::Value>,
+) -> prefixscope::Result<Map> {
+    let v = serde_json::json!({
+        "model": a.model()?.display().to_string(),
+        "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
+        "matmul": prefixscope::model::blas::backend(),
+        "matmul_choice": prefixscope::model::blas::source(),
+        "matmul_from_cache": prefixscope::model::blas::from_cache(),
+        "cpu": prefixscope::model::blas::Cpu::detect().describe(),
+        "matmul_peak_gflops": sgemm_gflops,
+        "load_s": load_s,
+        "full_forward_s": forward,
+        "gflops": flops,
+        "forward_peak_rss_bytes": peaks,
+        "four_layers": four,
+    });
+    // `json!` of an object literal is always an object.
+    Ok(match v {
+        serde_json::Value::Object(m) => m,
+        _ => Map::new(),
+    })
+}
+
 /// `bench --forward-only`: the forward figures alone, as text or one JSON object.
 #[allow(clippy::too_many_arguments)]
 fn print_forward_only(
@@ -392,21 +412,8 @@ fn print_forward_only(
     four: Option<serde_json::Value>,
 ) -> prefixscope::Result<()> {
     if a.json {
-        let v = serde_json::json!({
-            "model": a.model()?.display().to_string(),
-            "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
-            "matmul": prefixscope::model::blas::backend(),
-            "matmul_choice": prefixscope::model::blas::source(),
-            "matmul_from_cache": prefixscope::model::blas::from_cache(),
-            "cpu": prefixscope::model::blas::Cpu::detect().describe(),
-            "matmul_peak_gflops": sgemm_gflops,
-            "load_s": load_s,
-            "full_forward_s": forward,
-            "gflops": flops,
-            "forward_peak_rss_bytes": peaks,
-            "four_layers": four,
-        });
-        println!("{v}");
+        let v = forward_json(a, load_s, sgemm_gflops, forward, flops, peaks, &four)?;
+        println!("{}", serde_json::Value::Object(v));
     } else {
         print_forward(a, info, load_s, sgemm_gflops, forward, flops, peaks, &four);
     }
