@@ -249,33 +249,122 @@ fn npy_header(shape: &[usize]) -> Vec<u8> {
 /// (7 million `write` calls and 125 s of system time for a 2,048-token prompt's four layers).
 fn write_npz_buffered(tensors: &[(String, Tensor)], path: &Path) -> candle_core::Result<()> {
     use std::io::Write;
-    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    let mut zip = zip::ZipWriter::new(file);
-    let options: zip::write::FileOptions<()> =
-        zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    let zerr = |e: zip::result::ZipError| candle_core::Error::Msg(e.to_string());
+    let mut zip = npz_zip(path)?;
     for (name, t) in tensors {
         let data = t
             .flatten_all()?
             .to_dtype(candle_core::DType::F32)?
             .to_vec1::<f32>()?;
-        let bytes = npy_header(t.dims()).len() as u64 + data.len() as u64 * 4;
-        let options = options.large_file(bytes >= u32::MAX as u64);
-        zip.start_file(format!("{name}.npy"), options)
-            .map_err(zerr)?;
-        zip.write_all(&npy_header(t.dims()))?;
-        let mut block = Vec::with_capacity(1 << 20);
-        for chunk in data.chunks(1 << 18) {
-            block.clear();
-            for x in chunk {
-                block.extend_from_slice(&x.to_le_bytes());
-            }
-            zip.write_all(&block)?;
-        }
+        npz_entry(&mut zip, name, t.dims(), &data)?;
     }
-    let mut file = zip.finish().map_err(zerr)?;
+    let mut file = zip.finish().map_err(zip_error)?;
     file.flush()?;
     Ok(())
+}
+
+type NpzZip = zip::ZipWriter<std::io::BufWriter<std::fs::File>>;
+
+fn zip_error(e: zip::result::ZipError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+/// A new zip at `path` behind a 1 MB buffer.
+fn npz_zip(path: &Path) -> candle_core::Result<NpzZip> {
+    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    Ok(zip::ZipWriter::new(file))
+}
+
+/// One stored (uncompressed) `{name}.npy` entry: numpy's header for `shape`, then `data` as
+/// little-endian f32 in blocks of 1 MB (zip64 when it passes 4 GB).
+fn npz_entry(
+    zip: &mut NpzZip,
+    name: &str,
+    shape: &[usize],
+    data: &[f32],
+) -> candle_core::Result<()> {
+    use std::io::Write;
+    let header = npy_header(shape);
+    let bytes = header.len() as u64 + data.len() as u64 * 4;
+    let options: zip::write::FileOptions<()> = zip::write::FileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(bytes >= u32::MAX as u64);
+    zip.start_file(format!("{name}.npy"), options)
+        .map_err(zip_error)?;
+    zip.write_all(&header)?;
+    let mut block = Vec::with_capacity(1 << 20);
+    for chunk in data.chunks(1 << 18) {
+        block.clear();
+        for x in chunk {
+            block.extend_from_slice(&x.to_le_bytes());
+        }
+        zip.write_all(&block)?;
+    }
+    Ok(())
+}
+
+/// An `.npz` written one array at a time into a temporary file beside `path` and renamed onto it by
+/// [`NpzWriter::finish`], so that a long prompt's maps go to disk layer by layer instead of being
+/// held together (`prefixscope attention`). Dropped unfinished (an error on the way), it removes its
+/// temporary file and leaves `path` as it was.
+pub struct NpzWriter {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    zip: Option<NpzZip>,
+}
+
+impl NpzWriter {
+    /// Start the file. Errors: the temporary file cannot be created (naming `path`).
+    pub fn create(path: &Path) -> Result<Self> {
+        let tmp = tmp_path(path);
+        let zip = npz_zip(&tmp).map_err(|e| write_error(path, e))?;
+        Ok(NpzWriter {
+            path: path.to_path_buf(),
+            tmp,
+            zip: Some(zip),
+        })
+    }
+
+    /// Append one array as `{name}.npy`. Errors: a write failed (the disk is full, naming `path`).
+    pub fn add(&mut self, name: &str, a: &Array) -> Result<()> {
+        if a.shape.iter().product::<usize>() != a.data.len() {
+            return Err(Error::Internal("an array's data does not fill its shape"));
+        }
+        let zip = self
+            .zip
+            .as_mut()
+            .ok_or(Error::Internal("npz written after it was finished"))?;
+        npz_entry(zip, name, &a.shape, &a.data).map_err(|e| write_error(&self.path, e))
+    }
+
+    /// Write the zip's directory and rename the file onto `path`.
+    pub fn finish(mut self) -> Result<()> {
+        use std::io::Write;
+        let zip = self
+            .zip
+            .take()
+            .ok_or(Error::Internal("npz finished twice"))?;
+        let done = zip
+            .finish()
+            .map_err(zip_error)
+            .and_then(|mut f| f.flush().map_err(candle_core::Error::from))
+            .map_err(|e| write_error(&self.path, e))
+            .and_then(|()| {
+                std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))
+            });
+        remove_on_error(&self.tmp, done)
+    }
+}
+
+impl Drop for NpzWriter {
+    fn drop(&mut self) {
+        if self.zip.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn write_error(path: &Path, e: candle_core::Error) -> Error {
+    Error::format(path, "write", "a writable file", e.to_string())
 }
 
 /// A failed write or rename leaves no temporary file behind.

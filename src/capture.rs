@@ -136,36 +136,170 @@ impl Capture {
 
     /// [`Capture::named_arrays`], moving the arrays out instead of copying them.
     pub fn into_named_arrays(self) -> Vec<(String, Array)> {
-        use crate::hooks::{self, Hook};
-        let mut out = vec![(
-            hooks::TOKEN_IDS.to_string(),
-            Array {
-                shape: vec![self.token_ids.len()],
-                data: self.token_ids.iter().map(|&x| x as f32).collect(),
-            },
-        )];
+        let mut out = vec![token_ids_array(&self.token_ids)];
         for c in self.layers {
-            let l = c.layer;
-            if let (Some(w), Some(r), Some(m)) = (c.with_prefix, c.renormalized, c.prefix_mass) {
-                out.push((Hook::Pattern.name(l), w));
-                out.push((Hook::PatternRenormalized.name(l), r));
-                out.push((Hook::PrefixMass.name(l), m));
-            }
-            out.push((Hook::PatternPretrained.name(l), c.pretrained));
+            out.extend(c.into_named_arrays());
         }
+        out.extend(
+            CaptureEnds {
+                token_ids: self.token_ids,
+                p: self.p,
+                logits_last_pretrained: self.logits_last_pretrained,
+                logits_last_prefixed: self.logits_last_prefixed,
+            }
+            .logit_arrays(),
+        );
+        out
+    }
+}
+
+impl LayerCapture {
+    /// This layer's part of [`Capture::into_named_arrays`]: `blocks.{l}.attn.hook_pattern`,
+    /// `hook_pattern_renormalized`, `hook_prefix_mass` (with a prefix), `hook_pattern_pretrained`.
+    pub fn into_named_arrays(self) -> Vec<(String, Array)> {
+        use crate::hooks::Hook;
+        let l = self.layer;
+        let mut out = Vec::with_capacity(4);
+        if let (Some(w), Some(r), Some(m)) = (self.with_prefix, self.renormalized, self.prefix_mass)
+        {
+            out.push((Hook::Pattern.name(l), w));
+            out.push((Hook::PatternRenormalized.name(l), r));
+            out.push((Hook::PrefixMass.name(l), m));
+        }
+        out.push((Hook::PatternPretrained.name(l), self.pretrained));
+        out
+    }
+}
+
+/// `token_ids`, the first of [`Capture::into_named_arrays`]: the prompt's ids as float32 `(N,)`.
+pub fn token_ids_array(ids: &[u32]) -> (String, Array) {
+    (
+        crate::hooks::TOKEN_IDS.to_string(),
+        Array {
+            shape: vec![ids.len()],
+            data: ids.iter().map(|&x| x as f32).collect(),
+        },
+    )
+}
+
+/// What a capture has besides its layers: the prompt, the prefix length and the two runs' last
+/// logits ([`capture_each`] returns it after the last layer).
+#[derive(Debug, Clone)]
+pub struct CaptureEnds {
+    pub token_ids: Vec<u32>,
+    pub p: usize,
+    pub logits_last_pretrained: Vec<f32>,
+    pub logits_last_prefixed: Option<Vec<f32>>,
+}
+
+impl CaptureEnds {
+    /// The last logits of both runs, the last of [`Capture::into_named_arrays`].
+    pub fn logit_arrays(self) -> Vec<(String, Array)> {
         let v = |x: Vec<f32>| Array {
             shape: vec![x.len()],
             data: x,
         };
-        out.push((
-            hooks::LOGITS_LAST_PRETRAINED.into(),
+        let mut out = vec![(
+            crate::hooks::LOGITS_LAST_PRETRAINED.into(),
             v(self.logits_last_pretrained),
-        ));
+        )];
         if let Some(x) = self.logits_last_prefixed {
-            out.push((hooks::LOGITS_LAST_PREFIXED.into(), v(x)));
+            out.push((crate::hooks::LOGITS_LAST_PREFIXED.into(), v(x)));
         }
         out
     }
+
+    fn check_finite(&self) -> Result<()> {
+        check_logits_finite(
+            &self.logits_last_pretrained,
+            self.logits_last_prefixed.as_deref(),
+        )
+    }
+}
+
+/// A NaN or infinity in either run's last logits is refused, naming the run and the token id.
+fn check_logits_finite(pretrained: &[f32], prefixed: Option<&[f32]>) -> Result<()> {
+    for (what, x) in [
+        ("final logits (pretrained run)", Some(pretrained)),
+        ("final logits (with the prefix)", prefixed),
+    ] {
+        if let Some(x) = x {
+            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    at: "the output".into(),
+                    what: format!("{what} at token id {i}"),
+                    found: x[i].to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`capture`], handing each selected layer's views to `sink` as soon as they are made (in layer
+/// order) instead of returning them together, and returning the rest after the last layer. For RoPE
+/// models with layer access the pretrained and the prefixed runs walk the layers side by side
+/// ([`crate::model::stepper::Walk`]), so that at most one layer's maps of each run are held: four
+/// layers of SmolLM2 at N = 2,048 are 604 MB of maps, written one layer at a time by `prefixscope
+/// attention`. Other models (learned positions: a pretrained run with placeholders) capture as
+/// [`capture`] does and hand the layers over afterwards. The numbers are [`capture`]'s either way: the
+/// same [`crate::model::stepper`] calls make them.
+///
+/// Errors: [`check_ids`]'s, the model's, a non-finite logit, and whatever `sink` returns (which
+/// stops the walk).
+pub fn capture_each(
+    model: &dyn Transformer,
+    ids: &[u32],
+    prefix: Option<&Prefix>,
+    layers: &LayerSel,
+    sink: &mut (dyn FnMut(LayerCapture) -> Result<()> + Send),
+) -> Result<CaptureEnds> {
+    let p = prefix.map_or(0, |p| p.len());
+    let st = match model.stepper() {
+        Some(st) if model.info().max_positions.is_none() => st,
+        _ => {
+            let cap = capture(model, ids, prefix, layers)?;
+            for l in cap.layers {
+                sink(l)?;
+            }
+            return Ok(CaptureEnds {
+                token_ids: cap.token_ids,
+                p: cap.p,
+                logits_last_pretrained: cap.logits_last_pretrained,
+                logits_last_prefixed: cap.logits_last_prefixed,
+            });
+        }
+    };
+    check_ids(model, ids, p)?;
+    use crate::model::stepper::{on_compute_pool, Walk};
+    let ends = on_compute_pool(model, ids.len() + p, || -> Result<CaptureEnds> {
+        // RoPE: the pretrained run is the content alone at positions 0..n (`Transformer::pretrained`).
+        let mut pre = Walk::new(st, ids, None)?;
+        let mut with = prefix.map(|pf| Walk::new(st, ids, Some(pf))).transpose()?;
+        for l in 0..st.n_layers() {
+            let keep = layers.contains(l);
+            let lp = pre.step(keep)?;
+            let lw = match &mut with {
+                Some(w) => w.step(keep)?,
+                None => None,
+            };
+            if let Some(lp) = lp {
+                let views = layer_views(pretrained_views(&lp, 0)?, lw.as_ref(), p)?;
+                drop((lp, lw));
+                sink(views)?;
+            }
+        }
+        Ok(CaptureEnds {
+            token_ids: ids.to_vec(),
+            p,
+            logits_last_pretrained: pre.logits_last()?.to_vec1::<f32>()?,
+            logits_last_prefixed: with
+                .map(|w| -> Result<Vec<f32>> { Ok(w.logits_last()?.to_vec1::<f32>()?) })
+                .transpose()?,
+        })
+    })?;
+    ends.check_finite()?;
+    Ok(ends)
 }
 
 /// Run `ids` with and without `prefix` and build the views for the selected layers.
@@ -248,26 +382,10 @@ fn build_from(ids: &[u32], mut pre: Run, mut with: Option<Run>) -> Result<Captur
         logits_last_pretrained,
         logits_last_prefixed,
     };
-    for (what, x) in [
-        (
-            "final logits (pretrained run)",
-            Some(&cap.logits_last_pretrained),
-        ),
-        (
-            "final logits (with the prefix)",
-            cap.logits_last_prefixed.as_ref(),
-        ),
-    ] {
-        if let Some(x) = x {
-            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-                return Err(Error::NonFinite {
-                    at: "the output".into(),
-                    what: format!("{what} at token id {i}"),
-                    found: x[i].to_string(),
-                });
-            }
-        }
-    }
+    check_logits_finite(
+        &cap.logits_last_pretrained,
+        cap.logits_last_prefixed.as_deref(),
+    )?;
     Ok(cap)
 }
 

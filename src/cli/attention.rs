@@ -147,12 +147,30 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     let prefix = a.prefix.load(&info, &loaded.path)?;
     a.save.save(prefix.as_ref(), &loaded, a.force)?;
     let layers = parse_layers(&a.layers, info.n_layers)?;
-    let cap = capture(loaded.model.as_ref(), &ids, prefix.as_ref(), &layers)?;
-    // Only the layers asked for were captured; their arrays move into the file, not copied.
-    let named = cap.into_named_arrays();
-    prefixscope::capture::check_named_finite(&named)?;
-    match arrays::extension(&a.out).as_str() {
-        "json" => arrays::write_json(&a.out, &named),
-        _ => arrays::write_arrays_owned(&a.out, named),
+    let model = loaded.model.as_ref();
+    let prefix = prefix.as_ref();
+    if arrays::extension(&a.out) != "npz" {
+        let cap = capture(model, &ids, prefix, &layers)?;
+        // Only the layers asked for were captured; their arrays move into the file, not copied.
+        let named = cap.into_named_arrays();
+        prefixscope::capture::check_named_finite(&named)?;
+        return match arrays::extension(&a.out).as_str() {
+            "json" => arrays::write_json(&a.out, &named),
+            _ => arrays::write_arrays_owned(&a.out, named),
+        };
     }
+    // `.npz`: each layer's arrays go to the file as soon as its views are made (a long prompt holds
+    // one layer's maps, not all of them); a failure on the way leaves no file.
+    let mut npz = arrays::NpzWriter::create(&a.out)?;
+    let (name, token_ids) = prefixscope::capture::token_ids_array(&ids);
+    npz.add(&name, &token_ids)?;
+    let ends = prefixscope::capture::capture_each(model, &ids, prefix, &layers, &mut |layer| {
+        let named = layer.into_named_arrays();
+        prefixscope::capture::check_named_finite(&named)?;
+        named.iter().try_for_each(|(name, x)| npz.add(name, x))
+    })?;
+    for (name, x) in ends.logit_arrays() {
+        npz.add(&name, &x)?;
+    }
+    npz.finish()
 }

@@ -51,7 +51,8 @@ pub struct Args {
     pub app: Option<usize>,
     /// Instead of the rest: time the blocked causal attention's query-block sizes (16 to 256 rows) on
     /// SmolLM2's shapes (9 heads, 3 key/value heads, head dimension 64) at N = 128, 512 and 2,048, on
-    /// one thread and on two: what the kernel's block size was chosen by. Needs no model.
+    /// the matmul backend's products and on the gemm crate's: what the block size and the kernel
+    /// were chosen by. Needs no model.
     #[arg(long)]
     pub attention_blocks: bool,
 }
@@ -67,7 +68,7 @@ impl Args {
 
 /// `--attention-blocks`: the best of several runs per block size, printed one line each.
 fn attention_blocks() -> prefixscope::Result<()> {
-    use prefixscope::model::attention::{causal_attention_blocks, AttnDims};
+    use prefixscope::model::attention::{causal_attention_blocks, AttnDims, BlockKernel};
     for t in [128usize, 512, 2048] {
         let d = AttnDims {
             heads: 9,
@@ -83,21 +84,27 @@ fn attention_blocks() -> prefixscope::Result<()> {
         let k: Vec<f32> = (0..3 * t * 64)
             .map(|i| ((i % 13) as f32 - 6.0) * 0.01)
             .collect();
-        for threads in [1usize, 2] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(|e| candle_core::Error::Msg(format!("thread pool: {e}")))?;
+        let kernels = [
+            (BlockKernel::Backend, prefixscope::model::blas::backend()),
+            (BlockKernel::GemmCrate, "gemm crate".to_string()),
+        ];
+        // Once when the backend is candle's (both rows would time the same kernel).
+        let n_kernels = if prefixscope::model::blas::active() {
+            2
+        } else {
+            1
+        };
+        for (kernel, name) in &kernels[..n_kernels] {
             for b in [16usize, 32, 64, 128, 256] {
                 let mut best = f64::INFINITY;
                 for _ in 0..if t > 1000 { 3 } else { 10 } {
                     let t0 = Instant::now();
-                    pool.install(|| {
-                        std::hint::black_box(causal_attention_blocks(&q, &k, &k, d, 0.125, true, b))
-                    });
+                    std::hint::black_box(causal_attention_blocks(
+                        &q, &k, &k, d, 0.125, true, b, *kernel,
+                    ));
                     best = best.min(t0.elapsed().as_secs_f64());
                 }
-                println!("N {t} threads {threads} block {b}: {:.3} ms", best * 1e3);
+                println!("N {t} block {b} {name}: {:.3} ms", best * 1e3);
             }
         }
     }

@@ -158,10 +158,13 @@ pub struct CausalAttention {
 /// columns and the content up to the block's last row: half the work of the full square), the
 /// masked softmax of [`causal_softmax_rows`] and the product with the values. Scores are never
 /// materialised for more than one block per thread, so memory grows with `T^2` only for the
-/// probabilities that are asked for (`keep_probs`), and the blocks run in parallel on rayon.
+/// probabilities that are asked for (`keep_probs`), and the blocks run in parallel on rayon. The two
+/// products of a block run on OpenBLAS's `sgemm` when it is the backend (one thread per block,
+/// [`super::blas::SerialGemm`]: twice candle's gemm on AVX-512 machines), else on the `gemm` crate.
 ///
 /// `q`: `(H, T, hd)`; `k`, `v`: `(KV, P + T, hd)`, all row-major f32. Scores are `(q . k) * scale` in
-/// f32, as `q.matmul(k^T) * scale` computes them.
+/// f32, the scale applied by the product itself (`sgemm`'s `alpha`, `gemm`'s `beta`), as
+/// `q.matmul(k^T) * scale` rounds them.
 pub fn causal_attention(
     q: &[f32],
     k: &[f32],
@@ -170,11 +173,29 @@ pub fn causal_attention(
     scale: f32,
     keep_probs: bool,
 ) -> CausalAttention {
-    causal_attention_blocks(q, k, v, d, scale, keep_probs, ROW_BLOCK)
+    causal_attention_blocks(
+        q,
+        k,
+        v,
+        d,
+        scale,
+        keep_probs,
+        ROW_BLOCK,
+        BlockKernel::Backend,
+    )
 }
 
-/// [`causal_attention`] with `row_block` query rows per task (the block size is tuned by timing
-/// this).
+/// Which products [`causal_attention_blocks`] runs its blocks on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKernel {
+    /// OpenBLAS's `sgemm` when it is the matmul backend, else the `gemm` crate (what a forward uses).
+    Backend,
+    /// The `gemm` crate (candle's), whatever the backend: `bench --attention-blocks` compares them.
+    GemmCrate,
+}
+
+/// [`causal_attention`] with `row_block` query rows per task on the given products (the block size
+/// and the kernel are chosen by timing this: `prefixscope bench --attention-blocks`).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention_blocks(
     q: &[f32],
@@ -184,6 +205,7 @@ pub fn causal_attention_blocks(
     scale: f32,
     keep_probs: bool,
     row_block: usize,
+    kernel: BlockKernel,
 ) -> CausalAttention {
     let row_block = row_block.max(1);
     use rayon::prelude::*;
@@ -247,6 +269,11 @@ pub fn causal_attention_blocks(
             }
         }
     }
+    // OpenBLAS, one product per thread, when it is the backend (candle's gemm otherwise).
+    let serial = match kernel {
+        BlockKernel::Backend => super::blas::serial_gemm(),
+        BlockKernel::GemmCrate => None,
+    };
     let body = |task: Task| {
         let nr = task.max.len();
         let cols = p + task.r0 + nr;
@@ -264,36 +291,37 @@ pub fn causal_attention_blocks(
                 (&mut scratch[..], cols)
             }
         };
-        // SAFETY: every pointer/stride pair addresses inside its slice: `sc` holds `nr` rows of `ld
-        // >= cols` floats, `qb` `nr` rows of `hd`, `kb` `cols` rows of `hd` read as its transpose.
-        unsafe {
-            gemm::gemm(
-                nr,
-                cols,
-                hd,
-                sc.as_mut_ptr(),
-                1,
-                ld as isize,
-                false,
-                qb.as_ptr(),
-                1,
-                hd as isize,
-                kb.as_ptr(),
-                hd as isize,
-                1,
-                0f32,
-                1f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        match &serial {
+            Some(g) => g.product((nr, cols, hd), scale, qb, hd, kb, hd, true, sc, ld),
+            // SAFETY: every pointer/stride pair addresses inside its slice: `sc` holds `nr` rows of
+            // `ld >= cols` floats, `qb` `nr` rows of `hd`, `kb` `cols` rows of `hd` read as its
+            // transpose.
+            None => unsafe {
+                gemm::gemm(
+                    nr,
+                    cols,
+                    hd,
+                    sc.as_mut_ptr(),
+                    1,
+                    ld as isize,
+                    false,
+                    qb.as_ptr(),
+                    1,
+                    hd as isize,
+                    kb.as_ptr(),
+                    hd as isize,
+                    1,
+                    0f32,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            },
         }
         for i in 0..nr {
             let row = &mut sc[i * ld..i * ld + cols];
-            for x in row.iter_mut() {
-                *x *= scale;
-            }
             let valid = p + task.r0 + i + 1;
             let (live, dead) = row.split_at_mut(valid);
             let m = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -305,30 +333,33 @@ pub fn causal_attention_blocks(
             dead.fill(0.0);
             (task.max[i], task.sum[i]) = (m, s);
         }
-        // SAFETY: `z` holds `nr` rows of `hd`; `sc` `nr` rows of `ld` (first `cols` read); `vb` `cols`
-        // rows of `hd`.
-        unsafe {
-            gemm::gemm(
-                nr,
-                hd,
-                cols,
-                task.z.as_mut_ptr(),
-                1,
-                hd as isize,
-                false,
-                sc.as_ptr(),
-                1,
-                ld as isize,
-                vb.as_ptr(),
-                1,
-                hd as isize,
-                0f32,
-                1f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        match &serial {
+            Some(g) => g.product((nr, hd, cols), 1.0, sc, ld, vb, hd, false, task.z, hd),
+            // SAFETY: `z` holds `nr` rows of `hd`; `sc` `nr` rows of `ld` (first `cols` read); `vb`
+            // `cols` rows of `hd`.
+            None => unsafe {
+                gemm::gemm(
+                    nr,
+                    hd,
+                    cols,
+                    task.z.as_mut_ptr(),
+                    1,
+                    hd as isize,
+                    false,
+                    sc.as_ptr(),
+                    1,
+                    ld as isize,
+                    vb.as_ptr(),
+                    1,
+                    hd as isize,
+                    0f32,
+                    1f32,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            },
         }
     };
     // Inside the one-thread pool (`stepper::on_compute_pool` puts candle's element-wise ops there
@@ -366,7 +397,7 @@ pub fn pool_threads(rayon_num_threads: Option<&str>, cores: usize) -> usize {
 
 /// A pool with a thread per core (`RAYON_NUM_THREADS` respected) for [`causal_attention`] called
 /// from a one-thread pool; `None` on a one-core machine or when the OS refused the threads.
-fn parallel_pool() -> Option<&'static rayon::ThreadPool> {
+pub(crate) fn parallel_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -636,7 +667,40 @@ mod tests {
             head_dim: hd,
         };
         let scale = 0.4f32;
+        // Both kernels (OpenBLAS when it is the backend, the gemm crate), in one block and in
+        // several (the prefix columns and the causal part of each block's keys).
+        for (kernel, rows) in [
+            (BlockKernel::Backend, ROW_BLOCK),
+            (BlockKernel::Backend, 16),
+            (BlockKernel::GemmCrate, ROW_BLOCK),
+            (BlockKernel::GemmCrate, 16),
+        ] {
+            let a = causal_attention_blocks(&q, &k, &v, d, scale, true, rows, kernel);
+            check_against_f64(&a, &q, &k, &v, d, scale, &format!("{kernel:?} {rows} rows"));
+        }
+        // Without the map: the same head outputs.
         let a = causal_attention(&q, &k, &v, d, scale, true);
+        let b = causal_attention(&q, &k, &v, d, scale, false);
+        assert!(b.probs.is_none());
+        assert_eq!(a.z, b.z);
+    }
+
+    fn check_against_f64(
+        a: &CausalAttention,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        d: AttnDims,
+        scale: f32,
+        what: &str,
+    ) {
+        let AttnDims {
+            heads,
+            kv_heads,
+            t,
+            p,
+            head_dim: hd,
+        } = d;
         let probs = a.probs.as_ref().unwrap();
         let cols = p + t;
         for h in 0..heads {
@@ -663,7 +727,7 @@ mod tests {
                     let got = probs[(h * t + i) * cols + j] as f64;
                     assert!(
                         (got - want).abs() < 1e-6,
-                        "h {h} row {i} col {j}: {got} vs {want}"
+                        "{what}: h {h} row {i} col {j}: {got} vs {want}"
                     );
                 }
                 for e in 0..hd {
@@ -673,14 +737,10 @@ mod tests {
                     let got = a.z[(h * t + i) * hd + e] as f64;
                     assert!(
                         (got - want).abs() < 1e-5,
-                        "z h {h} row {i}: {got} vs {want}"
+                        "{what}: z h {h} row {i}: {got} vs {want}"
                     );
                 }
             }
         }
-        // Without the map: the same head outputs.
-        let b = causal_attention(&q, &k, &v, d, scale, false);
-        assert!(b.probs.is_none());
-        assert_eq!(a.z, b.z);
     }
 }

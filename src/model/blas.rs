@@ -57,6 +57,10 @@ type Sgemm = unsafe extern "C" fn(
 type GetStr = unsafe extern "C" fn() -> *const std::ffi::c_char;
 /// `gotoblas_dynamic_quit`, `gotoblas_dynamic_init` (builds with `DYNAMIC_ARCH` only).
 type Hook = unsafe extern "C" fn();
+/// `openblas_set_num_threads`.
+type SetThreads = unsafe extern "C" fn(i32);
+/// `openblas_get_num_threads`.
+type GetThreads = unsafe extern "C" fn() -> i32;
 
 /// Products smaller than this many multiply-adds stay on candle's matmul (the call overhead is most
 /// of their cost).
@@ -200,6 +204,9 @@ struct Blas {
     core: Option<String>,
     /// The kernel the library chose itself, when we forced another.
     replaced: Option<String>,
+    /// OpenBLAS's thread-count setters: [`SerialGemm`] needs both (another CBLAS has neither, and
+    /// its products are then never run from several threads at once).
+    threads: Option<(SetThreads, GetThreads)>,
 }
 
 /// The backend in use and how it was chosen.
@@ -250,6 +257,13 @@ fn open(name: &str) -> Option<Blas> {
             .ok()
             .map(|f| *f);
         let config = lib.get::<GetStr>(b"openblas_get_config\0").ok().map(|f| *f);
+        let threads = match (
+            lib.get::<SetThreads>(b"openblas_set_num_threads\0"),
+            lib.get::<GetThreads>(b"openblas_get_num_threads\0"),
+        ) {
+            (Ok(set), Ok(get)) => Some((*set, *get)),
+            _ => None,
+        };
         let config = c_str(config).unwrap_or_default();
         let version = match config.is_empty() {
             false => config
@@ -266,6 +280,7 @@ fn open(name: &str) -> Option<Blas> {
             name: name.to_string(),
             core: c_str(corename),
             replaced: None,
+            threads,
             _lib: lib,
         })
     }
@@ -958,6 +973,117 @@ fn gemm(
     out
 }
 
+/// OpenBLAS's `sgemm` for products that the caller itself runs on several threads at once (the
+/// attention's query blocks, in parallel on rayon). While any such scope is open OpenBLAS runs each
+/// product on the calling thread (`openblas_set_num_threads(1)`): two callers would otherwise both
+/// hand their products to OpenBLAS's one set of worker threads, and those workers would compete with
+/// rayon's for the same cores. The last scope to close restores the library's thread count; a
+/// projection another thread runs meanwhile is single-threaded, not wrong.
+///
+/// Worth it because OpenBLAS's AVX-512 kernels are about twice as fast as candle's gemm (AVX2 only)
+/// on the attention's `(64, P + T) x 64` shapes (`prefixscope bench --attention-blocks`).
+pub struct SerialGemm {
+    blas: &'static Blas,
+    set: SetThreads,
+}
+
+/// Open [`SerialGemm`] scopes and the thread count to restore when the last one closes.
+static SERIAL: std::sync::Mutex<(usize, i32)> = std::sync::Mutex::new((0, 0));
+
+/// A [`SerialGemm`] scope, or `None` when the backend is not OpenBLAS (candle's gemm then).
+pub fn serial_gemm() -> Option<SerialGemm> {
+    let blas = blas()?;
+    let (set, get) = blas.threads?;
+    let mut open = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if open.0 == 0 {
+        // SAFETY: OpenBLAS's own thread-count functions, no pointers involved.
+        unsafe {
+            open.1 = get();
+            set(1);
+        }
+    }
+    open.0 += 1;
+    Some(SerialGemm { blas, set })
+}
+
+impl Drop for SerialGemm {
+    fn drop(&mut self) {
+        let mut open = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        open.0 -= 1;
+        if open.0 == 0 && open.1 > 0 {
+            // SAFETY: as in `serial_gemm`.
+            unsafe { (self.set)(open.1) };
+        }
+    }
+}
+
+impl SerialGemm {
+    /// `c = alpha * a @ op(b)` on the calling thread, for row-major operands with row strides: `a` is
+    /// `m` rows of stride `lda` (the first `k` read), `op(b)` is `(k, n)`: `b` stored `k` rows of
+    /// stride `ldb` (first `n` read), or with `b_transposed` `n` rows of stride `ldb` (first `k` read);
+    /// `c` gets `m` rows of stride `ldc`, the first `n` of each written.
+    ///
+    /// Panics when a slice is shorter than its rows and strides need, or a stride is shorter than its
+    /// row: the caller's sizes, never a file's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn product(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        b_transposed: bool,
+        c: &mut [f32],
+        ldc: usize,
+    ) {
+        let (b_rows, b_cols) = if b_transposed { (n, k) } else { (k, n) };
+        let fits = |len: usize, rows: usize, ld: usize, cols: usize| {
+            ld >= cols.max(1) && (rows == 0 || len >= (rows - 1) * ld + cols)
+        };
+        assert!(
+            fits(a.len(), m, lda, k)
+                && fits(b.len(), b_rows, ldb, b_cols)
+                && fits(c.len(), m, ldc, n)
+                && [m, n, k, lda, ldb, ldc]
+                    .iter()
+                    .all(|&d| d <= i32::MAX as usize),
+            "SerialGemm::product: operands do not match ({m}, {n}, {k})"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
+            return;
+        }
+        let trans_b = if b_transposed { TRANS } else { NO_TRANS };
+        // SAFETY: every operand holds its rows at its stride (asserted above); sgemm reads `a` and
+        // `b` and writes the first `n` floats of `m` rows of `c`.
+        unsafe {
+            (self.blas.sgemm)(
+                ROW_MAJOR,
+                NO_TRANS,
+                trans_b,
+                m as i32,
+                n as i32,
+                k as i32,
+                alpha,
+                a.as_ptr(),
+                lda as i32,
+                b.as_ptr(),
+                ldb as i32,
+                0.0,
+                c.as_mut_ptr(),
+                ldc as i32,
+            );
+        }
+    }
+}
+
 /// Differentiable `x (m, k) @ w` for training: `w` is `(k, n)`, or `(n, k)` read transposed when
 /// `w_transposed` (an `nn.Linear` weight). Through OpenBLAS forward and backward when it is there
 /// (candle's matmul and its backward otherwise): the projections are half of a toy training step.
@@ -1320,6 +1446,79 @@ mod tests {
             flat(&matmul(&x, &wv).unwrap()),
             flat(&x.matmul(&wv).unwrap())
         );
+    }
+
+    /// The attention's serial products: strided operands (a block of a wider map, values read at
+    /// their own stride), the scale in `alpha`, both forms of `b`, against a naive f64 product; and
+    /// OpenBLAS's thread count restored once the last of two overlapping scopes closes.
+    #[test]
+    fn serial_products_equal_a_naive_product_and_restore_the_thread_count() {
+        let Some(outer) = serial_gemm() else {
+            // No OpenBLAS here (CI installs it): the attention then runs on candle's gemm.
+            assert!(!active() || blas().is_some_and(|b| b.threads.is_none()));
+            return;
+        };
+        let (_, get) = blas().unwrap().threads.unwrap();
+        // SAFETY: OpenBLAS's own thread-count getter.
+        let inside = unsafe { get() };
+        assert_eq!(inside, 1, "a scope runs OpenBLAS on the calling thread");
+        let (m, n, k) = (7usize, 5usize, 3usize);
+        let (lda, ldb, ldc) = (k + 2, n + 1, n + 3);
+        let a: Vec<f32> = (0..m * lda)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)
+            .collect();
+        let b: Vec<f32> = (0..k * ldb)
+            .map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.2)
+            .collect();
+        let want = |i: usize, j: usize| -> f64 {
+            0.5 * (0..k)
+                .map(|t| a[i * lda + t] as f64 * b[t * ldb + j] as f64)
+                .sum::<f64>()
+        };
+        let check = |c: &[f32], what: &str| {
+            for i in 0..m {
+                for j in 0..ldc {
+                    let got = c[i * ldc + j];
+                    if j < n {
+                        assert!((got as f64 - want(i, j)).abs() < 1e-5, "{what} ({i}, {j})");
+                    } else {
+                        // Past the `n` columns of a row: untouched.
+                        assert_eq!(got, -9.0, "{what} wrote past its columns");
+                    }
+                }
+            }
+        };
+        let mut c = vec![-9f32; m * ldc];
+        outer.product((m, n, k), 0.5, &a, lda, &b, ldb, false, &mut c, ldc);
+        check(&c, "b as (k, n)");
+        // The same `b` stored `(n, k)`.
+        let ldbt = k + 4;
+        let mut bt = vec![0f32; n * ldbt];
+        for t in 0..k {
+            for j in 0..n {
+                bt[j * ldbt + t] = b[t * ldb + j];
+            }
+        }
+        let inner = serial_gemm().unwrap();
+        let mut c = vec![-9f32; m * ldc];
+        inner.product((m, n, k), 0.5, &a, lda, &bt, ldbt, true, &mut c, ldc);
+        check(&c, "b as (n, k) transposed");
+        drop(outer);
+        // SAFETY: as above.
+        assert_eq!(unsafe { get() }, 1, "the other scope is still open");
+        drop(inner);
+        // Another test's attention may hold a scope of its own now: check under the scopes' lock,
+        // and only when none is open.
+        let open = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        if open.0 == 0 {
+            // SAFETY: as above.
+            let after = unsafe { get() };
+            assert_eq!(after, open.1, "the thread count was not restored");
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if cores > 1 && std::env::var_os("OPENBLAS_NUM_THREADS").is_none() {
+                assert!(after > 1, "the thread count was not restored: {after}");
+            }
+        }
     }
 
     #[test]

@@ -226,6 +226,84 @@ pub fn attend_kept(
     }
 }
 
+/// A forward pass through a [`Stepper`] taken one layer at a time: [`full_run`] is all of it, and
+/// `crate::capture::capture_each` walks the pretrained and the prefixed runs side by side, so that a
+/// long prompt holds one layer's maps of each at a time.
+pub struct Walk<'a> {
+    m: &'a dyn Stepper,
+    prefix: Option<&'a Prefix>,
+    /// The residual stream entering the next layer, `(P + n, d)` (the prefix rows only for a soft
+    /// prompt).
+    x: Tensor,
+    pos0: usize,
+    /// Content tokens.
+    n: usize,
+    next: usize,
+}
+
+impl<'a> Walk<'a> {
+    /// The stream of content `ids` behind `prefix`, entering layer 0.
+    pub fn new(m: &'a dyn Stepper, ids: &[u32], prefix: Option<&'a Prefix>) -> Result<Self> {
+        let (x, pos0) = m.embed_input(ids, prefix)?;
+        Ok(Walk {
+            m,
+            prefix,
+            x,
+            pos0,
+            n: ids.len(),
+            next: 0,
+        })
+    }
+
+    /// The layer [`Walk::step`] runs next (the number of layers once all have run).
+    pub fn next_layer(&self) -> usize {
+        self.next
+    }
+
+    /// Run the next layer and return its content rows' attention (its map, values and head outputs)
+    /// when `keep`; a layer not kept makes no `T x (P + T)` map at all. `None` also once every layer
+    /// has run.
+    pub fn step(&mut self, keep: bool) -> Result<Option<LayerRun>> {
+        let l = self.next;
+        if l >= self.m.n_layers() {
+            return Ok(None);
+        }
+        let c = self.m.layer_content(l, &self.x, self.pos0)?;
+        let extra = self.m.prefix_kv(l, self.prefix)?;
+        let (z, probs, values) =
+            super::profile::span("attention", || attend_kept(&c, extra.as_ref(), keep))?;
+        drop(c);
+        let kept = match probs {
+            Some(probs) => {
+                let n = self.n;
+                let (pattern, zc) = super::profile::span("copies of kept maps", || {
+                    Ok::<_, candle_core::Error>((content_rows(&probs, n)?, content_rows(&z, n)?))
+                })?;
+                Some(LayerRun {
+                    layer: l,
+                    pattern,
+                    values,
+                    z: zc,
+                })
+            }
+            None => None,
+        };
+        self.x = self.m.layer_finish(l, &self.x, &z)?;
+        self.next = l + 1;
+        Ok(kept)
+    }
+
+    /// Logits at the final position, once every layer has run.
+    pub fn logits_last(&self) -> Result<Tensor> {
+        if self.next < self.m.n_layers() {
+            return Err(crate::error::Error::Internal(
+                "logits asked for before the last layer ran",
+            ));
+        }
+        self.m.logits_last(&self.x)
+    }
+}
+
 /// One full forward pass through a [`Stepper`].
 pub fn full_run(
     m: &dyn Stepper,
@@ -233,35 +311,17 @@ pub fn full_run(
     prefix: Option<&Prefix>,
     sel: &LayerSel,
 ) -> Result<Run> {
-    let n = ids.len();
-    let (mut x, pos0) = m.embed_input(ids, prefix)?;
+    let mut walk = Walk::new(m, ids, prefix)?;
     let mut layers = Vec::new();
-    for l in 0..m.n_layers() {
-        let c = m.layer_content(l, &x, pos0)?;
-        let extra = m.prefix_kv(l, prefix)?;
-        // Only the selected layers make their `T x (P + T)` maps.
-        let (z, probs, values) = super::profile::span("attention", || {
-            attend_kept(&c, extra.as_ref(), sel.contains(l))
-        })?;
-        drop(c);
-        if let Some(probs) = probs {
-            let (pattern, zc) = super::profile::span("copies of kept maps", || {
-                Ok::<_, candle_core::Error>((content_rows(&probs, n)?, content_rows(&z, n)?))
-            })?;
-            layers.push(LayerRun {
-                layer: l,
-                pattern,
-                values,
-                z: zc,
-            });
-        }
-        x = m.layer_finish(l, &x, &z)?;
+    while walk.next_layer() < m.n_layers() {
+        let keep = sel.contains(walk.next_layer());
+        layers.extend(walk.step(keep)?);
     }
     Ok(Run {
         p: prefix.map_or(0, |p| p.len()),
-        n,
+        n: ids.len(),
         layers,
-        logits_last: m.logits_last(&x)?,
+        logits_last: walk.logits_last()?,
     })
 }
 
