@@ -73,8 +73,8 @@ fn main() {
 /// kernel (mmap for those above its threshold, trimming the heap top), so each use paid for fresh
 /// zeroed pages: a quarter of a 4-layer toy step, and 0.07-0.11 s of SmolLM2's 0.88 s forward at
 /// N = 512 (820,000 page faults against 260,000 with this). Blocks under 32 MB now come from the heap
-/// and are reused; the heap's top is given back past `trim` bytes. A user's own `MALLOC_*` settings
-/// are left alone.
+/// and are reused; the heap's top is given back past `trim` bytes, and the loader gives back what its
+/// temporaries left (`load::load_with`). A user's own `MALLOC_*` settings are left alone.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory(trim: usize) {
     let set = |var: &str| std::env::var_os(var).is_some();

@@ -257,14 +257,17 @@ fn open(name: &str) -> Option<Blas> {
             .ok()
             .map(|f| *f);
         let config = lib.get::<GetStr>(b"openblas_get_config\0").ok().map(|f| *f);
+        let config = c_str(config).unwrap_or_default();
+        // An OpenMP build takes each calling thread's own OpenMP thread count, whatever
+        // `openblas_set_num_threads` said on another thread: its products are not run from several
+        // threads at once (the attention's blocks take candle's gemm there).
         let threads = match (
             lib.get::<SetThreads>(b"openblas_set_num_threads\0"),
             lib.get::<GetThreads>(b"openblas_get_num_threads\0"),
         ) {
-            (Ok(set), Ok(get)) => Some((*set, *get)),
+            (Ok(set), Ok(get)) if serial_safe(&config) => Some((*set, *get)),
             _ => None,
         };
-        let config = c_str(config).unwrap_or_default();
         let version = match config.is_empty() {
             false => config
                 .split_whitespace()
@@ -990,7 +993,15 @@ pub struct SerialGemm {
 /// Open [`SerialGemm`] scopes and the thread count to restore when the last one closes.
 static SERIAL: std::sync::Mutex<(usize, i32)> = std::sync::Mutex::new((0, 0));
 
-/// A [`SerialGemm`] scope, or `None` when the backend is not OpenBLAS (candle's gemm then).
+/// Whether an OpenBLAS of this `openblas_get_config` line runs a product on the calling thread alone
+/// after `openblas_set_num_threads(1)` from any thread: its pthreads builds do; an OpenMP build
+/// (`USE_OPENMP` in the line) takes each caller's own OpenMP thread count instead.
+pub fn serial_safe(config: &str) -> bool {
+    !config.split_whitespace().any(|w| w == "USE_OPENMP")
+}
+
+/// A [`SerialGemm`] scope, or `None` when the backend is not OpenBLAS (candle's gemm then), or an
+/// OpenBLAS that cannot be kept to the calling thread ([`serial_safe`]).
 pub fn serial_gemm() -> Option<SerialGemm> {
     let blas = blas()?;
     let (set, get) = blas.threads?;
@@ -1446,6 +1457,19 @@ mod tests {
             flat(&matmul(&x, &wv).unwrap()),
             flat(&x.matmul(&wv).unwrap())
         );
+    }
+
+    #[test]
+    fn only_a_pthreads_openblas_is_run_from_several_threads() {
+        assert!(serial_safe(
+            "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY Cooperlake MAX_THREADS=64"
+        ));
+        assert!(!serial_safe(
+            "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY USE_OPENMP Haswell MAX_THREADS=64"
+        ));
+        // Another CBLAS says nothing: it has no `openblas_set_num_threads` either, which
+        // `serial_gemm` also needs.
+        assert!(serial_safe(""));
     }
 
     /// The attention's serial products: strided operands (a block of a wider map, values read at
