@@ -229,7 +229,43 @@ pub fn init() {
 
 fn backend_state() -> &'static Backend {
     static BACKEND: OnceLock<Backend> = OnceLock::new();
-    BACKEND.get_or_init(choose_backend)
+    BACKEND.get_or_init(|| {
+        let b = choose_backend();
+        if b.blas.is_some() {
+            quiesce_at_exit();
+        }
+        b
+    })
+}
+
+/// Held (shared) by every `sgemm` call in flight; taken for good at exit ([`quiesce_at_exit`]).
+static IN_FLIGHT: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// At process exit OpenBLAS's destructor wakes its worker threads with an "exit" job and joins them.
+/// A product another thread starts meanwhile (the window closed while the compute thread is still in
+/// a forward; a test that returns while its worker computes) replaces that job with its own, the
+/// worker goes back to sleep after it, and the join waits forever: the process hangs in `exit`. An
+/// `atexit` handler registered after OpenBLAS was loaded runs before its destructor: it waits for the
+/// products in flight and keeps any other from starting.
+fn quiesce_at_exit() {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" fn quiesce() {
+            // Never released: the process is ending; a thread still computing blocks at its next
+            // product until it is ended with the process.
+            std::mem::forget(IN_FLIGHT.write().unwrap_or_else(|e| e.into_inner()));
+        }
+        // SAFETY: registers a handler that takes no arguments and does not return into Rust state
+        // that exit has torn down (a static lock only).
+        unsafe {
+            libc::atexit(quiesce);
+        }
+    }
+}
+
+/// A guard that lets one `sgemm` call run ([`IN_FLIGHT`]).
+fn in_flight() -> std::sync::RwLockReadGuard<'static, ()> {
+    IN_FLIGHT.read().unwrap_or_else(|e| e.into_inner())
 }
 
 fn blas() -> Option<&'static Blas> {
@@ -258,9 +294,8 @@ fn open(name: &str) -> Option<Blas> {
             .map(|f| *f);
         let config = lib.get::<GetStr>(b"openblas_get_config\0").ok().map(|f| *f);
         let config = c_str(config).unwrap_or_default();
-        // An OpenMP build takes each calling thread's own OpenMP thread count, whatever
-        // `openblas_set_num_threads` said on another thread: its products are not run from several
-        // threads at once (the attention's blocks take candle's gemm there).
+        // Only a build whose thread count can be switched safely ([`serial_safe`]) runs products
+        // from several threads at once (elsewhere the attention's blocks take candle's gemm).
         let threads = match (
             lib.get::<SetThreads>(b"openblas_set_num_threads\0"),
             lib.get::<GetThreads>(b"openblas_get_num_threads\0"),
@@ -953,6 +988,7 @@ fn gemm(
     let (trans_a, lda) = if ta { (TRANS, m) } else { (NO_TRANS, k) };
     let (trans_b, ldb) = if tb { (TRANS, k) } else { (NO_TRANS, n) };
     let mut out = vec![0f32; m * n];
+    let _running = in_flight();
     // SAFETY: a and b hold at least m*k and k*n floats (checked above) in row-major order with the
     // leading dimensions given; sgemm reads them and writes the m*n floats of `out`.
     unsafe {
@@ -993,11 +1029,14 @@ pub struct SerialGemm {
 /// Open [`SerialGemm`] scopes and the thread count to restore when the last one closes.
 static SERIAL: std::sync::Mutex<(usize, i32)> = std::sync::Mutex::new((0, 0));
 
-/// Whether an OpenBLAS of this `openblas_get_config` line runs a product on the calling thread alone
-/// after `openblas_set_num_threads(1)` from any thread: its pthreads builds do; an OpenMP build
-/// (`USE_OPENMP` in the line) takes each caller's own OpenMP thread count instead.
+/// Whether an OpenBLAS of this `openblas_get_config` line may have its thread count switched between
+/// one and all by [`SerialGemm`]: a pthreads build without affinity (Debian's: `NO_AFFINITY`), where
+/// `openblas_set_num_threads` only sets the count the next product reads. An OpenMP build
+/// (`USE_OPENMP`) takes each caller's own OpenMP thread count instead, and a build with affinity pins
+/// the calling thread to core 0 when the count goes back up.
 pub fn serial_safe(config: &str) -> bool {
-    !config.split_whitespace().any(|w| w == "USE_OPENMP")
+    let has = |w: &str| config.split_whitespace().any(|x| x == w);
+    has("NO_AFFINITY") && !has("USE_OPENMP")
 }
 
 /// A [`SerialGemm`] scope, or `None` when the backend is not OpenBLAS (candle's gemm then), or an
@@ -1072,6 +1111,7 @@ impl SerialGemm {
             return;
         }
         let trans_b = if b_transposed { TRANS } else { NO_TRANS };
+        let _running = in_flight();
         // SAFETY: every operand holds its rows at its stride (asserted above); sgemm reads `a` and
         // `b` and writes the first `n` floats of `m` rows of `c`.
         unsafe {
@@ -1460,16 +1500,19 @@ mod tests {
     }
 
     #[test]
-    fn only_a_pthreads_openblas_is_run_from_several_threads() {
+    fn only_a_pthreads_openblas_without_affinity_is_switched_to_one_thread() {
         assert!(serial_safe(
             "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY Cooperlake MAX_THREADS=64"
         ));
         assert!(!serial_safe(
             "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY USE_OPENMP Haswell MAX_THREADS=64"
         ));
-        // Another CBLAS says nothing: it has no `openblas_set_num_threads` either, which
-        // `serial_gemm` also needs.
-        assert!(serial_safe(""));
+        // Built with affinity: switching the count back up would pin the caller to core 0.
+        assert!(!serial_safe(
+            "OpenBLAS 0.3.26 DYNAMIC_ARCH Haswell MAX_THREADS=64"
+        ));
+        // Another CBLAS says nothing, and is never switched.
+        assert!(!serial_safe(""));
     }
 
     /// The attention's serial products: strided operands (a block of a wider map, values read at
