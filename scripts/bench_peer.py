@@ -123,6 +123,10 @@ def hf_folder_from_gguf(gguf_path: Path, out: Path):
     (out / "config.json").write_text(json.dumps(config, indent=2))
 
 
+# Seconds of quiet before each side's timed runs (see the loop in `main`).
+SETTLE_S = 2.0
+
+
 def synthetic_ids(n, vocab):
     return [(k * 7919 + 13) % vocab for k in range(n)]
 
@@ -236,6 +240,11 @@ def main():
     four = []
     backend = None
     for r in range(a.rounds):
+        # Each side starts on a settled machine: right after a transformers forward, this process's
+        # OpenMP/MKL threads and the memory it just touched slowed the first prefixscope run that
+        # followed by 17% in one check (0.244 s against 0.209 s at N = 128), and only prefixscope ran
+        # right after the other side.
+        time.sleep(SETTLE_S)
         b = run_prefixscope(a.bin, a.gguf, lengths, a.repeats, a.four_layer_n)
         backend = f"{b['matmul']} on {b['cpu']}, matmul peak {b['matmul_peak_gflops']:.1f} GFLOP/s"
         for n in lengths:
@@ -244,6 +253,7 @@ def main():
         if b.get("four_layers"):
             four.append(b["four_layers"])
         for n in lengths:
+            time.sleep(SETTLE_S)
             t, p = peer.time(n, a.repeats)
             theirs[n].append(t)
             theirs_peak[n].append(p)
