@@ -28,11 +28,12 @@ fn main() {
     }
     // OpenBLAS's worker threads spin (yielding) for 2^28 cycles, about 0.1 s, after each product
     // before they sleep; through a layer's attention and element-wise passes that spinning takes a
-    // third of the cores from rayon's threads. 2^20 cycles (about 0.4 ms) keeps them awake between
-    // the products of a layer and lets them sleep through its attention: SmolLM2's attention at
-    // N = 512 took 0.12 s instead of 0.12-0.17 s per forward. Read when OpenBLAS loads (below).
+    // third of the cores from rayon's threads. 2^22 cycles (about 1.6 ms) keeps them awake between
+    // the products of a layer and of a slider update and lets them sleep through a long attention:
+    // SmolLM2's forward at N = 512 took 0.81-0.83 s instead of 0.88 s, the updates the same. Read
+    // when OpenBLAS loads (below).
     if std::env::var_os("OPENBLAS_THREAD_TIMEOUT").is_none() {
-        unsafe { std::env::set_var("OPENBLAS_THREAD_TIMEOUT", "20") };
+        unsafe { std::env::set_var("OPENBLAS_THREAD_TIMEOUT", "22") };
     }
     // Training keeps up to 1 GB of freed memory at the heap's top, everything else 256 MB: the app
     // at long prompts gives back what a closed view freed.
