@@ -27,7 +27,7 @@
 //! The attention's query blocks run on OpenBLAS too, from several threads at once, through
 //! [`SerialGemm`] (Debian's pthreads build only: [`serial_safe`]). Every `sgemm` call is counted in
 //! flight so that the process's exit waits for them before OpenBLAS's destructor joins its threads
-//! ([`quiesce_at_exit`]: a product started during that join hung the process).
+//! (`quiesce_at_exit`: a product started during that join hung the process).
 //!
 //! Without any BLAS library everything runs on candle's matmul, with the same results up to rounding.
 //! `PREFIXSCOPE_BLAS=off` forces candle's; a user's own `OPENBLAS_CORETYPE` is respected;
