@@ -255,9 +255,9 @@ pub fn capture_each(
     sink: &mut (dyn FnMut(LayerCapture) -> Result<()> + Send),
 ) -> Result<CaptureEnds> {
     let p = prefix.map_or(0, |p| p.len());
-    let st = match model.stepper() {
-        Some(st) if model.info().max_positions.is_none() => st,
-        _ => {
+    let st = match crate::model::stepper::content_alone_pretrained(model) {
+        Some(st) => st,
+        None => {
             let cap = capture(model, ids, prefix, layers)?;
             for l in cap.layers {
                 sink(l)?;

@@ -192,8 +192,8 @@ impl Evaluator {
         if self.pretrained.iter().any(|(k, _)| *k == key) {
             return Ok(key);
         }
-        let run = match model.stepper() {
-            Some(st) if model.info().max_positions.is_none() => {
+        let run = match crate::model::stepper::content_alone_pretrained(model) {
+            Some(st) => {
                 // The content alone at positions 0..n (what `Transformer::pretrained` runs for
                 // RoPE models), keeping each layer's q/k/v instead of its map.
                 let (mut x, pos0) = st.embed_input(&self.ids, None)?;
@@ -384,7 +384,7 @@ impl Evaluator {
     /// Whether [`Evaluator::head_capture`] and [`Evaluator::summaries`] can serve `model`: it has
     /// layer access and rotary positions (the pretrained run is kept as per-layer queries and keys).
     pub fn streams_heads(model: &dyn Transformer) -> bool {
-        model.stepper().is_some() && model.info().max_positions.is_none()
+        crate::model::stepper::content_alone_pretrained(model).is_some()
     }
 
     /// The views of one head of one layer for `prefix` after `edit`, as a capture of that layer whose
@@ -413,7 +413,7 @@ impl Evaluator {
         layer: usize,
         head: usize,
     ) -> Result<Option<Capture>> {
-        let Some(st) = model.stepper().filter(|_| Self::streams_heads(model)) else {
+        let Some(st) = crate::model::stepper::content_alone_pretrained(model) else {
             return Ok(None);
         };
         let p = prefix.map_or(0, |p| p.len());
@@ -461,7 +461,7 @@ impl Evaluator {
     }
 
     fn summaries_here(&mut self, model: &dyn Transformer) -> Result<Option<Summaries>> {
-        let Some(st) = model.stepper().filter(|_| Self::streams_heads(model)) else {
+        let Some(st) = crate::model::stepper::content_alone_pretrained(model) else {
             return Ok(None);
         };
         let n_layers = st.n_layers();

@@ -108,6 +108,17 @@ pub fn attend_split(c: &ContentKv, pk: &Tensor, pv: &Tensor) -> Result<(Tensor, 
     Ok((z, probs, values))
 }
 
+/// The model's layer access when its pretrained run is the content alone at positions `0..n` (RoPE
+/// models: scores depend only on `i - j`, so this is what [`Transformer::pretrained`] runs), so that
+/// the pretrained run can be stepped through layer by layer beside the prefixed one. `None` for a
+/// model without layer access and for a learned-position model, whose pretrained run keeps the
+/// content at `p..p+n` behind placeholders.
+pub fn content_alone_pretrained(model: &dyn Transformer) -> Option<&dyn Stepper> {
+    model
+        .stepper()
+        .filter(|_| model.info().max_positions.is_none())
+}
+
 /// Layer-by-layer access to a model, in the order a forward pass uses it.
 pub trait Stepper: Send + Sync {
     /// The residual stream entering layer 0 for content `ids` behind a prefix of `p` positions, and
