@@ -214,6 +214,46 @@ struct Blas {
     threads: Option<(SetThreads, GetThreads)>,
 }
 
+impl Blas {
+    /// `c = alpha * op(a) @ op(b)` (beta 0) for row-major operands: the one call of `sgemm`, held in
+    /// flight for the exit wait ([`IN_FLIGHT`]). `op(a)` is `(m, k)` and `op(b)` is `(k, n)`, each
+    /// stored transposed when its flag is set; each pointer comes with its row stride.
+    ///
+    /// # Safety
+    /// Each pointer must address the rows of its operand at its stride (`a`: `m` rows of `k`, or `k`
+    /// of `m` when transposed; `b` likewise with `k`, `n`), `c` room for `m` rows of `n`, and every
+    /// size and stride must fit in an `i32`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn call(
+        &self,
+        (ta, tb): (bool, bool),
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        (a, lda): (*const f32, usize),
+        (b, ldb): (*const f32, usize),
+        (c, ldc): (*mut f32, usize),
+    ) {
+        let op = |t: bool| if t { TRANS } else { NO_TRANS };
+        let _running = IN_FLIGHT.read().unwrap_or_else(|e| e.into_inner());
+        (self.sgemm)(
+            ROW_MAJOR,
+            op(ta),
+            op(tb),
+            m as i32,
+            n as i32,
+            k as i32,
+            alpha,
+            a,
+            lda as i32,
+            b,
+            ldb as i32,
+            0.0,
+            c,
+            ldc as i32,
+        );
+    }
+}
+
 /// The backend in use and how it was chosen.
 struct Backend {
     blas: Option<Blas>,
@@ -266,11 +306,6 @@ fn quiesce_at_exit() {
             libc::atexit(quiesce);
         }
     }
-}
-
-/// A guard that lets one `sgemm` call run ([`IN_FLIGHT`]).
-fn in_flight() -> std::sync::RwLockReadGuard<'static, ()> {
-    IN_FLIGHT.read().unwrap_or_else(|e| e.into_inner())
 }
 
 fn blas() -> Option<&'static Blas> {
@@ -990,34 +1025,25 @@ fn gemm(
         a.len() >= m * k && b.len() >= k * n,
         "gemm operands too short"
     );
-    let (trans_a, lda) = if ta { (TRANS, m) } else { (NO_TRANS, k) };
-    let (trans_b, ldb) = if tb { (TRANS, k) } else { (NO_TRANS, n) };
+    let lda = if ta { m } else { k };
+    let ldb = if tb { k } else { n };
     if m * n * k == 0 {
         return vec![0f32; m * n];
     }
     // Not zeroed first: with beta = 0 sgemm writes every element (a 6 MB memset per MLP product at
     // N = 512 otherwise).
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let _running = in_flight();
     // SAFETY: a and b hold at least m*k and k*n floats (checked above) in row-major order with the
     // leading dimensions given; sgemm reads them and writes all m*n floats of `out` (beta = 0, k > 0),
     // after which they are initialized.
     unsafe {
-        (blas.sgemm)(
-            ROW_MAJOR,
-            trans_a,
-            trans_b,
-            m as i32,
-            n as i32,
-            k as i32,
+        blas.call(
+            (ta, tb),
+            (m, n, k),
             1.0,
-            a.as_ptr(),
-            lda as i32,
-            b.as_ptr(),
-            ldb as i32,
-            0.0,
-            out.as_mut_ptr(),
-            n as i32,
+            (a.as_ptr(), lda),
+            (b.as_ptr(), ldb),
+            (out.as_mut_ptr(), n),
         );
         out.set_len(m * n);
     }
@@ -1122,26 +1148,16 @@ impl SerialGemm {
             }
             return;
         }
-        let trans_b = if b_transposed { TRANS } else { NO_TRANS };
-        let _running = in_flight();
         // SAFETY: every operand holds its rows at its stride (asserted above); sgemm reads `a` and
         // `b` and writes the first `n` floats of `m` rows of `c`.
         unsafe {
-            (self.blas.sgemm)(
-                ROW_MAJOR,
-                NO_TRANS,
-                trans_b,
-                m as i32,
-                n as i32,
-                k as i32,
+            self.blas.call(
+                (false, b_transposed),
+                (m, n, k),
                 alpha,
-                a.as_ptr(),
-                lda as i32,
-                b.as_ptr(),
-                ldb as i32,
-                0.0,
-                c.as_mut_ptr(),
-                ldc as i32,
+                (a.as_ptr(), lda),
+                (b.as_ptr(), ldb),
+                (c.as_mut_ptr(), ldc),
             );
         }
     }
