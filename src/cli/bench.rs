@@ -274,18 +274,21 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
     } else {
         None
     };
-    let sgemm_gflops = matmul_peak_gflops()?;
+    let figures = ForwardFigures {
+        load_s,
+        sgemm_gflops: matmul_peak_gflops()?,
+        forward,
+        flops,
+        peaks,
+        four,
+    };
     if a.forward_only {
-        return print_forward_only(
-            &a,
-            &info,
-            load_s,
-            sgemm_gflops,
-            &forward,
-            &flops,
-            &peaks,
-            four,
-        );
+        if a.json {
+            println!("{}", serde_json::Value::Object(figures.json(&a)?));
+        } else {
+            figures.print(&a, &info);
+        }
+        return Ok(());
     }
     let mut update = update_latencies(model, a.repeats.max(1), a.update_n)?;
     // `None` in a build without the window (feature `gui` off): there is no view to lay out.
@@ -314,7 +317,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         tune_steps(std::sync::Arc::from(loaded.model), a.repeats.max(1), 32)?
     };
     if a.json {
-        let mut v = forward_json(&a, load_s, sgemm_gflops, &forward, &flops, &peaks, &four)?;
+        let mut v = figures.json(&a)?;
         v.insert("peak_rss_bytes".into(), peak.into());
         v.insert("update_n".into(), a.update_n.into());
         v.insert("update_s".into(), update.into());
@@ -323,16 +326,7 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
         v.insert("tune_step_s".into(), tune.into());
         println!("{}", serde_json::Value::Object(v));
     } else {
-        print_forward(
-            &a,
-            &info,
-            load_s,
-            sgemm_gflops,
-            &forward,
-            &flops,
-            &peaks,
-            &four,
-        );
+        figures.print(&a, &info);
         println!(
             "peak memory     {:.1} MB (whole run, before the toy)",
             peak as f64 / 1e6
@@ -373,113 +367,98 @@ pub fn run(a: Args) -> prefixscope::Result<()> {
 
 type Map = serde_json::Map<String, serde_json::Value>;
 
-/// The machine, the backend and the forward figures: the JSON object `--forward-only` prints, which
-/// the whole bench extends with the update, redraw and tuning figures.
-#[allow(clippy::too_many_arguments)]
-fn forward_json(
-    a: &Args,
+/// The machine's and the forwards' figures: what `--forward-only` prints, and what the whole bench
+/// extends with the update, redraw and tuning figures.
+struct ForwardFigures {
     load_s: f64,
+    /// [`matmul_peak_gflops`].
     sgemm_gflops: f64,
-    forward: &Map,
-    flops: &Map,
-    peaks: &Map,
-    four: &Option<serde_json::Value>,
-) -> prefixscope::Result<Map> {
-    let v = serde_json::json!({
-        "model": a.model()?.display().to_string(),
-        "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
-        "matmul": prefixscope::model::blas::backend(),
-        "matmul_choice": prefixscope::model::blas::source(),
-        "matmul_from_cache": prefixscope::model::blas::from_cache(),
-        "cpu": prefixscope::model::blas::Cpu::detect().describe(),
-        "matmul_peak_gflops": sgemm_gflops,
-        "load_s": load_s,
-        "full_forward_s": forward,
-        "gflops": flops,
-        "forward_peak_rss_bytes": peaks,
-        "four_layers": four,
-    });
-    // `json!` of an object literal is always an object.
-    Ok(match v {
-        serde_json::Value::Object(m) => m,
-        _ => Map::new(),
-    })
-}
-
-/// `bench --forward-only`: the forward figures alone, as text or one JSON object.
-#[allow(clippy::too_many_arguments)]
-fn print_forward_only(
-    a: &Args,
-    info: &prefixscope::model::ModelInfo,
-    load_s: f64,
-    sgemm_gflops: f64,
-    forward: &Map,
-    flops: &Map,
-    peaks: &Map,
+    /// Per N (as a string key): the median full forward in seconds, its GFLOP/s, its peak memory.
+    forward: Map,
+    flops: Map,
+    peaks: Map,
+    /// The four-layer case, when it ran.
     four: Option<serde_json::Value>,
-) -> prefixscope::Result<()> {
-    if a.json {
-        let v = forward_json(a, load_s, sgemm_gflops, forward, flops, peaks, &four)?;
-        println!("{}", serde_json::Value::Object(v));
-    } else {
-        print_forward(a, info, load_s, sgemm_gflops, forward, flops, peaks, &four);
-    }
-    Ok(())
 }
 
-/// The text lines of the forward figures.
-#[allow(clippy::too_many_arguments)]
-fn print_forward(
-    a: &Args,
-    info: &prefixscope::model::ModelInfo,
-    load_s: f64,
-    sgemm_gflops: f64,
-    forward: &Map,
-    flops: &Map,
-    peaks: &Map,
-    four: &Option<serde_json::Value>,
-) {
-    let mb = |v: Option<&serde_json::Value>| match v.and_then(|x| x.as_f64()) {
-        Some(b) => format!("{:.0} MB", b / 1e6),
-        None => "peak n/a".into(),
-    };
-    println!(
-        "model           {}",
-        a.model
-            .as_deref()
-            .unwrap_or(std::path::Path::new(""))
-            .display()
-    );
-    println!("load            {load_s:.3} s");
-    println!("matmul          {}", prefixscope::model::blas::backend());
-    println!("matmul from     {}", prefixscope::model::blas::source());
-    println!(
-        "cpu             {}",
-        prefixscope::model::blas::Cpu::detect().describe()
-    );
-    println!("matmul peak     {sgemm_gflops:.1} GFLOP/s ((1024, 576) @ (576, 1536), best of 8)");
-    let mut ns: Vec<&String> = forward.keys().collect();
-    ns.sort_by_key(|n| n.parse::<usize>().unwrap_or(usize::MAX));
-    for n in ns {
-        let t = &forward[n];
-        let g = flops.get(n).and_then(|x| x.as_f64()).unwrap_or(0.0);
+impl ForwardFigures {
+    /// As one JSON object.
+    fn json(&self, a: &Args) -> prefixscope::Result<Map> {
+        let v = serde_json::json!({
+            "model": a.model()?.display().to_string(),
+            "threads": std::thread::available_parallelism().map(|x| x.get()).unwrap_or(1),
+            "matmul": prefixscope::model::blas::backend(),
+            "matmul_choice": prefixscope::model::blas::source(),
+            "matmul_from_cache": prefixscope::model::blas::from_cache(),
+            "cpu": prefixscope::model::blas::Cpu::detect().describe(),
+            "matmul_peak_gflops": self.sgemm_gflops,
+            "load_s": self.load_s,
+            "full_forward_s": self.forward,
+            "gflops": self.flops,
+            "forward_peak_rss_bytes": self.peaks,
+            "four_layers": self.four,
+        });
+        // `json!` of an object literal is always an object.
+        Ok(match v {
+            serde_json::Value::Object(m) => m,
+            _ => Map::new(),
+        })
+    }
+
+    /// As text lines.
+    fn print(&self, a: &Args, info: &prefixscope::model::ModelInfo) {
+        let ForwardFigures {
+            load_s,
+            sgemm_gflops,
+            forward,
+            flops,
+            peaks,
+            four,
+        } = self;
+        let mb = |v: Option<&serde_json::Value>| match v.and_then(|x| x.as_f64()) {
+            Some(b) => format!("{:.0} MB", b / 1e6),
+            None => "peak n/a".into(),
+        };
         println!(
+            "model           {}",
+            a.model
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        );
+        println!("load            {load_s:.3} s");
+        println!("matmul          {}", prefixscope::model::blas::backend());
+        println!("matmul from     {}", prefixscope::model::blas::source());
+        println!(
+            "cpu             {}",
+            prefixscope::model::blas::Cpu::detect().describe()
+        );
+        println!(
+            "matmul peak     {sgemm_gflops:.1} GFLOP/s ((1024, 576) @ (576, 1536), best of 8)"
+        );
+        let mut ns: Vec<&String> = forward.keys().collect();
+        ns.sort_by_key(|n| n.parse::<usize>().unwrap_or(usize::MAX));
+        for n in ns {
+            let t = &forward[n];
+            let g = flops.get(n).and_then(|x| x.as_f64()).unwrap_or(0.0);
+            println!(
             "forward N={n:<5} {:.4} s (median), {g:.1} GFLOP/s, peak {}, all {} x {} attention matrices",
             t.as_f64().unwrap_or(0.0),
             mb(peaks.get(n)),
             info.n_layers,
             info.n_heads
         );
-    }
-    if let Some(f) = four {
-        println!(
-            "forward N={:<5} {:.4} s (median), {:.1} GFLOP/s, peak {}, maps of layers {} only",
-            f["n"],
-            f["forward_s"].as_f64().unwrap_or(0.0),
-            f["gflops"].as_f64().unwrap_or(0.0),
-            mb(f.get("peak_rss_bytes")),
-            f["layers"]
-        );
+        }
+        if let Some(f) = four {
+            println!(
+                "forward N={:<5} {:.4} s (median), {:.1} GFLOP/s, peak {}, maps of layers {} only",
+                f["n"],
+                f["forward_s"].as_f64().unwrap_or(0.0),
+                f["gflops"].as_f64().unwrap_or(0.0),
+                mb(f.get("peak_rss_bytes")),
+                f["layers"]
+            );
+        }
     }
 }
 
