@@ -71,6 +71,38 @@ pub struct Computed {
 }
 
 impl Computed {
+    /// The answer to `req` that `cap` gives, with each captured layer's difference view made here;
+    /// `layer0` is (max |renormalized - pretrained|, head-output identity error) of layer 0, all
+    /// heads. Every head of the captured layers, no summaries: the long-prompt path sets those.
+    fn answer(
+        req: &ComputeRequest,
+        full: bool,
+        overview: Vec<Vec<Option<f32>>>,
+        cap: Capture,
+        layer0: (Option<f32>, Option<f32>),
+        t0: Instant,
+    ) -> Computed {
+        let difference = cap
+            .layers
+            .iter()
+            .map(|lc| (lc.layer, lc.difference()))
+            .collect();
+        Computed {
+            gen: req.gen,
+            model_gen: req.model_gen,
+            full,
+            overview,
+            overview_fresh: full,
+            difference,
+            layer0_renorm_diff: layer0.0,
+            layer0_identity_error: layer0.1,
+            capture: Arc::new(cap),
+            only_head: None,
+            summaries: None,
+            compute_time: t0.elapsed(),
+        }
+    }
+
     /// Index into the capture's head axis for model head `head`: itself, or 0 when the capture holds
     /// that head only; `None` when the capture holds another head only (it is being computed).
     pub fn head_index(&self, head: usize) -> Option<usize> {
@@ -601,9 +633,7 @@ fn run_request(
         Edit::between(c.last_prefix.as_ref(), req.prefix.as_ref(), n_layers)
     };
     // A long prompt: every layer's views would not fit in memory.
-    let p = req.prefix.as_ref().map_or(0, |p| p.len());
-    let all_views = n_layers * n_heads * req.ids.len() * (req.ids.len() + p) * 4 * 4;
-    let long = all_views > ALL_LAYER_VIEWS_MAX_BYTES;
+    let long = views_too_big(model.info(), req);
     if long && Evaluator::streams_heads(model) {
         return run_one_head(model, req, c, edit, full, t0);
     }
@@ -634,35 +664,25 @@ fn run_request(
     if full {
         c.overview = overview.clone();
     }
-    let difference = cap
-        .layers
-        .iter()
-        .map(|lc| (lc.layer, lc.difference()))
-        .collect();
     let l0 = cap.layer(0);
-    Ok(Computed {
-        gen: req.gen,
-        model_gen: req.model_gen,
-        full,
-        overview,
-        overview_fresh: full,
-        difference,
-        layer0_renorm_diff: l0.and_then(|c| c.max_renorm_diff(None)),
-        layer0_identity_error: l0.and_then(|c| c.head_output_identity_error(None)),
-        capture: Arc::new(cap),
-        only_head: None,
-        summaries: None,
-        compute_time: t0.elapsed(),
-    })
+    let layer0 = (
+        l0.and_then(|c| c.max_renorm_diff(None)),
+        l0.and_then(|c| c.head_output_identity_error(None)),
+    );
+    Ok(Computed::answer(req, full, overview, cap, layer0, t0))
 }
 
 /// Whether `req` takes the long-prompt path: every layer's views would exceed
 /// [`ALL_LAYER_VIEWS_MAX_BYTES`] and the model keeps per-layer queries and keys.
 pub fn long_prompt(model: &dyn Transformer, req: &ComputeRequest) -> bool {
-    let info = model.info();
+    views_too_big(model.info(), req) && Evaluator::streams_heads(model)
+}
+
+/// Whether every layer's views of `req` (four `(H, N, P + N)` f32 maps a layer) would exceed
+/// [`ALL_LAYER_VIEWS_MAX_BYTES`].
+fn views_too_big(info: &crate::model::ModelInfo, req: &ComputeRequest) -> bool {
     let (n, p) = (req.ids.len(), req.prefix.as_ref().map_or(0, |p| p.len()));
-    let all_views = info.n_layers * info.n_heads * n * (n + p) * 4 * 4;
-    all_views > ALL_LAYER_VIEWS_MAX_BYTES && Evaluator::streams_heads(model)
+    info.n_layers * info.n_heads * n * (n + p) * 4 * 4 > ALL_LAYER_VIEWS_MAX_BYTES
 }
 
 /// The long-prompt answer: the viewed head of the viewed layer, and in a full answer every layer's
@@ -711,23 +731,9 @@ fn run_one_head(
             *cell = lc.max_renorm_diff(Some(0));
         }
     }
-    let difference = cap
-        .layers
-        .iter()
-        .map(|lc| (lc.layer, lc.difference()))
-        .collect();
     Ok(Computed {
-        gen: req.gen,
-        model_gen: req.model_gen,
-        full,
-        overview,
-        overview_fresh: full,
-        difference,
-        layer0_renorm_diff: c.layer0.0,
-        layer0_identity_error: c.layer0.1,
-        capture: Arc::new(cap),
         only_head: Some(head),
         summaries,
-        compute_time: t0.elapsed(),
+        ..Computed::answer(req, full, overview, cap, c.layer0, t0)
     })
 }
