@@ -170,6 +170,14 @@ fn read_npz(path: &Path) -> Result<Vec<(String, Array)>> {
 
 /// Write named arrays atomically as `.npz`, `.npy` (exactly one array) or `.safetensors`.
 pub fn write_arrays(path: &Path, named: &[(&str, &Array)]) -> Result<()> {
+    if extension(path) == "npz" {
+        // Straight from the arrays: no tensor copy of each.
+        let mut npz = NpzWriter::create(path)?;
+        for (name, a) in named {
+            npz.add(name, a)?;
+        }
+        return npz.finish();
+    }
     let tensors: Vec<(String, Tensor)> = named
         .iter()
         .map(|(n, a)| Ok((n.to_string(), a.to_tensor()?)))
@@ -180,6 +188,10 @@ pub fn write_arrays(path: &Path, named: &[(&str, &Array)]) -> Result<()> {
 /// [`write_arrays`] taking the arrays: their data moves into the written tensors instead of being
 /// copied (a long prompt's maps are hundreds of MB each).
 pub fn write_arrays_owned(path: &Path, named: Vec<(String, Array)>) -> Result<()> {
+    if extension(path) == "npz" {
+        let refs: Vec<(&str, &Array)> = named.iter().map(|(n, a)| (n.as_str(), a)).collect();
+        return write_arrays(path, &refs);
+    }
     let tensors: Vec<(String, Tensor)> = named
         .into_iter()
         .map(|(n, a)| Ok((n, Tensor::from_vec(a.data, a.shape, &Device::Cpu)?)))
@@ -191,7 +203,6 @@ fn write_tensors(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<()> {
     let ext = extension(path);
     let tmp = tmp_path(path);
     let res = match ext.as_str() {
-        "npz" => write_npz_buffered(&tensors, &tmp),
         "npy" if tensors.len() == 1 => tensors[0].1.write_npy(&tmp),
         "npy" => {
             return Err(Error::input(
@@ -244,24 +255,6 @@ fn npy_header(shape: &[usize]) -> Vec<u8> {
     out
 }
 
-/// `.npz` (a stored zip of `.npy` files) through a buffered file, the data of each array written in
-/// large blocks: candle's `write_npz` writes every float with its own call into an unbuffered file
-/// (7 million `write` calls and 125 s of system time for a 2,048-token prompt's four layers).
-fn write_npz_buffered(tensors: &[(String, Tensor)], path: &Path) -> candle_core::Result<()> {
-    use std::io::Write;
-    let mut zip = npz_zip(path)?;
-    for (name, t) in tensors {
-        let data = t
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?;
-        npz_entry(&mut zip, name, t.dims(), &data)?;
-    }
-    let mut file = zip.finish().map_err(zip_error)?;
-    file.flush()?;
-    Ok(())
-}
-
 type NpzZip = zip::ZipWriter<std::io::BufWriter<std::fs::File>>;
 
 fn zip_error(e: zip::result::ZipError) -> candle_core::Error {
@@ -275,7 +268,9 @@ fn npz_zip(path: &Path) -> candle_core::Result<NpzZip> {
 }
 
 /// One stored (uncompressed) `{name}.npy` entry: numpy's header for `shape`, then `data` as
-/// little-endian f32 in blocks of 1 MB (zip64 when it passes 4 GB).
+/// little-endian f32 in blocks of 1 MB (zip64 when it passes 4 GB). candle's `write_npz` writes every
+/// float with its own call into an unbuffered file (7 million `write` calls and 125 s of system time
+/// for a 2,048-token prompt's four layers).
 fn npz_entry(
     zip: &mut NpzZip,
     name: &str,
